@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""Liquidation Heatmap: Binance USD-M futures files -> DuckDB SQL models -> SQLite -> Datasette.
+
+    python build.py                  simulate demo data if data/raw has none, build, say how to serve
+    python build.py demo  [--out DIR] [--days 30] [--seed 1] [--symbol BTCUSDT] [--trades-per-day N]
+    python build.py build [--data DIR] [--db data/liquidations.db] [--symbol S] [--start D] [--end D]
+    python build.py serve [--db data/liquidations.db] [--port 8001]
+
+The logic lives in sql/ (run in file-name order); this script finds files, loads them, runs the SQL
+and writes the outputs. Each step is a small function; the build is linear and idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import duckdb
+import sqlite_utils
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+SQL_DIR = ROOT / "sql"
+DATA_DIR = ROOT / "data" / "raw"
+DEFAULT_DB = ROOT / "data" / "liquidations.db"
+DATABASE_NAME = "liquidations"  # Datasette names the database after the file's stem
+
+# Binance names every file SYMBOL-TYPE-PERIOD, or SYMBOL-INTERVAL-PERIOD for the kline types, whose
+# type is then the name of a parent folder (domain.md §3).
+FILE_NAME = re.compile(
+    r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>[A-Za-z]+|\d+[smhdwM])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.(?P<ext>zip|csv)$"
+)
+KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines")
+SOURCE_TABLES = {
+    "metrics": "src_metrics",
+    "fundingRate": "src_funding_rate",
+    "aggTrades": "src_agg_trades",
+    "trades": "src_trades",
+    "liquidationSnapshot": "src_liquidation_snapshot",
+    **{kind: "src_klines" for kind in KLINE_TYPES},
+}
+# Indexes on every column a stored query or a page filters on.
+INDEXES = {
+    "data_quality": [["symbol"], ["problem"], ["severity"], ["data_type"]],
+    "coverage": [["symbol"], ["data_type"]],
+    "source_files": [["symbol"], ["data_type"], ["status"]],
+    "price_klines": [["symbol", "ts"]],
+    "open_interest": [["symbol", "ts"]],
+    "funding_rates": [["symbol", "ts"]],
+}
+
+
+class BuildError(Exception):
+    """A problem the user must fix; printed without a traceback, exit status 2."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+STARTED = time.perf_counter()
+
+
+# ---------------------------------------------------------------- finding files
+
+
+def parse_file_name(path: Path) -> dict | None:
+    """What a Binance file holds, from its name and folders; None for any other file."""
+    match = FILE_NAME.match(path.name)
+    if not match:
+        return None
+    kind, interval = match["kind"], None
+    if kind[0].isdigit():  # a kline interval: the type is the nearest kline-type folder
+        interval = kind
+        kind = next((p for p in reversed(path.parts[:-1]) if p in KLINE_TYPES), "klines")
+    if kind not in SOURCE_TABLES:
+        return None
+    return {"path": path, "symbol": match["symbol"], "data_type": kind,
+            "kline_interval": interval, "period": match["period"]}
+
+
+def period_overlaps(period: str, start: dt.date | None, end: dt.date | None) -> bool:
+    first = dt.date.fromisoformat(period if len(period) == 10 else period + "-01")
+    last = first if len(period) == 10 else (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    return (start is None or last >= start) and (end is None or first <= end)
+
+
+def discover(data_dir: Path, symbols: list[str], start, end) -> list[dict]:
+    """Every Binance file under data_dir (Vision layout or flat), zip preferred over a same-named csv."""
+    if not data_dir.is_dir():
+        raise BuildError(f"data folder {data_dir} does not exist (give one with --data, or run `python build.py demo`)")
+    found: dict[tuple, dict] = {}
+    for path in sorted(data_dir.rglob("*")):
+        info = parse_file_name(path) if path.is_file() else None
+        if info and (not symbols or info["symbol"] in symbols) and period_overlaps(info["period"], start, end):
+            info["name"] = str(path.relative_to(data_dir))  # how files are named in every report
+            key = (info["symbol"], info["data_type"], info["kline_interval"], info["period"], path.parent)
+            if key not in found or path.suffix == ".zip":
+                found[key] = info
+    return list(found.values())
+
+
+# ---------------------------------------------------------------- checking and unpacking
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_status(path: Path) -> str:
+    """'ok', 'absent' or 'mismatch' against Binance's NAME.zip.CHECKSUM ("<sha256>  NAME.zip")."""
+    checksum_file = path.with_name(path.name + ".CHECKSUM")
+    if not checksum_file.exists():
+        return "absent"
+    expected = checksum_file.read_text(errors="replace").split()
+    return "ok" if expected and expected[0].lower() == sha256(path) else "mismatch"
+
+
+def unpack(info: dict, tmp: Path, n_columns: int) -> dict:
+    """Verify, unzip and look at the first line of one file. Sets status, problem and csv_path."""
+    path = info["path"]
+    info.update(checksum=checksum_status(path) if path.suffix == ".zip" else "absent",
+                status="quarantined", problem=None, detail=None, has_header=None, csv_path=None)
+    if info["checksum"] == "mismatch":
+        return {**info, "problem": "checksum_mismatch",
+                "detail": f"sha256 of {path.name} differs from {path.name}.CHECKSUM; file not ingested"}
+    csv_path = path
+    if path.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.namelist() if m.lower().endswith(".csv")]
+                if len(members) != 1:
+                    raise zipfile.BadZipFile(f"expected one CSV inside, found {len(members)}")
+                csv_path = tmp / f"{info['file_id']}.csv"
+                with archive.open(members[0]) as src, csv_path.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            return {**info, "problem": "unreadable_zip", "detail": f"{path.name}: {error}"}
+    with csv_path.open(encoding="utf-8", errors="replace") as f:
+        first_line = f.readline().lstrip("\ufeff").strip()
+    if not first_line:
+        return {**info, "problem": "empty_file", "detail": f"{path.name} holds no rows"}
+    fields = [field.strip().strip('"') for field in first_line.split(",")]
+    # Binance files have a header in some periods and not in others: a header's first field is a
+    # column name; a data row's first field is a number or a 'YYYY-MM-DD ...' time.
+    has_header = not fields[0][:1].isdigit()
+    if has_header and len(fields) != n_columns:
+        return {**info, "problem": "unexpected_columns",
+                "detail": f"{path.name}: header has {len(fields)} columns ({first_line[:120]}), "
+                          f"a {info['data_type']} file has {n_columns}"}
+    return {**info, "status": "loaded", "has_header": has_header, "csv_path": str(csv_path)}
+
+
+# ---------------------------------------------------------------- DuckDB
+
+
+def run_sql_files(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
+    for name in names:
+        try:
+            con.execute((SQL_DIR / name).read_text())
+        except duckdb.Error as error:
+            raise BuildError(f"sql/{name}: {error}") from error
+
+
+def source_columns(con, table: str) -> dict[str, str]:
+    rows = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
+                       "AND column_name <> 'file_id' ORDER BY column_index", [table]).fetchall()
+    return dict(rows)
+
+
+def load_sources(con, files: list[dict], tmp: Path) -> None:
+    """Unpack every file and read it into its src_* table; bad rows go to src_rejects."""
+    for file_id, info in enumerate(files, 1):
+        table = SOURCE_TABLES[info["data_type"]]
+        columns = source_columns(con, table)
+        info = unpack({**info, "file_id": file_id}, tmp, len(columns))
+        if info["status"] == "loaded":
+            con.execute(
+                f"INSERT INTO {table} SELECT *, {file_id} FROM read_csv(?, header = ?, auto_detect = false, "
+                "delim = ',', quote = '\"', columns = ?, timestampformat = '%Y-%m-%d %H:%M:%S', "
+                "store_rejects = true)", [info["csv_path"], info["has_header"], columns])
+        else:
+            log(f"quarantined {info['name']}: {info['detail']}")
+        con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"],
+                     info["period"], info["has_header"], info["checksum"], info["status"], info["problem"],
+                     info["detail"], info["csv_path"]])
+        if file_id % 100 == 0 or file_id == len(files):
+            log(f"loaded {file_id}/{len(files)} files")
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'reject_errors'").fetchone()[0]:
+        con.execute("""INSERT INTO src_rejects
+            SELECT f.file_id, e.line, e.column_name, e.error_type, e.csv_line, e.error_message
+            FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id)
+            JOIN src_files f ON f.csv_path = s.file_path""")
+
+
+def write_build_info(con, args, files: list[dict]) -> None:
+    info = {
+        "built_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "data_dir": str(args.data), "symbols": ",".join(args.symbol or []) or "all found",
+        "start": str(args.start or ""), "end": str(args.end or ""), "files_found": str(len(files)),
+        "python": sys.version.split()[0], "duckdb": duckdb.__version__,
+        "sqlite_utils": _version("sqlite-utils"), "datasette": _version("datasette"),
+    }
+    con.execute("CREATE TABLE build_info (key VARCHAR, value VARCHAR)")
+    con.executemany("INSERT INTO build_info VALUES (?, ?)", list(info.items()))
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+def load_metadata() -> dict:
+    return yaml.safe_load((ROOT / "metadata.yml").read_text())
+
+
+def output_tables(metadata: dict) -> dict[str, dict]:
+    """The tables metadata.yml describes are the ones exported: it is the export manifest."""
+    return metadata["databases"][DATABASE_NAME]["tables"]
+
+
+SQLITE_TYPES = {"BIGINT": int, "INTEGER": int, "HUGEINT": int, "UBIGINT": int, "BOOLEAN": int,
+                "DOUBLE": float, "FLOAT": float, "DECIMAL": float}
+
+
+def export_sqlite(con, tables: dict[str, dict], db_path: Path) -> None:
+    """Write the output tables to a new SQLite file, then swap it in: a failed build leaves the old one."""
+    tmp_path = db_path.with_name(db_path.name + ".tmp")
+    tmp_path.unlink(missing_ok=True)
+    db = sqlite_utils.Database(tmp_path)
+    for table, meta in tables.items():
+        relation = con.table(table)
+        columns = {name: SQLITE_TYPES.get(str(kind).split("(")[0], str)
+                   for name, kind in zip(relation.columns, relation.types)}
+        missing = set(meta.get("columns", {})) ^ set(columns)
+        if missing:
+            raise BuildError(f"metadata.yml and sql/ disagree on the columns of {table}: {sorted(missing)}")
+        db[table].create(columns)
+        placeholders = ", ".join("?" * len(columns))
+        cursor = con.execute(f"SELECT {export_columns(relation)} FROM {table}")
+        while batch := cursor.fetchmany(50_000):
+            db.conn.executemany(f"INSERT INTO [{table}] VALUES ({placeholders})", batch)
+        for index in INDEXES.get(table, []):
+            db[table].create_index(index)
+        db.conn.commit()
+        log(f"exported {table}: {db[table].count:,} rows")
+    db.conn.execute("VACUUM")
+    db.close()
+    os.replace(tmp_path, db_path)
+
+
+def export_columns(relation) -> str:
+    """Times as ISO-8601 UTC text, floats rounded (no 0.30000000000000004 in the API)."""
+    def one(name, kind):
+        kind = str(kind)
+        if kind.startswith("TIMESTAMP"):
+            return f'iso_utc("{name}") AS "{name}"'
+        return f'round("{name}", 8) AS "{name}"' if kind in ("DOUBLE", "FLOAT") else f'"{name}"'
+    return ", ".join(one(n, k) for n, k in zip(relation.columns, relation.types))
+
+
+def describe_outputs(con, tables: dict[str, dict]) -> None:
+    """Copy metadata.yml's descriptions onto the DuckDB tables, for users of the .duckdb file."""
+    for table, meta in tables.items():
+        con.execute(f"COMMENT ON TABLE {table} IS '{_quote(meta.get('description', ''))}'")
+        for column, text in meta.get("columns", {}).items():
+            con.execute(f"COMMENT ON COLUMN {table}.{column} IS '{_quote(text)}'")
+
+
+def _quote(text: str) -> str:
+    return str(text).strip().replace("'", "''")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def build(args) -> Path:
+    db_path = Path(args.db)
+    duck_path = db_path.with_suffix(".duckdb")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    files = discover(Path(args.data), args.symbol, args.start, args.end)
+    if not files:
+        raise BuildError(f"no Binance futures files (e.g. BTCUSDT-metrics-2024-01-01.zip) found under {args.data}"
+                         + (f" for {', '.join(args.symbol)}" if args.symbol else ""))
+    log(f"found {len(files)} files under {args.data}")
+    tables = output_tables(load_metadata())
+    duck_tmp = duck_path.with_name(duck_path.name + ".tmp")
+    duck_tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(duck_tmp))
+    try:
+        with tempfile.TemporaryDirectory(prefix="liquidation-heatmap-") as tmp:
+            run_sql_files(con, ["00_macros.sql", "01_sources.sql"])
+            con.execute("INSERT INTO build_window VALUES (?, ?)",
+                        [args.start, args.end + dt.timedelta(days=1) if args.end else None])
+            load_sources(con, files, Path(tmp))
+            if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
+                raise BuildError(f"none of the {len(files)} files under {args.data} could be read (see messages above)")
+            write_build_info(con, args, files)
+            later = sorted(p.name for p in SQL_DIR.glob("*.sql") if p.name[:2] not in ("00", "01"))
+            run_sql_files(con, later)
+            log("ran " + ", ".join(later))
+        describe_outputs(con, tables)
+        con.execute("UPDATE src_files SET csv_path = NULL WHERE csv_path <> path")  # temporary copies are gone
+        summarize(con)
+        export_sqlite(con, tables, db_path)
+        con.close()
+        os.replace(duck_tmp, duck_path)
+    finally:
+        con.close()
+        duck_tmp.unlink(missing_ok=True)
+    log(f"built {db_path} and {duck_path}")
+    return db_path
+
+
+def summarize(con) -> None:
+    for symbol, data_type, interval, rows, first, last, used in con.execute(
+            "SELECT symbol, data_type, kline_interval, rows, first_ts, last_ts, used_by_models "
+            "FROM coverage ORDER BY ALL").fetchall():
+        log(f"{symbol} {data_type} {interval or ''}: {rows:,} rows {first} .. {last}"
+            + ("" if used else " (not used: a finer interval is present)"))
+    for severity, n in con.execute("SELECT severity, count(*) FROM data_quality GROUP BY 1 ORDER BY 1").fetchall():
+        log(f"data_quality: {n} {severity} rows")
+
+
+def demo(args) -> None:
+    import simulate
+    summary = simulate.simulate(args.out, days=args.days, seed=args.seed, symbol=args.symbol,
+                                trades_per_day=args.trades_per_day, start=args.start, progress=log)
+    log(f"demo data written to {args.out}: {summary}")
+
+
+def serve_command(db_path: Path, port: int) -> list[str]:
+    plotly_js = Path(__import__("plotly").__file__).parent / "package_data"
+    return [sys.executable, "-m", "datasette", "serve", "-i", str(db_path), "--port", str(port),
+            "--metadata", str(ROOT / "metadata.yml"), "--config", str(ROOT / "datasette.yaml"),
+            "--template-dir", str(ROOT / "templates"), "--static", f"assets:{plotly_js}"]
+
+
+def serve(args) -> None:
+    db_path = Path(args.db)
+    if not db_path.exists():
+        raise BuildError(f"no database at {db_path}: run `python build.py build` (or `python build.py`) first")
+    command = serve_command(db_path, args.port)
+    log(f"serving {db_path} at http://127.0.0.1:{args.port}/  (Ctrl-C to stop)")
+    os.execv(command[0], command)
+
+
+def default_run(args) -> None:
+    """A fresh clone: simulate demo data when data/raw holds no Binance files, then build."""
+    if not any(parse_file_name(p) for p in DATA_DIR.rglob("*")):
+        log(f"no Binance files under {DATA_DIR}: simulating demo data into {DATA_DIR / 'demo'}")
+        demo(argparse.Namespace(out=DATA_DIR / "demo", days=30, seed=1, symbol="BTCUSDT",
+                                trades_per_day=20_000, start="2024-09-01"))
+    db_path = build(argparse.Namespace(data=DATA_DIR, db=DEFAULT_DB, symbol=[], start=None, end=None))
+    print(f"\nBuilt {db_path.relative_to(ROOT)}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    date = dt.date.fromisoformat
+    parser = argparse.ArgumentParser(prog="build.py", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    p = commands.add_parser("demo", help="write simulated Binance files (deterministic for a seed)")
+    p.add_argument("--out", type=Path, default=DATA_DIR / "demo")
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--symbol", default="BTCUSDT")
+    p.add_argument("--start", default="2024-09-01", help="first simulated day (YYYY-MM-DD)")
+    p.add_argument("--trades-per-day", type=int, default=20_000, help="aggTrades per day (real: 2-3 million)")
+    p = commands.add_parser("build", help="ingest Binance files, run the SQL models, write SQLite")
+    p.add_argument("--data", type=Path, default=DATA_DIR, help="folder of Binance files (Vision layout or flat)")
+    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file to write (DuckDB file beside it)")
+    p.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
+    p.add_argument("--start", type=date, help="first day to use (YYYY-MM-DD, UTC)")
+    p.add_argument("--end", type=date, help="last day to use, inclusive")
+    p = commands.add_parser("serve", help="run Datasette on the built SQLite file")
+    p.add_argument("--db", type=Path, default=DEFAULT_DB)
+    p.add_argument("--port", type=int, default=8001)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        {"demo": demo, "build": build, "serve": serve, None: default_run}[args.command](args)
+    except BuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

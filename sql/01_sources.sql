@@ -1,0 +1,102 @@
+-- Layer 1: sources. One table per Binance file type, with the columns exactly as Binance writes
+-- them (domain.md §3), filled by build.py's loader with DuckDB's read_csv. Rows that do not parse
+-- are not lost: DuckDB's reject tables are copied into src_rejects, with file and line.
+-- Every row carries file_id, pointing into src_files, which says which symbol, type and interval
+-- the file holds (Binance puts those in the file's name and folders, not in its rows).
+
+CREATE TABLE src_files (
+    file_id        INTEGER PRIMARY KEY,
+    path           VARCHAR NOT NULL,  -- the file as found under --data (zip or csv)
+    symbol         VARCHAR NOT NULL,  -- from the file name, e.g. BTCUSDT
+    data_type      VARCHAR NOT NULL,  -- metrics, fundingRate, klines, markPriceKlines, aggTrades, trades, liquidationSnapshot
+    kline_interval VARCHAR,           -- 1m, 5m, 1h ... for the kline types, else NULL
+    period         VARCHAR NOT NULL,  -- YYYY-MM-DD (daily file) or YYYY-MM (monthly file)
+    has_header     BOOLEAN,           -- detected from the first line, never assumed
+    checksum       VARCHAR NOT NULL,  -- 'ok', 'absent' (no .CHECKSUM beside it) or 'mismatch'
+    status         VARCHAR NOT NULL,  -- 'loaded' or 'quarantined' (not ingested; see problem)
+    problem        VARCHAR,           -- why it was quarantined
+    detail         VARCHAR,
+    csv_path       VARCHAR            -- where the CSV was read from (inside a temporary folder for zips)
+);
+
+CREATE TABLE src_rejects (            -- rows DuckDB could not parse, from its reject_errors table
+    file_id       INTEGER,
+    line          BIGINT,             -- 1-based line in the CSV, header included
+    column_name   VARCHAR,
+    error_type    VARCHAR,
+    csv_line      VARCHAR,
+    error_message VARCHAR
+);
+
+CREATE TABLE src_metrics (
+    create_time                      TIMESTAMP,  -- text 'YYYY-MM-DD HH:MM:SS', UTC
+    symbol                           VARCHAR,
+    sum_open_interest                DOUBLE,     -- coins
+    sum_open_interest_value          DOUBLE,     -- USDT
+    count_toptrader_long_short_ratio DOUBLE,
+    sum_toptrader_long_short_ratio   DOUBLE,
+    count_long_short_ratio           DOUBLE,     -- accounts long / accounts short
+    sum_taker_long_short_vol_ratio   DOUBLE,     -- taker buy volume / taker sell volume
+    file_id                          INTEGER
+);
+
+CREATE TABLE src_funding_rate (
+    calc_time              BIGINT,   -- epoch ms
+    funding_interval_hours INTEGER,
+    last_funding_rate      DOUBLE,
+    file_id                INTEGER
+);
+
+CREATE TABLE src_klines (             -- klines and markPriceKlines / indexPriceKlines / premiumIndexKlines
+    open_time              BIGINT,   -- epoch ms (µs in spot files from 2025)
+    open                   DOUBLE,
+    high                   DOUBLE,
+    low                    DOUBLE,
+    close                  DOUBLE,
+    volume                 DOUBLE,   -- base asset; ignored (0) in the price-index kline types
+    close_time             BIGINT,
+    quote_volume           DOUBLE,
+    count                  BIGINT,
+    taker_buy_volume       DOUBLE,
+    taker_buy_quote_volume DOUBLE,
+    ignore                 VARCHAR,
+    file_id                INTEGER
+);
+
+CREATE TABLE src_agg_trades (
+    agg_trade_id   BIGINT,
+    price          DOUBLE,
+    quantity       DOUBLE,
+    first_trade_id BIGINT,
+    last_trade_id  BIGINT,
+    transact_time  BIGINT,   -- epoch ms
+    is_buyer_maker BOOLEAN,  -- true: the seller was the taker
+    file_id        INTEGER
+);
+
+CREATE TABLE src_trades (
+    id             BIGINT,
+    price          DOUBLE,
+    qty            DOUBLE,
+    quote_qty      DOUBLE,
+    time           BIGINT,   -- epoch ms
+    is_buyer_maker BOOLEAN,
+    file_id        INTEGER
+);
+
+CREATE TABLE src_liquidation_snapshot (
+    time                      BIGINT,   -- epoch ms
+    side                      VARCHAR,  -- SELL: a long was liquidated; BUY: a short
+    order_type                VARCHAR,
+    time_in_force             VARCHAR,
+    original_quantity         DOUBLE,
+    price                     DOUBLE,
+    average_price             DOUBLE,
+    order_status              VARCHAR,
+    last_fill_quantity        DOUBLE,
+    accumulated_fill_quantity DOUBLE,
+    file_id                   INTEGER
+);
+
+-- The time window asked for with --start/--end (NULL: no bound). build.py fills one row.
+CREATE TABLE build_window (start_ts TIMESTAMP, end_ts TIMESTAMP);

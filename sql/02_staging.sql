@@ -1,0 +1,118 @@
+-- Layer 2: staging. Typed, UTC, deduplicated views over the sources, with Binance's names turned
+-- into the domain's (open_interest, funding_rate, taker_side ...). Two steps per file type:
+--   typed_*  every row, with its symbol and UTC time, a key and a hash of its values;
+--   stg_*    one row per key (the first file wins), limited to --start/--end, with rows that
+--            cannot be right (zero or negative prices, open interest or quantities) left out.
+-- Nothing is dropped silently: data_quality (sql/90_data_quality.sql) counts every duplicate and
+-- every row left out here, from the typed_* views.
+
+CREATE OR REPLACE MACRO in_build_window(ts) AS
+    ts >= coalesce((SELECT start_ts FROM build_window), '-infinity'::TIMESTAMP)
+    AND ts < coalesce((SELECT end_ts FROM build_window), 'infinity'::TIMESTAMP);
+
+CREATE OR REPLACE VIEW typed_open_interest AS
+SELECT coalesce(m.symbol, f.symbol)              AS symbol,
+       m.create_time                             AS ts,                    -- label of the 5-minute row, UTC
+       m.sum_open_interest                       AS open_interest,         -- coins
+       m.sum_open_interest_value                 AS open_interest_usd,     -- USDT
+       m.count_long_short_ratio                  AS long_short_account_ratio,
+       m.count_toptrader_long_short_ratio        AS top_trader_account_ratio,
+       m.sum_toptrader_long_short_ratio          AS top_trader_position_ratio,
+       m.sum_taker_long_short_vol_ratio          AS taker_buy_sell_ratio,
+       m.sum_open_interest > 0 AND m.sum_open_interest_value > 0 AS is_valid,
+       hash(m.sum_open_interest, m.sum_open_interest_value, m.count_long_short_ratio,
+            m.count_toptrader_long_short_ratio, m.sum_toptrader_long_short_ratio,
+            m.sum_taker_long_short_vol_ratio)    AS row_hash,
+       m.file_id
+FROM src_metrics m JOIN src_files f USING (file_id);
+
+CREATE OR REPLACE VIEW stg_open_interest AS
+SELECT * EXCLUDE (is_valid, row_hash) FROM typed_open_interest
+WHERE is_valid AND in_build_window(ts)
+QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
+
+CREATE OR REPLACE VIEW typed_funding_rates AS
+SELECT f.symbol,
+       ts_from_epoch(r.calc_time)  AS ts,
+       r.funding_interval_hours,
+       r.last_funding_rate         AS funding_rate,   -- per interval; positive: longs pay shorts
+       r.last_funding_rate IS NOT NULL AND abs(r.last_funding_rate) < 0.05 AS is_valid,
+       hash(r.funding_interval_hours, r.last_funding_rate) AS row_hash,
+       r.file_id
+FROM src_funding_rate r JOIN src_files f USING (file_id);
+
+CREATE OR REPLACE VIEW stg_funding_rates AS
+SELECT * EXCLUDE (is_valid, row_hash) FROM typed_funding_rates
+WHERE is_valid AND in_build_window(ts)
+QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
+
+-- Every kline type and interval present. data_type tells trade-price klines from markPriceKlines.
+CREATE OR REPLACE VIEW typed_klines AS
+SELECT f.symbol, f.data_type, f.kline_interval,
+       interval_seconds(f.kline_interval) AS interval_s,
+       ts_from_epoch(k.open_time) AS ts,                 -- open time of the bar, UTC
+       k.open, k.high, k.low, k.close,
+       k.volume, k.quote_volume AS quote_volume_usd, k.count AS trade_count,
+       k.taker_buy_volume, k.taker_buy_quote_volume AS taker_buy_quote_volume_usd,
+       least(k.open, k.high, k.low, k.close) > 0 AND k.high >= greatest(k.open, k.close, k.low)
+           AND k.low <= least(k.open, k.close) AS is_valid,
+       hash(k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.count) AS row_hash,
+       k.file_id
+FROM src_klines k JOIN src_files f USING (file_id);
+
+CREATE OR REPLACE VIEW stg_klines_all AS
+SELECT * EXCLUDE (is_valid, row_hash) FROM typed_klines
+WHERE is_valid AND in_build_window(ts)
+QUALIFY row_number() OVER (PARTITION BY symbol, data_type, kline_interval, ts ORDER BY file_id) = 1;
+
+-- The finest interval present for each symbol and kline type is the one the models use
+-- (real files are 1m; some exports are coarser). coverage.used says which that was.
+CREATE OR REPLACE VIEW stg_kline_intervals_used AS
+SELECT symbol, data_type, arg_min(kline_interval, interval_s) AS kline_interval, min(interval_s) AS interval_s
+FROM stg_klines_all GROUP BY ALL;
+
+CREATE OR REPLACE VIEW stg_price_klines AS          -- last-price bars at the finest interval
+SELECT k.* FROM stg_klines_all k JOIN stg_kline_intervals_used USING (symbol, data_type, kline_interval)
+WHERE data_type = 'klines';
+
+CREATE OR REPLACE VIEW stg_mark_price_klines AS     -- mark-price bars: what triggers liquidations
+SELECT k.* EXCLUDE (volume, quote_volume_usd, trade_count, taker_buy_volume, taker_buy_quote_volume_usd)
+FROM stg_klines_all k JOIN stg_kline_intervals_used USING (symbol, data_type, kline_interval)
+WHERE data_type = 'markPriceKlines';
+
+-- aggTrades and individual trades in one shape: each row is one taker fill.
+CREATE OR REPLACE VIEW typed_trades AS
+SELECT f.symbol, f.data_type, t.agg_trade_id AS trade_id, ts_from_epoch(t.transact_time) AS ts,
+       t.price, t.quantity, t.price * t.quantity AS notional_usd,
+       CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END AS taker_side,
+       t.price > 0 AND t.quantity > 0 AS is_valid,
+       hash(t.price, t.quantity, t.transact_time, t.is_buyer_maker) AS row_hash, t.file_id
+FROM src_agg_trades t JOIN src_files f USING (file_id)
+UNION ALL
+SELECT f.symbol, f.data_type, t.id, ts_from_epoch(t.time), t.price, t.qty, t.price * t.qty,
+       CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END,
+       t.price > 0 AND t.qty > 0, hash(t.price, t.qty, t.time, t.is_buyer_maker), t.file_id
+FROM src_trades t JOIN src_files f USING (file_id);
+
+CREATE OR REPLACE VIEW stg_trades AS
+SELECT * EXCLUDE (is_valid, row_hash) FROM typed_trades
+WHERE is_valid AND in_build_window(ts)
+QUALIFY row_number() OVER (PARTITION BY symbol, data_type, trade_id ORDER BY file_id) = 1;
+
+-- Realized liquidations from Binance's liquidationSnapshot files (USD-M, up to 2024-03-31).
+CREATE OR REPLACE VIEW typed_liquidation_snapshot AS
+SELECT f.symbol, ts_from_epoch(l.time) AS ts,
+       CASE l.side WHEN 'SELL' THEN 'long' WHEN 'BUY' THEN 'short' END AS side,  -- the side liquidated
+       coalesce(nullif(l.average_price, 0), l.price) AS price,
+       coalesce(nullif(l.accumulated_fill_quantity, 0), l.original_quantity) AS quantity,
+       coalesce(nullif(l.average_price, 0), l.price)
+           * coalesce(nullif(l.accumulated_fill_quantity, 0), l.original_quantity) AS volume_usd,
+       l.side IN ('SELL', 'BUY') AND l.price > 0 AS is_valid,
+       hash(l.time, l.side, l.price, l.average_price, l.original_quantity) AS row_hash,
+       l.file_id
+FROM src_liquidation_snapshot l JOIN src_files f USING (file_id);
+
+CREATE OR REPLACE VIEW stg_liquidation_snapshot AS   -- Binance's files repeat rows: one per event
+SELECT * EXCLUDE (is_valid, row_hash) FROM typed_liquidation_snapshot
+WHERE is_valid AND in_build_window(ts)
+QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity ORDER BY file_id) = 1;

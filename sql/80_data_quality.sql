@@ -1,0 +1,170 @@
+-- Data quality and coverage: every problem found in the inputs, one row each, so that nothing is
+-- dropped or guessed silently. Built from the sources and the typed_* / stg_* staging views.
+-- severity: 'error'   data could not be used at all (file quarantined, rows unparseable);
+--           'warning' data is missing, left out of the models, or suspicious;
+--           'info'    a known quirk of Binance's files that the build handled (e.g. overlapping files).
+
+-- Every typed row in one shape: the checks below are the same for every file type.
+CREATE OR REPLACE VIEW dq_rows AS
+SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, hash(ts) AS row_key, row_hash, is_valid, file_id
+FROM typed_open_interest
+UNION ALL SELECT symbol, 'fundingRate', '', ts, hash(ts), row_hash, is_valid, file_id FROM typed_funding_rates
+UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, hash(ts), row_hash, is_valid, file_id FROM typed_klines
+UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), row_hash, is_valid, file_id FROM typed_trades
+UNION ALL SELECT symbol, 'liquidationSnapshot', '', ts, hash(ts, side, price, quantity), row_hash, is_valid, file_id
+FROM typed_liquidation_snapshot;
+
+-- The deduplicated, valid time series, with the step from the previous row, for gaps and cadence.
+CREATE OR REPLACE VIEW dq_series_steps AS
+WITH series AS (
+    SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, file_id FROM stg_open_interest
+    UNION ALL SELECT symbol, 'fundingRate', '', ts, file_id FROM stg_funding_rates
+    UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, file_id FROM stg_klines_all
+)
+SELECT *, lag(ts) OVER w AS previous_ts, epoch(ts - lag(ts) OVER w)::BIGINT AS step_s
+FROM series WINDOW w AS (PARTITION BY symbol, data_type, kline_interval ORDER BY ts);
+
+-- The regular spacing of each series: the most common step (5 min for metrics, 8 h for funding ...).
+CREATE OR REPLACE TABLE dq_cadence AS
+SELECT symbol, data_type, kline_interval, mode(step_s) AS cadence_s
+FROM dq_series_steps WHERE step_s > 0 GROUP BY ALL;
+
+CREATE OR REPLACE MACRO dq_duration(s) AS
+    CASE WHEN s % 86400 = 0 THEN (s // 86400) || ' d' WHEN s % 3600 = 0 THEN (s // 3600) || ' h'
+         WHEN s % 60 = 0 THEN (s // 60) || ' min' ELSE s || ' s' END;
+
+CREATE OR REPLACE TABLE data_quality AS
+WITH
+files AS (SELECT * FROM src_files),
+quarantined AS (
+    SELECT symbol, data_type, kline_interval, path AS file, NULL::BIGINT AS line, problem, 'error' AS severity,
+           detail, NULL::BIGINT AS rows_affected, NULL::TIMESTAMP AS first_ts, NULL::TIMESTAMP AS last_ts
+    FROM files WHERE status = 'quarantined'
+),
+unparseable AS (
+    SELECT f.symbol, f.data_type, f.kline_interval, f.path, min(r.line), 'unparseable_rows', 'error',
+           format('{} rows could not be read and were left out; first at line {}: "{}" ({})',
+                  count(DISTINCT r.line), min(r.line), arg_min(r.csv_line, r.line)[:100],
+                  arg_min(r.error_message, r.line)[:160]),
+           count(DISTINCT r.line), NULL::TIMESTAMP, NULL::TIMESTAMP
+    FROM src_rejects r JOIN files f USING (file_id) GROUP BY ALL
+),
+invalid AS (
+    SELECT d.symbol, d.data_type, d.kline_interval, f.path, NULL::BIGINT,
+           CASE d.data_type WHEN 'metrics' THEN 'non_positive_open_interest'
+                            WHEN 'fundingRate' THEN 'invalid_funding_rate'
+                            WHEN 'liquidationSnapshot' THEN 'invalid_liquidation'
+                            WHEN 'aggTrades' THEN 'non_positive_trade' WHEN 'trades' THEN 'non_positive_trade'
+                            ELSE 'invalid_price_bar' END,
+           'warning', format('{} rows with zero, negative, missing or inconsistent values left out of the models',
+                             count(*)),
+           count(*), min(d.ts), max(d.ts)
+    FROM dq_rows d JOIN files f USING (file_id)
+    WHERE NOT coalesce(d.is_valid, false) AND in_build_window(d.ts) GROUP BY ALL
+),
+duplicate_keys AS (
+    SELECT symbol, data_type, kline_interval, row_key, count(*) AS n, count(DISTINCT row_hash) AS variants,
+           list(DISTINCT file_id ORDER BY file_id) AS file_ids, min(ts) AS ts
+    FROM dq_rows WHERE in_build_window(ts) GROUP BY ALL HAVING count(*) > 1
+),
+duplicates AS (
+    -- The same row twice in one file is a fault of that file; the same row in two files is how
+    -- Binance writes metrics (a day's file repeats the next day's 00:00) or overlapping downloads.
+    SELECT symbol, data_type, kline_interval, file, NULL::BIGINT, problem,
+           CASE problem WHEN 'overlapping_files' THEN 'info' ELSE 'warning' END,
+           format(CASE problem
+                  WHEN 'conflicting_duplicates' THEN '{} keys appear with different values in several files; the first file''s row is used'
+                  WHEN 'duplicate_rows' THEN '{} rows appear more than once in this file; one of each is used'
+                  ELSE '{} rows appear in more than one file with the same values; one of each is used' END,
+                  count(*)),
+           sum(n - 1), min(ts), max(ts)
+    FROM (
+        SELECT d.*, CASE WHEN d.variants > 1 THEN 'conflicting_duplicates'
+                         WHEN len(d.file_ids) = 1 THEN 'duplicate_rows' ELSE 'overlapping_files' END AS problem,
+               CASE WHEN len(d.file_ids) = 1 OR d.variants > 1 THEN f.path END AS file
+        FROM duplicate_keys d JOIN files f ON f.file_id = d.file_ids[1]
+    )
+    GROUP BY symbol, data_type, kline_interval, file, problem
+),
+covered_days AS (   -- the days each loaded file covers: one for a daily file, the month for a monthly one
+    SELECT DISTINCT symbol, data_type, coalesce(kline_interval, '') AS kline_interval, unnest(generate_series(
+               strptime(rpad(period, 10, '-01'), '%Y-%m-%d'),
+               CASE WHEN len(period) = 10 THEN strptime(period, '%Y-%m-%d')
+                    ELSE strptime(period || '-01', '%Y-%m-%d') + INTERVAL 1 MONTH - INTERVAL 1 DAY END,
+               INTERVAL 1 DAY))::DATE AS day
+    FROM files WHERE status = 'loaded'
+),
+spans AS (
+    SELECT symbol, data_type, kline_interval,
+           greatest(min(day), coalesce((SELECT start_ts FROM build_window)::DATE, min(day))) AS first_day,
+           least(max(day), coalesce((SELECT end_ts FROM build_window)::DATE - 1, max(day))) AS last_day
+    FROM covered_days GROUP BY ALL
+),
+missing_days AS (
+    SELECT s.symbol, s.data_type, s.kline_interval, NULL AS file, NULL::BIGINT, 'missing_day', 'warning',
+           format('no {} file for {} (expected {}-{}-{}.zip)', s.data_type, g.day, s.symbol,
+                  coalesce(nullif(s.kline_interval, ''), s.data_type), g.day),
+           NULL::BIGINT, g.day::TIMESTAMP, g.day::TIMESTAMP + INTERVAL 1 DAY - INTERVAL 1 SECOND
+    FROM spans s, LATERAL (SELECT unnest(generate_series(s.first_day, s.last_day, INTERVAL 1 DAY))::DATE AS day) g
+    WHERE NOT EXISTS (SELECT 1 FROM covered_days c WHERE c.symbol = s.symbol AND c.data_type = s.data_type
+                      AND c.kline_interval = s.kline_interval AND c.day = g.day)
+),
+gaps AS (
+    SELECT s.symbol, s.data_type, s.kline_interval, f.path, NULL::BIGINT, 'gap', 'warning',
+           format('no rows between {} and {}: a gap of {} in a series with a row every {}',
+                  s.previous_ts, s.ts, dq_duration(s.step_s), dq_duration(c.cadence_s)),
+           s.step_s // c.cadence_s - 1, s.previous_ts, s.ts
+    FROM dq_series_steps s JOIN dq_cadence c USING (symbol, data_type, kline_interval) JOIN files f USING (file_id)
+    -- funding may move from 8 h to 4 h or 1 h: only a step longer than 8 h is a gap there
+    WHERE s.step_s > CASE WHEN s.data_type = 'fundingRate' THEN greatest(c.cadence_s, 28800) ELSE c.cadence_s END
+),
+outliers AS (
+    -- Moves no real market makes in one step: price by more than 15 % per bar, open interest by
+    -- more than 30 % per row. Kept in the models (they may be real), reported to be looked at.
+    SELECT symbol, data_type, kline_interval, NULL, NULL::BIGINT,
+           CASE WHEN data_type = 'metrics' THEN 'open_interest_outlier' ELSE 'price_outlier' END, 'warning',
+           format('{} changed by {}% in one step, from {} to {}', CASE WHEN data_type = 'metrics'
+                  THEN 'open interest' ELSE 'close price' END, round(100 * (value / previous - 1), 1), previous_ts, ts),
+           1::BIGINT, previous_ts, ts
+    FROM (
+        SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, open_interest AS value,
+               lag(open_interest) OVER w AS previous, lag(ts) OVER w AS previous_ts
+        FROM stg_open_interest WINDOW w AS (PARTITION BY symbol ORDER BY ts)
+        UNION ALL
+        SELECT symbol, data_type, kline_interval, ts, close, lag(close) OVER w, lag(ts) OVER w
+        FROM stg_klines_all WINDOW w AS (PARTITION BY symbol, data_type, kline_interval ORDER BY ts)
+    )
+    WHERE abs(ln(value / previous)) > CASE WHEN data_type = 'metrics' THEN ln(1.3) ELSE ln(1.15) END
+)
+SELECT symbol, data_type, nullif(kline_interval, '') AS kline_interval, file, line, problem, severity, detail, rows_affected,
+       first_ts, last_ts
+FROM (SELECT * FROM quarantined UNION ALL SELECT * FROM unparseable UNION ALL SELECT * FROM invalid
+      UNION ALL SELECT * FROM duplicates UNION ALL SELECT * FROM missing_days UNION ALL SELECT * FROM gaps
+      UNION ALL SELECT * FROM outliers)
+ORDER BY CASE severity WHEN 'error' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, symbol, data_type, first_ts, file;
+
+-- What data there is, per symbol and file type: the health check of a build.
+CREATE OR REPLACE TABLE coverage AS
+WITH rows_by_series AS (
+    SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, min(ts) AS first_ts, max(ts) AS last_ts,
+           count(*) AS rows FROM stg_open_interest GROUP BY ALL
+    UNION ALL SELECT symbol, 'fundingRate', '', min(ts), max(ts), count(*) FROM stg_funding_rates GROUP BY ALL
+    UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), min(ts), max(ts), count(*) FROM stg_klines_all GROUP BY ALL
+    UNION ALL SELECT symbol, data_type, '', min(ts), max(ts), count(*) FROM stg_trades GROUP BY ALL
+    UNION ALL SELECT symbol, 'liquidationSnapshot', '', min(ts), max(ts), count(*)
+    FROM stg_liquidation_snapshot GROUP BY ALL
+),
+file_counts AS (
+    SELECT symbol, data_type, coalesce(kline_interval, '') AS kline_interval,
+           count(*) FILTER (status = 'loaded') AS files,
+           count(*) FILTER (status = 'quarantined') AS files_quarantined
+    FROM src_files GROUP BY ALL
+)
+SELECT symbol, data_type, nullif(kline_interval, '') AS kline_interval, r.first_ts, r.last_ts, coalesce(r.rows, 0) AS rows,
+       fc.files, fc.files_quarantined, c.cadence_s,
+       -- the models use the finest kline interval of each type, and every other type as it is
+       fc.kline_interval = '' OR EXISTS (SELECT 1 FROM stg_kline_intervals_used u WHERE u.symbol = fc.symbol
+           AND u.data_type = fc.data_type AND u.kline_interval = fc.kline_interval) AS used_by_models
+FROM file_counts fc
+LEFT JOIN rows_by_series r USING (symbol, data_type, kline_interval)
+LEFT JOIN dq_cadence c USING (symbol, data_type, kline_interval);
