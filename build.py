@@ -320,7 +320,7 @@ def build(args) -> Path:
             run_sql_files(con, later)
             log("ran " + ", ".join(later))
         describe_outputs(con, tables)
-        con.execute("UPDATE src_files SET csv_path = NULL WHERE csv_path <> path")  # temporary copies are gone
+        con.execute("UPDATE src_files SET csv_path = NULL")  # the temporary copies are gone
         summarize(con)
         export_sqlite(con, tables, db_path)
         con.close()
