@@ -209,7 +209,7 @@ def load_sources(con, files: list[dict], tmp: Path) -> None:
 
 def write_build_info(con, args, files: list[dict]) -> None:
     info = {
-        "built_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "data_dir": str(args.data), "symbols": ",".join(args.symbol or []) or "all found",
         "start": str(args.start or ""), "end": str(args.end or ""), "files_found": str(len(files)),
         "python": sys.version.split()[0], "duckdb": duckdb.__version__,
@@ -247,26 +247,26 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path) -> None:
     """Write the output tables to a new SQLite file, then swap it in: a failed build leaves the old one."""
     tmp_path = db_path.with_name(db_path.name + ".tmp")
     tmp_path.unlink(missing_ok=True)
-    db = sqlite_utils.Database(tmp_path)
-    for table, meta in tables.items():
-        relation = con.table(table)
-        columns = {name: SQLITE_TYPES.get(str(kind).split("(")[0], str)
-                   for name, kind in zip(relation.columns, relation.types)}
-        missing = set(meta.get("columns", {})) ^ set(columns)
-        if missing:
-            raise BuildError(f"metadata.yml and sql/ disagree on the columns of {table}: {sorted(missing)}")
-        db[table].create(columns)
-        placeholders = ", ".join("?" * len(columns))
-        cursor = con.execute(f"SELECT {export_columns(relation)} FROM {table}")
-        while batch := cursor.fetchmany(50_000):
-            db.conn.executemany(f"INSERT INTO [{table}] VALUES ({placeholders})", batch)
-        for index in INDEXES.get(table, []):
-            db[table].create_index(index)
-        db.conn.commit()
-        log(f"exported {table}: {db[table].count:,} rows")
-    db.conn.execute("VACUUM")
-    db.close()
-    os.replace(tmp_path, db_path)
+    try:
+        db = sqlite_utils.Database(tmp_path)
+        for table in tables:
+            relation = con.table(table)
+            columns = {name: SQLITE_TYPES.get(str(kind).split("(")[0], str)
+                       for name, kind in zip(relation.columns, relation.types)}
+            db[table].create(columns)
+            placeholders = ", ".join("?" * len(columns))
+            cursor = con.execute(f"SELECT {export_columns(relation)} FROM {table}")
+            while batch := cursor.fetchmany(50_000):
+                db.conn.executemany(f"INSERT INTO [{table}] VALUES ({placeholders})", batch)
+            for index in INDEXES.get(table, []):
+                db[table].create_index(index)
+            db.conn.commit()
+            log(f"exported {table}: {db[table].count:,} rows")
+        db.conn.execute("VACUUM")
+        db.close()
+        os.replace(tmp_path, db_path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
 
 
 def export_columns(relation) -> str:
@@ -282,6 +282,9 @@ def export_columns(relation) -> str:
 def describe_outputs(con, tables: dict[str, dict]) -> None:
     """Copy metadata.yml's descriptions onto the DuckDB tables, for users of the .duckdb file."""
     for table, meta in tables.items():
+        differ = set(meta.get("columns", {})) ^ set(con.table(table).columns)
+        if differ:
+            raise BuildError(f"metadata.yml and sql/ disagree on the columns of {table}: {sorted(differ)}")
         con.execute(f"COMMENT ON TABLE {table} IS '{_quote(meta.get('description', ''))}'")
         for column, text in meta.get("columns", {}).items():
             con.execute(f"COMMENT ON COLUMN {table}.{column} IS '{_quote(text)}'")

@@ -1,0 +1,116 @@
+"""Shared fixtures: simulated Binance files and databases built from them, once per test session."""
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import simulate
+
+ROOT = Path(__file__).resolve().parent.parent
+DAYS = 4
+START = "2024-09-01"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    simulate.simulate(out, days=DAYS, seed=7, start=START, trades_per_day=3000, progress=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_db(demo_dir, tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("built") / "liquidations.db"
+    assert run_build("--data", str(demo_dir), "--db", str(db)).returncode == 0
+    return db
+
+
+def run_build(*args: str, command: str = "build") -> subprocess.CompletedProcess:
+    """build.py as a user runs it, in its own process."""
+    return subprocess.run([sys.executable, str(ROOT / "build.py"), command, *args],
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def daily_file(root: Path, data_type: str, day: str, symbol: str = "BTCUSDT", interval: str | None = None) -> Path:
+    folder = root / "data/futures/um/daily" / data_type / symbol
+    name = f"{symbol}-{interval or data_type}-{day}.zip"
+    return (folder / interval / name) if interval else folder / name
+
+
+def read_zip_lines(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(archive.namelist()[0]).decode().splitlines()
+
+
+def write_zip_lines(path: Path, lines: list[str], checksum: bool = True) -> None:
+    """Rewrite a Binance zip with new CSV lines and, like Binance, a matching .CHECKSUM."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(path.stem + ".csv", "\n".join(lines) + "\n")
+    path.write_bytes(buffer.getvalue())
+    if checksum:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        path.with_name(path.name + ".CHECKSUM").write_text(f"{digest}  {path.name}\n")
+
+
+def remove(path: Path) -> None:
+    path.unlink()
+    path.with_name(path.name + ".CHECKSUM").unlink(missing_ok=True)
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def broken_dir(demo_dir, tmp_path_factory) -> Path:
+    """The demo files with one of each problem a real download has (domain.md §3) injected."""
+    root = copy_tree(demo_dir, tmp_path_factory.mktemp("broken") / "data")
+    # a missing day
+    remove(daily_file(root, "metrics", "2024-09-03"))
+    # a gap of one hour inside a day (rows 13:00 .. 13:55 gone)
+    path = daily_file(root, "metrics", "2024-09-02")
+    write_zip_lines(path, [line for line in read_zip_lines(path) if " 13:" not in line])
+    # zero open interest in two rows
+    path = daily_file(root, "metrics", "2024-09-01")
+    lines = read_zip_lines(path)
+    for i in (100, 101):
+        fields = lines[i].split(",")
+        fields[2] = "0"
+        lines[i] = ",".join(fields)
+    write_zip_lines(path, lines)
+    # a duplicated row and an unparseable row in one klines file
+    path = daily_file(root, "klines", "2024-09-02", interval="1m")
+    lines = read_zip_lines(path)
+    write_zip_lines(path, lines[:50] + [lines[49], "1725235200000,not-a-price,1,1,1,1,1,1,1,1,1,0"] + lines[50:])
+    # a zip that does not match its CHECKSUM
+    path = daily_file(root, "aggTrades", "2024-09-04")
+    path.with_name(path.name + ".CHECKSUM").write_text("0" * 64 + f"  {path.name}\n")
+    # the same klines day without a header row, as Binance's older files are
+    path = daily_file(root, "klines", "2024-09-03", interval="1m")
+    write_zip_lines(path, read_zip_lines(path)[1:])
+    return root
+
+
+@pytest.fixture(scope="session")
+def broken_db(broken_dir, tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("broken-built") / "liquidations.db"
+    result = run_build("--data", str(broken_dir), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    return db
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium; tests that need it fail under CI when it is missing, else skip."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None and os.environ.get("CI"):
+        pytest.fail("chromium is not installed: .ci/run installs Debian's chromium package")
+    return path

@@ -1,0 +1,190 @@
+"""build.py build: Binance files in, DuckDB and SQLite out, every problem reported."""
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+from conftest import DAYS, ROOT, daily_file, read_zip_lines, run_build, write_zip_lines
+
+import build
+
+
+def rows(db: Path, sql: str, *params) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def test_parse_file_name_reads_binance_names():
+    vision = Path("data/futures/um/daily/markPriceKlines/BTCUSDT/1m/BTCUSDT-1m-2024-09-01.zip")
+    assert build.parse_file_name(vision) == {
+        "path": vision, "symbol": "BTCUSDT", "data_type": "markPriceKlines", "kline_interval": "1m",
+        "period": "2024-09-01"}
+    assert build.parse_file_name(Path("flat/ETHUSDT-1h-2024-09.csv"))["data_type"] == "klines"
+    assert build.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip"))["data_type"] == "metrics"
+    assert build.parse_file_name(Path("x/BTCUSDT-fundingRate-2024-09.zip"))["period"] == "2024-09"
+    assert build.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip.CHECKSUM")) is None
+    assert build.parse_file_name(Path("x/BTCUSDT-bookDepth-2024-09-01.zip")) is None
+    assert build.parse_file_name(Path("x/notes.csv")) is None
+
+
+def test_demo_build_exports_every_described_table(demo_db):
+    metadata = yaml.safe_load((ROOT / "metadata.yml").read_text())
+    tables = metadata["databases"]["liquidations"]["tables"]
+    with sqlite3.connect(demo_db) as con:
+        present = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert set(tables) <= present
+        for table, meta in tables.items():
+            columns = [c[1] for c in con.execute(f"PRAGMA table_info([{table}])")]
+            assert columns == list(meta["columns"]), f"{table}: every column described, in order"
+            assert all(str(text).strip() for text in meta["columns"].values())
+            assert meta["description"]
+
+
+def test_demo_build_has_the_simulated_series(demo_db):
+    coverage = {(t, i): (n, f, used) for t, i, n, f, used in rows(
+        demo_db, "SELECT data_type, kline_interval, rows, files, used_by_models FROM coverage")}
+    assert coverage[("metrics", None)][:2] == (DAYS * 288 + 1, DAYS)  # day-boundary duplicates removed
+    assert coverage[("klines", "1m")][:2] == (DAYS * 1440, DAYS)
+    assert coverage[("markPriceKlines", "1m")][:2] == (DAYS * 1440, DAYS)
+    assert coverage[("fundingRate", None)][0] == DAYS * 3
+    assert coverage[("aggTrades", None)][0] > 0 and coverage[("liquidationSnapshot", None)][0] > 0
+    assert all(used for _, _, used in coverage.values())
+    # times are ISO-8601 UTC text, the 5-minute cadence is found
+    assert rows(demo_db, "SELECT min(ts), max(ts) FROM open_interest")[0] == (
+        "2024-09-01T00:00:00Z", "2024-09-05T00:00:00Z")
+    assert rows(demo_db, "SELECT cadence_s FROM coverage WHERE data_type = 'metrics'") == [(300,)]
+    # a clean simulated download has only the expected overlapping-files quirk
+    assert rows(demo_db, "SELECT DISTINCT problem, severity FROM data_quality") == [("overlapping_files", "info")]
+
+
+def test_duckdb_file_keeps_macros_views_and_descriptions(demo_db):
+    con = duckdb.connect(str(demo_db.with_suffix(".duckdb")), read_only=True)
+    assert con.execute("SELECT count(*) FROM stg_open_interest").fetchone()[0] == DAYS * 288 + 1
+    assert con.execute("SELECT ts_from_epoch(1725148800000), ts_from_epoch(1725148800000000)").fetchone()[0] \
+        == con.execute("SELECT TIMESTAMP '2024-09-01 00:00:00'").fetchone()[0]
+    comment = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'data_quality'").fetchone()[0]
+    assert "problem" in comment
+
+
+def problems(db: Path) -> dict[str, list[tuple]]:
+    found: dict[str, list[tuple]] = {}
+    for problem, file, line, detail, n, first_ts in rows(
+            db, "SELECT problem, file, line, detail, rows_affected, first_ts FROM data_quality"):
+        found.setdefault(problem, []).append((file, line, detail, n, first_ts))
+    return found
+
+
+def test_every_injected_problem_is_reported(broken_db):
+    found = problems(broken_db)
+    missing = [d for d in found["missing_day"] if "metrics" in d[2]]
+    assert [d[4] for d in missing] == ["2024-09-03T00:00:00Z"]
+    assert "BTCUSDT-metrics-2024-09-03.zip" in missing[0][2]
+    gaps = {(d[4], d[3]) for d in found["gap"]}
+    assert ("2024-09-02T12:55:00Z", 12) in gaps  # the twelve rows 13:00 .. 13:55
+    zero = found["non_positive_open_interest"]
+    assert zero[0][0].endswith("BTCUSDT-metrics-2024-09-01.zip") and zero[0][3] == 2
+    duplicate = found["duplicate_rows"]
+    assert duplicate[0][0].endswith("BTCUSDT-1m-2024-09-02.zip") and duplicate[0][3] == 1
+    unparseable = found["unparseable_rows"]
+    assert unparseable[0][0].endswith("BTCUSDT-1m-2024-09-02.zip")
+    assert unparseable[0][1] == 52  # header, 49 rows, the duplicate, then the bad line
+    assert "not-a-price" in unparseable[0][2]
+    bad = found["checksum_mismatch"]
+    assert bad[0][0].endswith("BTCUSDT-aggTrades-2024-09-04.zip")
+
+
+def test_quarantined_files_are_not_ingested(broken_db):
+    status = rows(broken_db, "SELECT status, problem, rows_read FROM source_files WHERE file LIKE '%aggTrades-2024-09-04%'")
+    assert status == [("quarantined", "checksum_mismatch", 0)]
+    days = rows(broken_db, "SELECT count(*) FROM coverage WHERE data_type = 'aggTrades' AND last_ts < '2024-09-04'")
+    assert days == [(1,)]
+
+
+def test_header_or_no_header_gives_the_same_rows(broken_db, demo_db):
+    query = "SELECT ts, open, high, low, close, volume FROM price_klines WHERE ts LIKE '2024-09-03%' ORDER BY ts"
+    assert rows(broken_db, query) == rows(demo_db, query)
+    assert rows(broken_db, "SELECT has_header FROM source_files WHERE data_type = 'klines' AND period = '2024-09-03'") == [(0,)]
+
+
+def test_invalid_rows_are_left_out_of_staging(broken_db):
+    assert rows(broken_db, "SELECT count(*) FROM open_interest WHERE open_interest <= 0") == [(0,)]
+
+
+def test_flat_folder_microseconds_and_symbol_filter(demo_dir, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in demo_dir.rglob("*-2024-09-0[12].zip"):
+        if "markPriceKlines" not in path.parts:  # same name as the klines: only a folder tells them apart
+            shutil.copy(path, flat / path.name)
+    # spot-style microsecond timestamps (Binance switched spot files in 2025) in one klines file
+    path = flat / "BTCUSDT-1m-2024-09-02.zip"
+    lines = read_zip_lines(path)
+    fixed = [lines[0]] + [",".join([f[0] + "000", *f[1:6], f[6] + "000", *f[7:]])
+                          for f in (line.split(",") for line in lines[1:])]
+    write_zip_lines(path, fixed, checksum=False)
+    (flat / "ETHUSDT-metrics-2024-09-01.csv").write_text(read_zip_lines(flat / "BTCUSDT-metrics-2024-09-01.zip")[0])
+    db = tmp_path / "flat.db"
+    result = run_build("--data", str(flat), "--db", str(db), "--symbol", "BTCUSDT", "--start", "2024-09-02",
+                       "--end", "2024-09-02")
+    assert result.returncode == 0, result.stderr
+    assert rows(db, "SELECT min(ts), max(ts), count(*) FROM price_klines") == [
+        ("2024-09-02T00:00:00Z", "2024-09-02T23:59:00Z", 1440)]
+    assert rows(db, "SELECT DISTINCT symbol FROM coverage") == [("BTCUSDT",)]
+    assert rows(db, "SELECT checksum FROM source_files WHERE file = 'BTCUSDT-1m-2024-09-02.zip'") == [("absent",)]
+
+
+def test_coarser_intervals_are_accepted_and_the_finest_used(demo_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    one_minute = read_zip_lines(daily_file(data, "klines", "2024-09-01", interval="1m"))
+    hourly = daily_file(data, "klines", "2024-09-01", interval="1h")
+    hourly.parent.mkdir(parents=True)
+    write_zip_lines(hourly, one_minute[:1] + one_minute[1::60])
+    db = tmp_path / "x.db"
+    assert run_build("--data", str(data), "--db", str(db)).returncode == 0
+    assert rows(db, "SELECT kline_interval, used_by_models, cadence_s FROM coverage WHERE data_type = 'klines' "
+                    "ORDER BY 1") == [("1h", 0, 3600), ("1m", 1, 60)]
+    assert rows(db, "SELECT DISTINCT kline_interval FROM price_klines") == [("1m",)]
+
+
+def test_bad_input_exits_non_zero_and_keeps_the_previous_database(demo_db, tmp_path):
+    db = tmp_path / "liquidations.db"
+    shutil.copy(demo_db, db)
+    before = db.read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_build("--data", str(empty), "--db", str(db))
+    assert result.returncode == 2 and "no Binance futures files" in result.stderr and str(empty) in result.stderr
+    assert run_build("--data", str(tmp_path / "nope"), "--db", str(db)).returncode == 2
+    # every file unreadable: the build fails after starting, and the old database is untouched
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "BTCUSDT-metrics-2024-09-01.zip").write_bytes(b"not a zip")
+    result = run_build("--data", str(junk), "--db", str(db))
+    assert result.returncode == 2 and "BTCUSDT-metrics-2024-09-01.zip" in result.stderr
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "junk", "liquidations.db"]
+
+
+def test_a_failing_export_keeps_the_previous_database(demo_dir, demo_db, tmp_path, monkeypatch):
+    db = tmp_path / "liquidations.db"
+    shutil.copy(demo_db, db)
+    before = db.read_bytes()
+
+    def broken_index(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(build.sqlite_utils.db.Table, "create_index", broken_index)
+    with pytest.raises(RuntimeError):
+        build.main(["build", "--data", str(demo_dir), "--db", str(db)])
+    assert db.read_bytes() == before
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_metadata_and_sql_must_agree(demo_dir, tmp_path, monkeypatch):
+    metadata = build.load_metadata()
+    metadata["databases"]["liquidations"]["tables"]["coverage"]["columns"]["no_such_column"] = "x"
+    monkeypatch.setattr(build, "load_metadata", lambda: metadata)
+    assert build.main(["build", "--data", str(demo_dir), "--db", str(tmp_path / "x.db")]) == 2
