@@ -8,10 +8,10 @@ import urllib.request
 
 import pytest
 import yaml
+from conftest import ROOT, run_build
 from datasette.app import Datasette
 
 import build
-from conftest import ROOT, run_build
 
 
 def tables() -> list[str]:
