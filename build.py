@@ -56,6 +56,11 @@ INDEXES = {
     "price_klines": [["symbol", "ts"]],
     "open_interest": [["symbol", "ts"]],
     "funding_rates": [["symbol", "ts"]],
+    "heatmap": [["model", "symbol", "ts"]],
+    "levels": [["model", "symbol", "side", "leverage"]],
+    "predicted_liquidations": [["model", "symbol", "ts"]],
+    "liquidation_map": [["model", "symbol"]],
+    "model_comparison": [["symbol"]],
 }
 
 
@@ -207,6 +212,21 @@ def load_sources(con, files: list[dict], tmp: Path) -> None:
             JOIN src_files f ON f.csv_path = s.file_path""")
 
 
+def set_parameters(con, args) -> None:
+    """Point the SQL at the seed files and record --param / --params overrides (checked in SQL)."""
+    for name in ("maintenance_brackets", "leverage_tiers", "model_parameters"):
+        path = Path(getattr(args, name.removeprefix("model_")) or SQL_DIR / "seeds" / f"{name}.csv")
+        if not path.is_file():
+            raise BuildError(f"{name} file {path} does not exist")
+        con.execute(f"SET VARIABLE {name}_file = ?", [str(path)])
+    for item in args.param:
+        name, _, value = item.partition("=")
+        try:
+            con.execute("INSERT OR REPLACE INTO parameter_overrides VALUES (?, ?)", [name.strip(), float(value)])
+        except ValueError:
+            raise BuildError(f"--param {item}: expected NAME=NUMBER, e.g. --param price_bucket_usd=50") from None
+
+
 def write_build_info(con, args, files: list[dict]) -> None:
     info = {
         "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -315,6 +335,7 @@ def build(args) -> Path:
             run_sql_files(con, ["00_macros.sql", "01_sources.sql"])
             con.execute("INSERT INTO build_window VALUES (?, ?)",
                         [args.start, args.end + dt.timedelta(days=1) if args.end else None])
+            set_parameters(con, args)
             load_sources(con, files, Path(tmp))
             if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
                 raise BuildError(f"none of the {len(files)} files under {args.data} could be read (see messages above)")
@@ -374,7 +395,7 @@ def default_run(args) -> None:
         log(f"no Binance files under {DATA_DIR}: simulating demo data into {DATA_DIR / 'demo'}")
         demo(argparse.Namespace(out=DATA_DIR / "demo", days=30, seed=1, symbol="BTCUSDT",
                                 trades_per_day=20_000, start="2024-09-01"))
-    db_path = build(argparse.Namespace(data=DATA_DIR, db=DEFAULT_DB, symbol=[], start=None, end=None))
+    db_path = build(parse_args(["build"]))
     print(f"\nBuilt {db_path.relative_to(ROOT)}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/")
 
 
@@ -395,6 +416,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
     p.add_argument("--start", type=date, help="first day to use (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=date, help="last day to use, inclusive")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one model parameter (see the model_parameters table)")
+    p.add_argument("--parameters", metavar="CSV", help="model parameters file (default sql/seeds/model_parameters.csv)")
+    p.add_argument("--leverage-tiers", metavar="CSV", help="leverage tiers file (leverage,weight,typical_notional_usd)")
+    p.add_argument("--maintenance-brackets", metavar="CSV", help="maintenance bracket table (default: BTCUSDT's)")
     p = commands.add_parser("serve", help="run Datasette on the built SQLite file")
     p.add_argument("--db", type=Path, default=DEFAULT_DB)
     p.add_argument("--port", type=int, default=8001)

@@ -100,3 +100,6 @@ CREATE TABLE src_liquidation_snapshot (
 
 -- The time window asked for with --start/--end (NULL: no bound). build.py fills one row.
 CREATE TABLE build_window (start_ts TIMESTAMP, end_ts TIMESTAMP);
+
+-- Model parameters given on the command line (--param NAME=VALUE, --params FILE); see 10_parameters.sql.
+CREATE TABLE parameter_overrides (name VARCHAR PRIMARY KEY, value DOUBLE NOT NULL);

@@ -1,0 +1,41 @@
+-- Layer 3a: model parameters, as data. Each comes from a CSV under sql/seeds/ that the user can
+-- replace (build.py --brackets, --leverage-tiers, --params) or override one by one (--param NAME=VALUE);
+-- build.py puts the file names in DuckDB variables and the overrides in parameter_overrides.
+
+-- Binance's maintenance margin brackets (domain.md §2): the bracket is chosen by the individual
+-- position's notional, never by the total open interest.
+CREATE OR REPLACE TABLE maintenance_brackets AS
+SELECT * FROM read_csv(getvariable('maintenance_brackets_file'), header = true, auto_detect = false, columns = {
+    'symbol': 'VARCHAR', 'bracket': 'INTEGER', 'notional_cap_usd': 'DOUBLE', 'max_leverage': 'INTEGER',
+    'maintenance_margin_rate': 'DOUBLE', 'maintenance_amount_usd': 'DOUBLE'});
+
+-- The leverage mix new positions are spread over, and the notional of a typical position in each
+-- tier, which picks its maintenance bracket.
+CREATE OR REPLACE TABLE leverage_tiers AS
+SELECT * FROM read_csv(getvariable('leverage_tiers_file'), header = true, auto_detect = false, columns = {
+    'leverage': 'INTEGER', 'weight': 'DOUBLE', 'typical_notional_usd': 'DOUBLE'});
+
+CREATE OR REPLACE TABLE model_parameters AS
+SELECT p.name, coalesce(o.value, p.value) AS value, o.value IS NOT NULL AS overridden, p.description
+FROM read_csv(getvariable('model_parameters_file'), header = true, auto_detect = false,
+              columns = {'name': 'VARCHAR', 'value': 'DOUBLE', 'description': 'VARCHAR'}) p
+LEFT JOIN parameter_overrides o USING (name);
+
+-- Refuse parameters that cannot be right, with a message naming them.
+SELECT CASE
+    WHEN (SELECT count(*) FROM parameter_overrides WHERE name NOT IN (SELECT name FROM model_parameters)) > 0
+        THEN error('unknown model parameter(s): ' || (SELECT string_agg(name, ', ') FROM parameter_overrides
+                   WHERE name NOT IN (SELECT name FROM model_parameters))
+                   || '; known: ' || (SELECT string_agg(name, ', ' ORDER BY name) FROM model_parameters))
+    WHEN abs((SELECT sum(weight) FROM leverage_tiers) - 1) > 1e-6
+        THEN error('leverage tier weights must add up to 1, they add up to ' || (SELECT sum(weight) FROM leverage_tiers))
+    WHEN (SELECT min(weight) FROM leverage_tiers) < 0 OR (SELECT min(leverage) FROM leverage_tiers) < 1
+        THEN error('leverage tiers need leverage >= 1 and weight >= 0')
+    WHEN (SELECT count(*) FROM maintenance_brackets) = 0 THEN error('the maintenance bracket table is empty')
+    WHEN (SELECT value FROM model_parameters WHERE name = 'price_bucket_usd') <= 0
+      OR (SELECT value FROM model_parameters WHERE name = 'time_bucket_s') < 60
+        THEN error('price_bucket_usd must be > 0 and time_bucket_s >= 60')
+END;
+
+CREATE OR REPLACE MACRO param(parameter_name) AS
+    (SELECT value FROM model_parameters WHERE name = parameter_name);

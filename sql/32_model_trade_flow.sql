@@ -1,0 +1,36 @@
+-- Model trade_flow, in the manner of py-liquidation-map (aoki-h-jp; domain.md §4).
+-- Assumes: a large taker trade opens a position on the taker's side (taker buy = long opened,
+-- taker sell = short opened) at the trade price. Its three filters, per side and time bucket:
+-- trade value >= trade_flow_min_notional_usd ("gross_value"), only the trade_flow_top_n largest
+-- ("top_n", 0 = off), only the top trade_flow_portion share of trades by value ("portion", 0 = off).
+-- Unlike py-liquidation-map, each trade's value is spread over the leverage tiers by weight (it
+-- adds the whole amount to every leverage: counted four times), uses the exact liquidation price
+-- instead of fixed offsets, and its levels are consumed and shrink like every other model's.
+-- aggTrades are used where a symbol has them, individual trades otherwise.
+CREATE OR REPLACE VIEW openings_trade_flow AS
+WITH source AS (
+    SELECT symbol, min(data_type) AS data_type FROM stg_trades GROUP BY symbol  -- 'aggTrades' < 'trades'
+),
+large AS (
+    SELECT t.*, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), t.ts) AS time_bucket_start
+    FROM stg_trades t JOIN source USING (symbol, data_type)
+    WHERE t.notional_usd >= param('trade_flow_min_notional_usd')
+),
+ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY symbol, taker_side, time_bucket_start ORDER BY notional_usd DESC, ts)
+              AS size_rank
+    FROM large
+),
+counts AS (  -- all trades per side and time bucket, for the "portion" filter
+    SELECT t.symbol, t.taker_side, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), t.ts) AS time_bucket_start,
+           count(*) AS trades
+    FROM stg_trades t JOIN source USING (symbol, data_type)
+    WHERE param('trade_flow_portion') > 0
+    GROUP BY ALL
+)
+SELECT 'trade_flow' AS model, r.symbol, r.ts AS created_ts, r.price AS entry_price, r.notional_usd AS volume_usd,
+       CASE r.taker_side WHEN 'buy' THEN 1.0 ELSE 0.0 END AS long_share
+FROM ranked r LEFT JOIN counts c USING (symbol, taker_side, time_bucket_start)
+WHERE (param('trade_flow_top_n') <= 0 OR r.size_rank <= param('trade_flow_top_n'))
+  -- the large trades are the head of the ranking of all trades, so a rank among them is a rank among all
+  AND (param('trade_flow_portion') <= 0 OR r.size_rank <= ceil(param('trade_flow_portion') * c.trades));

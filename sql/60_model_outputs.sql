@@ -1,0 +1,112 @@
+-- Layer 4: the models' outputs, per model and symbol: the heatmap (alive volume per time and price
+-- bucket), the alive levels and liquidation map at the last time, the predicted liquidations per
+-- time bucket, and a comparison of the models. Exported to SQLite by sql/90_outputs.sql's rules.
+
+-- Each position's place on the time grid: the first grid time at or after it opened and the first
+-- at or after it was consumed (it is alive at grid times in between: opened <= t < consumed).
+CREATE OR REPLACE TABLE position_grid AS
+WITH opened AS (
+    SELECT p.*, g.end_ts AS first_alive_end_ts
+    FROM positions p ASOF JOIN time_grid g ON p.symbol = g.symbol AND p.created_ts <= g.end_ts
+)
+SELECT o.*, g.end_ts AS consumed_end_ts
+FROM opened o ASOF LEFT JOIN time_grid g ON o.symbol = g.symbol AND o.consumed_ts <= g.end_ts;
+
+-- Alive volume at the end of every time bucket: +volume where a position starts being alive,
+-- -volume where it is consumed, summed along time per bucket, times the open-interest scale.
+CREATE OR REPLACE TABLE heatmap_cells AS
+WITH events AS (
+    SELECT model, symbol, side, bucket_index, first_alive_end_ts AS end_ts, scale_free_volume AS change
+    FROM position_grid
+    UNION ALL
+    SELECT model, symbol, side, bucket_index, consumed_end_ts, -scale_free_volume
+    FROM position_grid WHERE consumed_end_ts IS NOT NULL
+),
+changes AS (SELECT model, symbol, side, bucket_index, end_ts, sum(change) AS change FROM events GROUP BY ALL),
+series AS (SELECT model, symbol, side, bucket_index, min(end_ts) AS first_end_ts FROM changes GROUP BY ALL),
+dense AS (
+    SELECT s.model, s.symbol, s.side, s.bucket_index, g.start_ts, g.end_ts, g.log_scale
+    FROM series s JOIN time_grid g ON g.symbol = s.symbol AND g.end_ts >= s.first_end_ts
+),
+running AS (
+    SELECT d.*, sum(coalesce(c.change, 0)) OVER (PARTITION BY d.model, d.symbol, d.side, d.bucket_index
+                                                 ORDER BY d.end_ts) AS alive_scale_free
+    FROM dense d LEFT JOIN changes c USING (model, symbol, side, bucket_index, end_ts)
+)
+SELECT model, symbol, start_ts, end_ts, side, bucket_index, alive_scale_free * exp(log_scale) AS alive_volume_usd
+FROM running
+WHERE alive_scale_free * exp(log_scale) >= 0.01;   -- drop what is left of rounding after consumption
+
+CREATE OR REPLACE TABLE heatmap AS
+SELECT model, symbol, start_ts AS ts, bucket_index * param('price_bucket_usd') AS price_bucket,
+       coalesce(sum(alive_volume_usd) FILTER (side = 'long'), 0) AS long_usd,
+       coalesce(sum(alive_volume_usd) FILTER (side = 'short'), 0) AS short_usd
+FROM heatmap_cells GROUP BY ALL ORDER BY model, symbol, ts, price_bucket;
+
+-- The last time of each symbol's grid, and the price then.
+CREATE OR REPLACE VIEW last_time AS
+SELECT g.symbol, max(g.end_ts) AS end_ts, max(g.end_ts) - to_seconds(param('time_bucket_s')::BIGINT) AS start_ts,
+       arg_max(g.log_scale, g.end_ts) AS log_scale,
+       (SELECT arg_max(k.close, k.ts) FROM stg_price_klines k WHERE k.symbol = g.symbol AND k.ts < max(g.end_ts))
+           AS current_price
+FROM time_grid g GROUP BY g.symbol;
+
+-- Alive levels at the last time, by model, side, leverage and price bucket.
+CREATE OR REPLACE TABLE levels AS
+SELECT p.model, p.symbol, l.start_ts AS ts, p.side, p.leverage, p.price_bucket,
+       sum(p.scale_free_volume * exp(l.log_scale)) AS alive_volume_usd,
+       count(*) AS positions,
+       round(100 * (p.price_bucket + param('price_bucket_usd') / 2 - l.current_price) / l.current_price, 2)
+           AS distance_pct
+FROM position_grid p JOIN last_time l USING (symbol)
+WHERE p.first_alive_end_ts <= l.end_ts AND (p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts)
+GROUP BY ALL ORDER BY model, symbol, side, leverage, price_bucket;
+
+-- The model's forecast of what was liquidated: volume consumed in each time bucket.
+CREATE OR REPLACE TABLE predicted_liquidations AS
+SELECT model, symbol, consumed_end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS ts, side,
+       sum(consumed_volume_usd) AS volume_usd, count(*) AS positions
+FROM position_grid WHERE consumed_end_ts IS NOT NULL
+GROUP BY ALL ORDER BY model, symbol, ts, side;
+
+-- The liquidation map at the last time: volume per price bucket (longs below the price, shorts
+-- above) and the cumulative volume from the current price outward.
+CREATE OR REPLACE TABLE liquidation_map AS
+WITH buckets AS (
+    SELECT model, symbol, ts, side, price_bucket, sum(alive_volume_usd) AS volume_usd
+    FROM levels GROUP BY ALL
+)
+SELECT b.model, b.symbol, b.ts, l.current_price, b.side, b.price_bucket, b.volume_usd,
+       sum(b.volume_usd) OVER (PARTITION BY b.model, b.symbol, b.side
+                               ORDER BY CASE b.side WHEN 'long' THEN -b.price_bucket ELSE b.price_bucket END)
+           AS cumulative_usd,
+       round(100 * (b.price_bucket + param('price_bucket_usd') / 2 - l.current_price) / l.current_price, 2)
+           AS distance_pct
+FROM buckets b JOIN last_time l USING (symbol)
+ORDER BY b.model, b.symbol, b.side, b.price_bucket;
+
+-- The models side by side: where volume went over the whole window (created = alive + consumed +
+-- closed by falling open interest) and the largest alive level at the last time.
+CREATE OR REPLACE TABLE model_comparison AS
+WITH fate AS (
+    SELECT p.model, p.symbol, p.side, p.volume_usd,
+           CASE WHEN p.consumed_end_ts <= l.end_ts THEN p.consumed_volume_usd ELSE 0 END AS consumed_usd,
+           CASE WHEN p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts
+                THEN p.scale_free_volume * exp(l.log_scale) ELSE 0 END AS alive_usd
+    FROM position_grid p JOIN last_time l USING (symbol)
+    WHERE p.first_alive_end_ts <= l.end_ts
+),
+totals AS (
+    SELECT model, symbol, side, sum(volume_usd) AS created_volume_usd, sum(consumed_usd) AS consumed_volume_usd,
+           sum(alive_usd) AS alive_volume_usd, sum(volume_usd - consumed_usd - alive_usd) AS closed_volume_usd
+    FROM fate GROUP BY ALL
+),
+largest AS (
+    SELECT model, symbol, side, arg_max(price_bucket, volume_usd) AS largest_level_price,
+           max(volume_usd) AS largest_level_usd, count(*) AS alive_buckets,
+           arg_min(price_bucket, abs(distance_pct)) AS nearest_level_price
+    FROM liquidation_map GROUP BY ALL
+)
+SELECT t.*, g.largest_level_price, g.largest_level_usd, g.nearest_level_price, g.alive_buckets
+FROM totals t LEFT JOIN largest g USING (model, symbol, side)
+ORDER BY symbol, model, side;
