@@ -30,6 +30,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent
 SQL_DIR = ROOT / "sql"
+SQL_FILES = sorted(p.name for p in SQL_DIR.glob("*.sql"))  # 00_macros.sql, 01_sources.sql, then the layers
 DATA_DIR = ROOT / "data" / "raw"
 DEFAULT_DB = ROOT / "data" / "liquidations.db"
 DATABASE_NAME = "liquidations"  # Datasette names the database after the file's stem
@@ -317,6 +318,21 @@ def _quote(text: str) -> str:
 # ---------------------------------------------------------------- commands
 
 
+def create_sources(con, args) -> None:
+    """The empty source tables, the --start/--end window and the model parameters."""
+    run_sql_files(con, SQL_FILES[:2])
+    con.execute("INSERT INTO build_window VALUES (?, ?)",
+                [args.start, args.end + dt.timedelta(days=1) if args.end else None])
+    set_parameters(con, args)
+
+
+def run_models(con) -> None:
+    """Every SQL layer after the sources: staging, parameters, models, data quality, outputs."""
+    for name in SQL_FILES[2:]:
+        run_sql_files(con, [name])
+        log(f"ran sql/{name}")
+
+
 def build(args) -> Path:
     db_path = Path(args.db)
     duck_path = db_path.with_suffix(".duckdb")
@@ -332,17 +348,12 @@ def build(args) -> Path:
     con = duckdb.connect(str(duck_tmp))
     try:
         with tempfile.TemporaryDirectory(prefix="liquidation-heatmap-") as tmp:
-            run_sql_files(con, ["00_macros.sql", "01_sources.sql"])
-            con.execute("INSERT INTO build_window VALUES (?, ?)",
-                        [args.start, args.end + dt.timedelta(days=1) if args.end else None])
-            set_parameters(con, args)
+            create_sources(con, args)
             load_sources(con, files, Path(tmp))
             if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
                 raise BuildError(f"none of the {len(files)} files under {args.data} could be read (see messages above)")
             write_build_info(con, args, files)
-            later = sorted(p.name for p in SQL_DIR.glob("*.sql") if p.name[:2] not in ("00", "01"))
-            run_sql_files(con, later)
-            log("ran " + ", ".join(later))
+            run_models(con)
         describe_outputs(con, tables)
         con.execute("UPDATE src_files SET csv_path = NULL")  # the temporary copies are gone
         summarize(con)
