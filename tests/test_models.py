@@ -148,9 +148,9 @@ def test_volume_is_conserved(oi_changes, drift, wiggle):
 
 def test_ensemble_is_the_weighted_mix_renormalised_without_trades():
     con = synthetic_build([0.01, -0.005] * 12, [0.0004 * math.sin(i / 4) for i in range(130)])
-    heat = dict(((m, round(b)), v) for m, b, v in con.execute(
+    heat = {(m, round(b)): v for m, b, v in con.execute(
         "SELECT model, price_bucket, long_usd + short_usd FROM heatmap WHERE ts = (SELECT max(ts) FROM heatmap)"
-    ).fetchall())
+    ).fetchall()}
     # no aggTrades: trade_flow has no data, so 0.5 / 0.3 renormalise to 0.625 / 0.375
     buckets = {b for _, b in heat}
     assert buckets and not any(m == "trade_flow" for m, _ in heat)
