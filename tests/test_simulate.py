@@ -1,0 +1,221 @@
+"""simulate.py: Vision-format files that are internally consistent and driven by real liquidations."""
+
+import csv
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import simulate
+
+DAYS, TRADES = 3, 3000
+DATES = ["2024-09-01", "2024-09-02", "2024-09-03"]
+UM = "data/futures/um"
+
+
+def run(out: Path, seed: int = 1) -> dict:
+    return simulate.simulate(out, days=DAYS, seed=seed, trades_per_day=TRADES, start=DATES[0], progress=lambda _: None)
+
+
+def read_rows(zip_path: Path) -> list[dict]:
+    with zipfile.ZipFile(zip_path) as zf:
+        return list(csv.DictReader(io.TextIOWrapper(zf.open(zip_path.stem + ".csv"))))
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """One 3-day run; each zip's CSV extracted to csv/{kind}/ so DuckDB can glob one data type."""
+    root = tmp_path_factory.mktemp("sim")
+    summary = run(root / "a")
+    for zp in (root / "a" / UM).rglob("*.zip"):
+        kind = zp.relative_to(root / "a" / UM).parts[1]
+        with zipfile.ZipFile(zp) as zf:
+            zf.extractall(root / "csv" / kind)
+    return root, summary
+
+
+def q(sim, sql: str) -> list[tuple]:
+    """Run sql with {kind} replaced by a glob over that data type's CSVs."""
+    csv = sim[0] / "csv"
+    return duckdb.sql(sql.format_map({k.name: f"'{k}/*.csv'" for k in csv.iterdir()})).fetchall()
+
+
+def test_liquidation_price_matches_binance_vectors():
+    # domain.md section 2, EP = 100,000
+    cases = [(10, 0.1, 90_361.45, 109_561.75), (100, 0.1, 99_397.59, 100_597.61), (10, 5, 90_391.96, 109_512.44)]
+    for lev, qty, long_lp, short_lp in cases:
+        assert simulate.liq_price(1, 100_000, qty, lev) == pytest.approx(long_lp, abs=0.01)
+        assert simulate.liq_price(-1, 100_000, qty, lev) == pytest.approx(short_lp, abs=0.01)
+    assert simulate.bracket(500_000)[2:] == (0.005, 300)
+
+
+def test_bracket_table_is_consistent():
+    """cum_n = cum_(n-1) + floor_n * (MMR_n - MMR_(n-1)), floor_n = previous cap (domain.md)."""
+    caps = [b[0] for b in simulate.BRACKETS]
+    assert caps == sorted(caps) and len(caps) == 12 and simulate.BRACKETS[0] == (300e3, 125, 0.004, 0)
+    for prev, cur in zip(simulate.BRACKETS, simulate.BRACKETS[1:], strict=False):
+        assert cur[3] == pytest.approx(prev[3] + prev[0] * (cur[2] - prev[2]))
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(sim, tmp_path):
+    first = files(sim[0] / "a")
+    run(tmp_path / "again")
+    assert files(tmp_path / "again") == first
+    run(tmp_path / "other", seed=2)
+    other = files(tmp_path / "other")
+    assert other.keys() == first.keys()
+    assert all(other[k] != first[k] for k in first if "aggTrades" in k and k.endswith(".zip"))
+
+
+def test_vision_layout_checksums_and_headers(sim):
+    root = sim[0] / "a"
+    zips = sorted((root / UM).rglob("*.zip"))
+    expected = {f"daily/{kind}/BTCUSDT/{sub}BTCUSDT-{tag}-{d}.zip" for d in DATES for kind, sub, tag in [
+        ("aggTrades", "", "aggTrades"), ("klines", "1m/", "1m"), ("markPriceKlines", "1m/", "1m"),
+        ("metrics", "", "metrics"), ("liquidationSnapshot", "", "liquidationSnapshot")]}
+    expected.add("monthly/fundingRate/BTCUSDT/BTCUSDT-fundingRate-2024-09.zip")
+    assert {str(z.relative_to(root / UM)) for z in zips} == expected
+    assert sim[1]["files_written"] == len(zips)
+    for z in zips:
+        digest = hashlib.sha256(z.read_bytes()).hexdigest()
+        assert Path(f"{z}.CHECKSUM").read_text() == f"{digest}  {z.name}\n"
+        with zipfile.ZipFile(z) as zf:
+            assert zf.namelist() == [z.stem + ".csv"]
+            header = zf.read(z.stem + ".csv").decode().split("\n", 1)[0]
+        assert header == simulate.HEADERS[z.relative_to(root / UM).parts[1]]
+    for name in ("open-positions-1h", "open-positions-by-leverage-1h", "liquidations"):
+        assert (root / "simulator" / f"BTCUSDT-{name}.csv").exists()
+    assert '"seed": 1' in (root / "simulator" / "params.json").read_text()
+
+
+def test_klines_equal_aggregates_of_aggtrades(sim):
+    agg = """SELECT transact_time // 60000 * 60000 AS open_time, arg_min(price, agg_trade_id) AS open,
+        max(price) AS high, min(price) AS low, arg_max(price, agg_trade_id) AS close, sum(quantity) AS volume,
+        sum(price * quantity) AS quote_volume, sum(last_trade_id - first_trade_id + 1) AS count,
+        sum(quantity) FILTER (NOT is_buyer_maker) AS tbv, sum(price * quantity) FILTER (NOT is_buyer_maker) AS tbq
+      FROM read_csv({aggTrades}, types = {{'price': 'DECIMAL(18,1)', 'quantity': 'DECIMAL(18,3)'}}) GROUP BY 1"""
+    kl = """SELECT open_time, open, high, low, close, volume, quote_volume, count, taker_buy_volume,
+        taker_buy_quote_volume FROM read_csv({klines}, types = {{'open': 'DECIMAL(18,1)', 'high': 'DECIMAL(18,1)',
+        'low': 'DECIMAL(18,1)', 'close': 'DECIMAL(18,1)', 'volume': 'DECIMAL(18,3)', 'quote_volume': 'DECIMAL(38,4)',
+        'taker_buy_volume': 'DECIMAL(18,3)', 'taker_buy_quote_volume': 'DECIMAL(38,4)'}})"""
+    assert q(sim, f"SELECT count(*) FROM ({kl})") == [(DAYS * 1440,)]
+    mismatched = f"""SELECT count(*) FROM ({agg}) a FULL JOIN ({kl}) k USING (open_time)
+      WHERE (a.open, a.high, a.low, a.close, a.volume, a.quote_volume, a.count, coalesce(a.tbv, 0), coalesce(a.tbq, 0))
+        IS DISTINCT FROM (k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.count, k.taker_buy_volume,
+                          k.taker_buy_quote_volume)"""
+    assert q(sim, mismatched) == [(0,)]
+    assert q(sim, "SELECT count(*) FROM read_csv({klines}) WHERE close_time != open_time + 59999 OR ignore") == [(0,)]
+
+
+def test_aggtrades_ids_times_and_steps(sim):
+    ids = q(sim, """SELECT count(*), count(DISTINCT agg_trade_id), min(agg_trade_id), max(agg_trade_id),
+        bool_and(first_trade_id = prev_last + 1 AND last_trade_id >= first_trade_id),
+        bool_and(transact_time >= prev_ms),
+        bool_and(regexp_full_match(price, '[1-9][0-9]*[.][0-9]') AND regexp_full_match(quantity, '[0-9]+[.][0-9]{{3}}')
+          AND quantity::DOUBLE > 0)
+      FROM (SELECT *, lag(last_trade_id, 1, 0) OVER w AS prev_last, lag(transact_time, 1, 0) OVER w AS prev_ms
+        FROM read_csv({aggTrades}, types = {{'price': 'VARCHAR', 'quantity': 'VARCHAR'}})
+        WINDOW w AS (ORDER BY agg_trade_id))""")
+    n = ids[0][0]
+    assert ids == [(n, n, 1, n, True, True, True)] and n == sim[1]["agg_trades"]
+    assert n >= DAYS * 1440 * simulate.PARAMS["min_trades_per_min"]  # position trades exceed TRADES here
+    assert q(sim, "SELECT DISTINCT typeof(is_buyer_maker) FROM read_csv({aggTrades})") == [("BOOLEAN",)]
+
+
+def test_metrics_rows_open_interest_and_duplicate_midnight(sim):
+    days = [read_rows(z) for z in sorted((sim[0] / "a" / UM / "daily/metrics").rglob("*.zip"))]
+    for rows, day in zip(days, DATES, strict=True):
+        times = [r["create_time"] for r in rows]
+        assert len(times) == 289 and times[0] == f"{day} 00:00:00" and times[-1].endswith(" 00:00:00")
+        assert times[12] == f"{day} 01:00:00" and times[-1] > times[-2] > times[0]
+    assert days[0][-1] == days[1][0] and days[1][-1] == days[2][0]  # the real files' midnight duplicate
+    # the value is coins x the last price at the label (= close of the minute that ends there)
+    bad = q(sim, """SELECT count(*) FROM read_csv({metrics}) m JOIN read_csv({klines}) k
+        ON k.open_time = epoch_ms(m.create_time) - 60000
+      WHERE abs(m.sum_open_interest * k.close - m.sum_open_interest_value) > 0.01""")
+    assert bad == [(0,)]
+    ratios = q(sim, """SELECT min(count_long_short_ratio), max(count_long_short_ratio), min(sum_open_interest_value),
+        max(sum_open_interest_value), min(sum_taker_long_short_vol_ratio) FROM read_csv({metrics})""")[0]
+    assert 0.2 < ratios[0] <= ratios[1] < 5 and 1e9 < ratios[2] <= ratios[3] < 2e10 and ratios[4] >= 0
+
+
+def test_ground_truth_open_notional_matches_metrics(sim):
+    truth = sim[0] / "a" / "simulator"
+    metrics = {r["create_time"]: r for z in sorted((sim[0] / "a" / UM).rglob("*metrics*.zip")) for r in read_rows(z)}
+    hourly = list(csv.DictReader((truth / "BTCUSDT-open-positions-1h.csv").open()))
+    assert len(hourly) == DAYS * 24 + 1
+    for row in hourly:
+        m = metrics[row["time"].replace("T", " ").rstrip("Z")]
+        # ground truth is at entry prices, metrics at the current price: close, not equal
+        total_usd = float(row["long_notional_usd"]) + float(row["short_notional_usd"])
+        assert float(m["sum_open_interest_value"]) == pytest.approx(total_usd, rel=0.1)
+        ratio = int(row["long_positions"]) / int(row["short_positions"])
+        assert float(m["count_long_short_ratio"]) == pytest.approx(ratio, abs=1e-5)
+    by_lev = {}
+    for row in csv.DictReader((truth / "BTCUSDT-open-positions-by-leverage-1h.csv").open()):
+        by_lev[row["time"]] = by_lev.get(row["time"], 0) + float(row["notional_usd"])
+    assert {r["time"]: pytest.approx(float(r["long_notional_usd"]) + float(r["short_notional_usd"]), abs=1)
+            for r in hourly} == by_lev
+
+
+def test_liquidations_happen_where_the_mark_price_crossed(sim):
+    snaps = [r for z in sorted((sim[0] / "a" / UM).rglob("*liquidationSnapshot*.zip")) for r in read_rows(z)]
+    truth = list(csv.DictReader((sim[0] / "a" / "simulator" / "BTCUSDT-liquidations.csv").open()))
+    ranges = {t: r for t, *r in q(sim, """SELECT open_time, mk.low, mk.high, k.low, k.high
+        FROM read_csv({markPriceKlines}) mk JOIN read_csv({klines}) k USING (open_time)""")}
+    assert len(snaps) == len(truth) == sim[1]["liquidations"] > 20
+    assert {s["side"] for s in snaps} == {"SELL", "BUY"}
+    for s, t in zip(snaps, truth, strict=True):
+        sign = 1 if s["side"] == "SELL" else -1  # SELL = a long was liquidated
+        entry, qty, lev = float(t["entry_price"]), float(t["quantity"]), int(t["leverage"])
+        lp = float(t["liquidation_price"])
+        mark_low, mark_high, low, high = ranges[int(s["time"]) // 60_000 * 60_000]
+        assert t["side"] == ("long" if sign > 0 else "short")
+        assert (t["time"], t["quantity"]) == (s["time"], s["original_quantity"])
+        assert (s["order_type"], s["time_in_force"], s["order_status"]) == ("LIMIT", "IOC", "FILLED")
+        assert lp == pytest.approx(simulate.liq_price(sign, entry, qty, lev), abs=0.01)
+        assert float(s["price"]) == pytest.approx(entry * (1 - sign / lev), abs=0.051)  # bankruptcy price, to the tick
+        assert (mark_low <= lp) if sign > 0 else (mark_high >= lp)  # triggered by the mark price
+        assert low <= float(s["average_price"]) <= high
+        assert (entry > lp > float(s["price"])) if sign > 0 else (entry < lp < float(s["price"]))
+
+
+def test_no_position_survives_a_mark_cross():
+    """After every minute, no position opened before it sits beyond that minute's mark range."""
+    mkt = simulate.Market(3, simulate.LEVERAGE_MIX, simulate.PARAMS)
+    for minute in range(3000):
+        before = mkt.next_pid
+        _, mark, _, _ = mkt.minute(minute * 60_000)
+        if minute % 100 == 99:
+            old = [p for p in mkt.open.values() if p.pid < before]
+            assert old and all(p.lp < mark[2] / 10 if p.side > 0 else p.lp > mark[1] / 10 for p in old)
+
+
+def test_arguments_symbol_mix_and_trade_count(tmp_path):
+    summary = simulate.simulate(tmp_path, days=1, symbol="ETHUSDT", trades_per_day=50_000,
+                                leverage_mix={10: 0.5, 20: 0.5}, progress=lambda _: None)
+    assert summary["agg_trades"] == pytest.approx(50_000, rel=0.001)
+    assert (tmp_path / UM / "daily/klines/ETHUSDT/1m/ETHUSDT-1m-2024-09-01.zip").exists()
+    by_lev = (tmp_path / "simulator" / "ETHUSDT-open-positions-by-leverage-1h.csv").read_text()
+    assert {line.split(",")[2] for line in by_lev.splitlines()[1:]} == {"10", "20"}
+
+
+def test_funding_mark_and_summary(sim):
+    funding = q(sim, "SELECT calc_time, funding_interval_hours, last_funding_rate FROM read_csv({fundingRate})")
+    assert [r[0] for r in funding] == [1725148800000 + i * 28_800_000 for i in range(DAYS * 3)]
+    assert all(r[1] == 8 and abs(r[2]) <= 0.0075 for r in funding)
+    assert len({r[2] for r in funding}) > 1
+    basis = q(sim, """SELECT max(abs(m.close / k.close - 1)), max(m.volume), count(*) FROM read_csv({markPriceKlines}) m
+        JOIN read_csv({klines}) k USING (open_time)""")
+    assert basis[0][0] < 0.003 and basis[0][1] == 0 and basis[0][2] == DAYS * 1440
+    daily_vol = q(sim, "SELECT stddev(ln(close / open)) * sqrt(1440) FROM read_csv({klines})")[0][0]
+    assert 0.01 < daily_vol < 0.08  # BTC-like: a few percent a day
+    summary = sim[1]
+    assert 40_000 < summary["final_price"] < 120_000 and summary["positions_opened"] > summary["liquidations"]
