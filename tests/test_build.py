@@ -7,9 +7,10 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-from conftest import DAYS, ROOT, daily_file, read_zip_lines, run_build, write_zip_lines
+from conftest import DAYS, ROOT, START, daily_file, read_zip_lines, run_build, write_zip_lines
 
 import build
+import simulate
 
 
 def rows(db: Path, sql: str, *params) -> list[tuple]:
@@ -188,3 +189,37 @@ def test_metadata_and_sql_must_agree(demo_dir, tmp_path, monkeypatch):
     metadata["databases"]["liquidations"]["tables"]["coverage"]["columns"]["no_such_column"] = "x"
     monkeypatch.setattr(build, "load_metadata", lambda: metadata)
     assert build.main(["build", "--data", str(demo_dir), "--db", str(tmp_path / "x.db")]) == 2
+
+
+def test_real_binance_trades_parse(tmp_path):
+    """A real Binance trades file (tests/samples, MIT): parsed, typed and counted like the simulator's."""
+    data = tmp_path / "real"
+    data.mkdir()
+    shutil.copy(ROOT / "tests/samples/BTCUSDT-trades-2024-08-08.csv", data)
+    db = tmp_path / "real.db"
+    result = run_build("--data", str(data), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert rows(db, "SELECT data_type, rows, first_ts, last_ts FROM coverage") == [
+        ("trades", 2000, "2024-08-08T23:54:16Z", "2024-08-08T23:55:05Z")]
+    lines = (ROOT / "tests/samples/BTCUSDT-trades-2024-08-08.csv").read_text().splitlines()[1:]
+    quote_usd = round(sum(float(line.split(",")[3]) for line in lines), 4)
+    taker_buys = sum(line.endswith("false") for line in lines)  # the buyer was not the maker
+    con = duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True)
+    assert con.execute("SELECT round(sum(notional_usd), 4), count(*) FILTER (taker_side = 'buy') FROM stg_trades"
+                       ).fetchone() == (quote_usd, taker_buys)
+
+
+def test_several_symbols_build_at_once(demo_dir, tmp_path):
+    data = tmp_path / "two"
+    shutil.copytree(demo_dir, data)
+    simulate.simulate(data, days=2, seed=3, symbol="ETHUSDT", start=START, trades_per_day=1000,
+                      progress=lambda *_: None)
+    db = tmp_path / "two.db"
+    assert run_build("--data", str(data), "--db", str(db)).returncode == 0
+    assert rows(db, "SELECT DISTINCT symbol FROM coverage ORDER BY 1") == [("BTCUSDT",), ("ETHUSDT",)]
+    assert rows(db, "SELECT symbol, count(DISTINCT model) FROM heatmap GROUP BY 1 ORDER BY 1") == [
+        ("BTCUSDT", 4), ("ETHUSDT", 4)]
+    # each symbol's series stands alone: ETHUSDT's two days, BTCUSDT's four, no gap between them
+    assert rows(db, "SELECT symbol, max(ts) FROM price_klines GROUP BY 1 ORDER BY 1") == [
+        ("BTCUSDT", "2024-09-04T23:59:00Z"), ("ETHUSDT", "2024-09-02T23:59:00Z")]
+    assert rows(db, "SELECT count(*) FROM data_quality WHERE problem IN ('gap', 'missing_day')") == [(0,)]
