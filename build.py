@@ -4,6 +4,7 @@
     python build.py                  simulate demo data if data/raw has none, build, say how to serve
     python build.py demo  [--out DIR] [--days 30] [--seed 1] [--symbol BTCUSDT] [--trades-per-day N]
     python build.py build [--data DIR] [--db data/liquidations.db] [--symbol S] [--start D] [--end D]
+    python build.py fetch --symbol BTCUSDT --start D --end D [--types T,..] [--data DIR] [--base-url URL]
     python build.py serve [--db data/liquidations.db] [--port 8001]
 
 The logic lives in sql/ (run in file-name order); this script finds files, loads them, runs the SQL
@@ -15,13 +16,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import http.client
 import os
+import random
 import re
 import shutil
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import duckdb
@@ -51,17 +57,18 @@ SOURCE_TABLES = {
 }
 # Indexes on every column a stored query or a page filters on.
 INDEXES = {
-    "data_quality": [["symbol"], ["problem"], ["severity"], ["data_type"]],
-    "coverage": [["symbol"], ["data_type"]],
+    "data_quality_problems": [["symbol"], ["problem"], ["severity"], ["data_type"]],
+    "data_coverage": [["symbol"], ["data_type"]],
     "source_files": [["symbol"], ["data_type"], ["status"]],
     "price_klines": [["symbol", "ts"]],
     "open_interest": [["symbol", "ts"]],
     "funding_rates": [["symbol", "ts"]],
-    "heatmap": [["model", "symbol", "ts"]],
-    "levels": [["model", "symbol", "side", "leverage"]],
+    "heatmap_cells": [["model", "symbol", "ts"]],
+    "levels_latest": [["model", "symbol", "side", "leverage"]],
     "predicted_liquidations": [["model", "symbol", "ts"]],
-    "liquidation_map": [["model", "symbol"]],
+    "liquidation_map_latest": [["model", "symbol"]],
     "model_comparison": [["symbol"]],
+    "realized_liquidations": [["symbol", "side", "ts"]],
 }
 
 
@@ -306,13 +313,144 @@ def describe_outputs(con, tables: dict[str, dict]) -> None:
         differ = set(meta.get("columns", {})) ^ set(con.table(table).columns)
         if differ:
             raise BuildError(f"metadata.yml and sql/ disagree on the columns of {table}: {sorted(differ)}")
-        con.execute(f"COMMENT ON TABLE {table} IS '{_quote(meta.get('description', ''))}'")
+        kind = "VIEW" if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [table]).fetchone()[0] \
+            else "TABLE"
+        con.execute(f"COMMENT ON {kind} {table} IS '{_quote(meta.get('description', ''))}'")
         for column, text in meta.get("columns", {}).items():
             con.execute(f"COMMENT ON COLUMN {table}.{column} IS '{_quote(text)}'")
 
 
 def _quote(text: str) -> str:
     return str(text).strip().replace("'", "''")
+
+
+# ---------------------------------------------------------------- fetching Binance files
+
+
+VISION_URL = "https://data.binance.vision"
+# The types the models read, and how Binance publishes each (fundingRate only as monthly files).
+FETCH_TYPES = {"metrics": "daily", "fundingRate": "monthly", "klines": "daily", "markPriceKlines": "daily",
+               "aggTrades": "daily"}
+FETCH_TIMEOUT_S = 30
+SUMMARY_LABELS = {"fetched": "fetched", "skipped": "skipped (already there)", "missing": "missing (404)",
+                  "bad": "bad (checksum)", "failed": "failed"}
+
+
+def fetch_paths(symbols: list[str], types: list[str], interval: str, start: dt.date, end: dt.date) -> list[str]:
+    """The Vision path (under the base URL, and under --data) of every file the window needs."""
+    days = [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    paths = []
+    for symbol in symbols:
+        for kind in types:
+            folder, tag = (f"{symbol}/{interval}", interval) if kind in KLINE_TYPES else (symbol, kind)
+            periods = sorted({day[:7] for day in days}) if FETCH_TYPES[kind] == "monthly" else days
+            paths += [f"data/futures/um/{FETCH_TYPES[kind]}/{kind}/{folder}/{symbol}-{tag}-{p}.zip" for p in periods]
+    return paths
+
+
+def with_retries(action, tries: int, delay_s: float):
+    """Run action, retrying timeouts, dropped connections and 5xx with exponential backoff and jitter."""
+    for attempt in range(1, tries + 1):
+        try:
+            return action()
+        except (OSError, http.client.HTTPException) as error:  # URLError, HTTPError and timeouts are OSErrors
+            if attempt == tries or isinstance(error, urllib.error.HTTPError) and error.code < 500:
+                raise
+            time.sleep(delay_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+
+
+def download(url: str, part: Path) -> int:
+    """Get url into part, continuing what an earlier attempt left there with a Range request."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # nothing after `have`: part is whole (its checksum will tell)
+            return 0
+        raise
+    with response, part.open("ab" if response.status == 206 else "wb") as out:  # 200: Range ignored, start over
+        expected, got = int(response.headers.get("Content-Length", -1)), 0
+        while block := response.read(1 << 16):
+            out.write(block)
+            got += len(block)
+    if got < expected:  # urllib returns a short body without complaint when the server hangs up
+        raise ConnectionError(f"connection closed after {got:,} of {expected:,} bytes")
+    return got
+
+
+def read_url(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+        return response.read().decode(errors="replace")
+
+
+def fetch_file(url: str, dest: Path, tries: int, delay_s: float) -> tuple[str, str, int]:
+    """Fetch one zip and its CHECKSUM into dest: (outcome as in SUMMARY_LABELS, detail, bytes received)."""
+    if dest.exists() and checksum_status(dest) == "ok":
+        return "skipped", "", 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part, got = dest.with_name(dest.name + ".part"), 0
+    try:
+        for attempt in (1, 2):  # a zip that fails its CHECKSUM is downloaded once more before it is called bad
+            got += with_retries(lambda: download(url, part), tries, delay_s)
+            checksum = with_retries(lambda: read_url(url + ".CHECKSUM"), tries, delay_s)
+            if checksum.lower().split()[:1] == [sha256(part)]:
+                dest.with_name(dest.name + ".CHECKSUM").write_text(checksum)
+                os.replace(part, dest)
+                return "fetched", "", got
+            if attempt == 1:
+                part.unlink()
+        # Out of build's sight (it reads only .zip and .csv), together with any older unverified copy.
+        os.replace(part, dest.with_name(dest.name + ".bad"))
+        dest.unlink(missing_ok=True)
+        return "bad", f"sha256 differs from its CHECKSUM twice; kept as {dest.name}.bad", got
+    except urllib.error.HTTPError as error:
+        return ("missing", "", got) if error.code == 404 else ("failed", f"HTTP {error.code}", got)
+    except (OSError, http.client.HTTPException) as error:
+        return "failed", str(error) or type(error).__name__, got
+
+
+def fetch_types(args) -> list[str]:
+    """The --types asked for, after checking every argument (BuildError for the first bad one)."""
+    types = [kind.strip() for kind in args.types.split(",") if kind.strip()]
+    if not types or set(types) - set(FETCH_TYPES):
+        unknown = ", ".join(sorted(set(types) - set(FETCH_TYPES))) or "none given"
+        raise BuildError(f"--types {args.types!r}: unknown type ({unknown}); choose from {','.join(FETCH_TYPES)}")
+    if args.end < args.start:
+        raise BuildError(f"--end {args.end} is before --start {args.start}")
+    if bad := [symbol for symbol in args.symbol if not re.fullmatch(r"[A-Z0-9]+", symbol)]:
+        raise BuildError(f"--symbol {bad[0]}: expected a Binance symbol such as BTCUSDT")
+    if not re.fullmatch(r"\d+[smhdwM]", args.interval):
+        raise BuildError(f"--interval {args.interval}: expected a Binance interval such as 1m, 5m, 1h")
+    if args.jobs < 1 or args.retries < 1 or args.retry_delay < 0:
+        raise BuildError("--jobs and --retries must be at least 1, --retry-delay not negative")
+    if not args.base_url.startswith(("http://", "https://")):
+        raise BuildError(f"--base-url {args.base_url}: expected http://... or https://...")
+    return types
+
+
+def fetch(args) -> None:
+    """Download the window's files with their CHECKSUMs into the Vision layout under --data."""
+    paths = fetch_paths(args.symbol, fetch_types(args), args.interval, args.start, args.end)
+    base, outcomes, total, began = args.base_url.rstrip("/"), {k: [] for k in SUMMARY_LABELS}, 0, time.perf_counter()
+    log(f"fetching {len(paths)} files from {base} into {args.data}")
+    pool = ThreadPoolExecutor(args.jobs)
+    try:
+        jobs = {pool.submit(fetch_file, f"{base}/{path}", Path(args.data, path), args.retries, args.retry_delay):
+                path.removeprefix("data/futures/um/") for path in paths}  # kline names alone are ambiguous
+        for done, job in enumerate(as_completed(jobs), 1):
+            outcome, detail, size = job.result()
+            outcomes[outcome].append(jobs[job] + (f" ({detail})" if detail else ""))
+            total += size
+            rate = total / max(time.perf_counter() - began, 1e-3)
+            log(f"{done}/{len(paths)} files, {total / 1e6:.1f} MB at {rate / 1e6:.1f} MB/s: {outcome} {jobs[job]}")
+    finally:  # on Ctrl-C, drop the files not yet started rather than wait for all of them
+        pool.shutdown(cancel_futures=True)
+    log("summary: " + ", ".join(f"{len(outcomes[k])} {label}" for k, label in SUMMARY_LABELS.items()))
+    for name in sorted(outcomes["missing"]):
+        log(f"missing (Binance has no such file): {name}")
+    if failures := sorted(outcomes["bad"] + outcomes["failed"]):
+        raise BuildError(f"{len(failures)} of {len(paths)} files not fetched: " + "; ".join(failures))
 
 
 # ---------------------------------------------------------------- commands
@@ -388,7 +526,8 @@ def serve_command(db_path: Path, port: int) -> list[str]:
     plotly_js = Path(__import__("plotly").__file__).parent / "package_data"
     return [sys.executable, "-m", "datasette", "serve", "-i", str(db_path), "--port", str(port),
             "--metadata", str(ROOT / "metadata.yml"), "--config", str(ROOT / "datasette.yaml"),
-            "--template-dir", str(ROOT / "templates"), "--static", f"assets:{plotly_js}"]
+            "--template-dir", str(ROOT / "templates"), "--plugins-dir", str(ROOT / "plugins"),
+            "--static", f"assets:{plotly_js}"]
 
 
 def serve(args) -> None:
@@ -432,6 +571,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parameters", metavar="CSV", help="model parameters file (default sql/seeds/model_parameters.csv)")
     p.add_argument("--leverage-tiers", metavar="CSV", help="leverage tiers file (leverage,weight,typical_notional_usd)")
     p.add_argument("--maintenance-brackets", metavar="CSV", help="maintenance bracket table (default: BTCUSDT's)")
+    p = commands.add_parser("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
+    p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
+    p.add_argument("--start", type=date, required=True, help="first day (YYYY-MM-DD, UTC)")
+    p.add_argument("--end", type=date, required=True, help="last day, inclusive (its month for fundingRate)")
+    p.add_argument("--types", default=",".join(FETCH_TYPES), help="comma-separated Binance types")
+    p.add_argument("--interval", default="1m", help="kline interval of klines and markPriceKlines")
+    p.add_argument("--data", type=Path, default=DATA_DIR, help="folder to write (what `build --data` reads)")
+    p.add_argument("--base-url", default=VISION_URL, help="data.binance.vision or a mirror with its layout")
+    p.add_argument("--jobs", type=int, default=4, help="parallel downloads")
+    p.add_argument("--retries", type=int, default=4, help="tries per request on timeouts, dropped connections, 5xx")
+    p.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled each try")
     p = commands.add_parser("serve", help="run Datasette on the built SQLite file")
     p.add_argument("--db", type=Path, default=DEFAULT_DB)
     p.add_argument("--port", type=int, default=8001)
@@ -441,7 +591,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        {"demo": demo, "build": build, "serve": serve, None: default_run}[args.command](args)
+        {"demo": demo, "build": build, "fetch": fetch, "serve": serve, None: default_run}[args.command](args)
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

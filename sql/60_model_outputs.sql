@@ -14,26 +14,33 @@ FROM opened o ASOF LEFT JOIN time_grid g ON o.symbol = g.symbol AND o.consumed_t
 
 -- Alive volume at the end of every time bucket: +volume where a position starts being alive,
 -- -volume where it is consumed, summed along time per bucket, times the open-interest scale.
-CREATE OR REPLACE TABLE heatmap_cells AS
+CREATE OR REPLACE TABLE alive_cells AS
 WITH events AS (
-    SELECT model, symbol, side, bucket_index, first_alive_end_ts AS end_ts, scale_free_volume AS change
+    SELECT model, symbol, side, leverage, bucket_index, first_alive_end_ts AS end_ts, scale_free_volume AS change
     FROM position_grid
     UNION ALL
-    SELECT model, symbol, side, bucket_index, consumed_end_ts, -scale_free_volume
+    SELECT model, symbol, side, leverage, bucket_index, consumed_end_ts, -scale_free_volume
     FROM position_grid WHERE consumed_end_ts IS NOT NULL
 ),
-changes AS (SELECT model, symbol, side, bucket_index, end_ts, sum(change) AS change FROM events GROUP BY ALL),
-series AS (SELECT model, symbol, side, bucket_index, min(end_ts) AS first_end_ts FROM changes GROUP BY ALL),
+changes AS (SELECT model, symbol, side, leverage, bucket_index, end_ts, sum(change) AS change FROM events GROUP BY ALL),
+series AS (
+    SELECT model, symbol, side, leverage, bucket_index, min(end_ts) AS first_end_ts,
+           -- a series whose changes add up to nothing is empty after its last change: no rows needed
+           CASE WHEN abs(sum(change)) <= 1e-9 * max(abs(change)) THEN max(end_ts) END AS last_end_ts
+    FROM changes GROUP BY ALL
+),
 dense AS (
-    SELECT s.model, s.symbol, s.side, s.bucket_index, g.start_ts, g.end_ts, g.log_scale
+    SELECT s.model, s.symbol, s.side, s.leverage, s.bucket_index, g.start_ts, g.end_ts, g.log_scale
     FROM series s JOIN time_grid g ON g.symbol = s.symbol AND g.end_ts >= s.first_end_ts
+        AND g.end_ts <= coalesce(s.last_end_ts, g.end_ts)
 ),
 running AS (
-    SELECT d.*, sum(coalesce(c.change, 0)) OVER (PARTITION BY d.model, d.symbol, d.side, d.bucket_index
+    SELECT d.*, sum(coalesce(c.change, 0)) OVER (PARTITION BY d.model, d.symbol, d.side, d.leverage, d.bucket_index
                                                  ORDER BY d.end_ts) AS alive_scale_free
-    FROM dense d LEFT JOIN changes c USING (model, symbol, side, bucket_index, end_ts)
+    FROM dense d LEFT JOIN changes c USING (model, symbol, side, leverage, bucket_index, end_ts)
 )
-SELECT model, symbol, start_ts, end_ts, side, bucket_index, alive_scale_free * exp(log_scale) AS alive_volume_usd
+SELECT model, symbol, start_ts, end_ts, side, leverage, bucket_index,
+       alive_scale_free * exp(log_scale) AS alive_volume_usd
 FROM running
 WHERE alive_scale_free * exp(log_scale) >= 0.01;   -- drop what is left of rounding after consumption
 
@@ -41,7 +48,13 @@ CREATE OR REPLACE TABLE heatmap AS
 SELECT model, symbol, start_ts AS ts, bucket_index * param('price_bucket_usd') AS price_bucket,
        coalesce(sum(alive_volume_usd) FILTER (side = 'long'), 0) AS long_usd,
        coalesce(sum(alive_volume_usd) FILTER (side = 'short'), 0) AS short_usd
-FROM heatmap_cells GROUP BY ALL ORDER BY model, symbol, ts, price_bucket;
+FROM alive_cells GROUP BY ALL ORDER BY model, symbol, ts, price_bucket;
+
+-- Alive levels at every time, by side and leverage: the heatmap before it is summed over leverage.
+CREATE OR REPLACE TABLE level_history AS
+SELECT model, symbol, start_ts AS ts, side, leverage, bucket_index * param('price_bucket_usd') AS price_bucket,
+       alive_volume_usd
+FROM alive_cells ORDER BY model, symbol, ts, side, leverage, price_bucket;
 
 -- The last time of each symbol's grid, and the price then.
 CREATE OR REPLACE VIEW last_time AS

@@ -26,3 +26,18 @@ WITH row_counts AS (
 SELECT f.path AS file, f.symbol, f.data_type, f.kline_interval, f.period, f.has_header, f.checksum,
        f.status, f.problem, coalesce(r.n, 0) AS rows_read
 FROM src_files f LEFT JOIN row_counts r USING (file_id) ORDER BY f.symbol, f.data_type, f.period;
+
+-- SQLite names. Datasette serves a table before a stored query of the same name, and the stored
+-- queries (datasette.yaml) need the short names heatmap, levels, liquidation_map, coverage and
+-- data_quality for their pages; so those tables reach SQLite under these names. In DuckDB both work.
+CREATE OR REPLACE VIEW heatmap_cells AS FROM heatmap;
+CREATE OR REPLACE VIEW levels_latest AS FROM levels;
+CREATE OR REPLACE VIEW liquidation_map_latest AS FROM liquidation_map;
+CREATE OR REPLACE VIEW data_coverage AS FROM coverage;
+CREATE OR REPLACE VIEW data_quality_problems AS FROM data_quality;
+
+-- Realized liquidations: one row per liquidation event found in the data (Binance's
+-- liquidationSnapshot files; the simulator writes them too). What the models are scored against.
+CREATE OR REPLACE TABLE realized_liquidations AS
+SELECT symbol, ts, side, price, volume_usd, 'liquidationSnapshot' AS source
+FROM stg_liquidation_snapshot ORDER BY symbol, ts;

@@ -46,7 +46,7 @@ def test_demo_build_exports_every_described_table(demo_db):
 
 def test_demo_build_has_the_simulated_series(demo_db):
     coverage = {(t, i): (n, f, used) for t, i, n, f, used in rows(
-        demo_db, "SELECT data_type, kline_interval, rows, files, used_by_models FROM coverage")}
+        demo_db, "SELECT data_type, kline_interval, rows, files, used_by_models FROM data_coverage")}
     assert coverage[("metrics", None)][:2] == (DAYS * 288 + 1, DAYS)  # day-boundary duplicates removed
     assert coverage[("klines", "1m")][:2] == (DAYS * 1440, DAYS)
     assert coverage[("markPriceKlines", "1m")][:2] == (DAYS * 1440, DAYS)
@@ -56,9 +56,9 @@ def test_demo_build_has_the_simulated_series(demo_db):
     # times are ISO-8601 UTC text, the 5-minute cadence is found
     assert rows(demo_db, "SELECT min(ts), max(ts) FROM open_interest")[0] == (
         "2024-09-01T00:00:00Z", "2024-09-05T00:00:00Z")
-    assert rows(demo_db, "SELECT cadence_s FROM coverage WHERE data_type = 'metrics'") == [(300,)]
+    assert rows(demo_db, "SELECT cadence_s FROM data_coverage WHERE data_type = 'metrics'") == [(300,)]
     # a clean simulated download has only the expected overlapping-files quirk
-    assert rows(demo_db, "SELECT DISTINCT problem, severity FROM data_quality") == [("overlapping_files", "info")]
+    assert rows(demo_db, "SELECT DISTINCT problem, severity FROM data_quality_problems") == [("overlapping_files", "info")]
 
 
 def test_duckdb_file_keeps_macros_views_and_descriptions(demo_db):
@@ -66,14 +66,14 @@ def test_duckdb_file_keeps_macros_views_and_descriptions(demo_db):
     assert con.execute("SELECT count(*) FROM stg_open_interest").fetchone()[0] == DAYS * 288 + 1
     assert con.execute("SELECT ts_from_epoch(1725148800000), ts_from_epoch(1725148800000000)").fetchone()[0] \
         == con.execute("SELECT TIMESTAMP '2024-09-01 00:00:00'").fetchone()[0]
-    comment = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'data_quality'").fetchone()[0]
+    comment = con.execute("SELECT comment FROM duckdb_views() WHERE view_name = 'data_quality_problems'").fetchone()[0]
     assert "problem" in comment
 
 
 def problems(db: Path) -> dict[str, list[tuple]]:
     found: dict[str, list[tuple]] = {}
     for problem, file, line, detail, n, first_ts in rows(
-            db, "SELECT problem, file, line, detail, rows_affected, first_ts FROM data_quality"):
+            db, "SELECT problem, file, line, detail, rows_affected, first_ts FROM data_quality_problems"):
         found.setdefault(problem, []).append((file, line, detail, n, first_ts))
     return found
 
@@ -100,7 +100,7 @@ def test_every_injected_problem_is_reported(broken_db):
 def test_quarantined_files_are_not_ingested(broken_db):
     status = rows(broken_db, "SELECT status, problem, rows_read FROM source_files WHERE file LIKE '%aggTrades-2024-09-04%'")
     assert status == [("quarantined", "checksum_mismatch", 0)]
-    days = rows(broken_db, "SELECT count(*) FROM coverage WHERE data_type = 'aggTrades' AND last_ts < '2024-09-04'")
+    days = rows(broken_db, "SELECT count(*) FROM data_coverage WHERE data_type = 'aggTrades' AND last_ts < '2024-09-04'")
     assert days == [(1,)]
 
 
@@ -133,7 +133,7 @@ def test_flat_folder_microseconds_and_symbol_filter(demo_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT min(ts), max(ts), count(*) FROM price_klines") == [
         ("2024-09-02T00:00:00Z", "2024-09-02T23:59:00Z", 1440)]
-    assert rows(db, "SELECT DISTINCT symbol FROM coverage") == [("BTCUSDT",)]
+    assert rows(db, "SELECT DISTINCT symbol FROM data_coverage") == [("BTCUSDT",)]
     assert rows(db, "SELECT checksum FROM source_files WHERE file = 'BTCUSDT-1m-2024-09-02.zip'") == [("absent",)]
 
 
@@ -146,7 +146,7 @@ def test_coarser_intervals_are_accepted_and_the_finest_used(demo_dir, tmp_path):
     write_zip_lines(hourly, one_minute[:1] + one_minute[1::60])
     db = tmp_path / "x.db"
     assert run_build("--data", str(data), "--db", str(db)).returncode == 0
-    assert rows(db, "SELECT kline_interval, used_by_models, cadence_s FROM coverage WHERE data_type = 'klines' "
+    assert rows(db, "SELECT kline_interval, used_by_models, cadence_s FROM data_coverage WHERE data_type = 'klines' "
                     "ORDER BY 1") == [("1h", 0, 3600), ("1m", 1, 60)]
     assert rows(db, "SELECT DISTINCT kline_interval FROM price_klines") == [("1m",)]
 
@@ -186,7 +186,7 @@ def test_a_failing_export_keeps_the_previous_database(demo_dir, demo_db, tmp_pat
 
 def test_metadata_and_sql_must_agree(demo_dir, tmp_path, monkeypatch):
     metadata = build.load_metadata()
-    metadata["databases"]["liquidations"]["tables"]["coverage"]["columns"]["no_such_column"] = "x"
+    metadata["databases"]["liquidations"]["tables"]["data_coverage"]["columns"]["no_such_column"] = "x"
     monkeypatch.setattr(build, "load_metadata", lambda: metadata)
     assert build.main(["build", "--data", str(demo_dir), "--db", str(tmp_path / "x.db")]) == 2
 
@@ -199,7 +199,7 @@ def test_real_binance_trades_parse(tmp_path):
     db = tmp_path / "real.db"
     result = run_build("--data", str(data), "--db", str(db))
     assert result.returncode == 0, result.stderr
-    assert rows(db, "SELECT data_type, rows, first_ts, last_ts FROM coverage") == [
+    assert rows(db, "SELECT data_type, rows, first_ts, last_ts FROM data_coverage") == [
         ("trades", 2000, "2024-08-08T23:54:16Z", "2024-08-08T23:55:05Z")]
     lines = (ROOT / "tests/samples/BTCUSDT-trades-2024-08-08.csv").read_text().splitlines()[1:]
     quote_usd = round(sum(float(line.split(",")[3]) for line in lines), 4)
@@ -216,10 +216,10 @@ def test_several_symbols_build_at_once(demo_dir, tmp_path):
                       progress=lambda *_: None)
     db = tmp_path / "two.db"
     assert run_build("--data", str(data), "--db", str(db)).returncode == 0
-    assert rows(db, "SELECT DISTINCT symbol FROM coverage ORDER BY 1") == [("BTCUSDT",), ("ETHUSDT",)]
-    assert rows(db, "SELECT symbol, count(DISTINCT model) FROM heatmap GROUP BY 1 ORDER BY 1") == [
+    assert rows(db, "SELECT DISTINCT symbol FROM data_coverage ORDER BY 1") == [("BTCUSDT",), ("ETHUSDT",)]
+    assert rows(db, "SELECT symbol, count(DISTINCT model) FROM heatmap_cells GROUP BY 1 ORDER BY 1") == [
         ("BTCUSDT", 4), ("ETHUSDT", 4)]
     # each symbol's series stands alone: ETHUSDT's two days, BTCUSDT's four, no gap between them
     assert rows(db, "SELECT symbol, max(ts) FROM price_klines GROUP BY 1 ORDER BY 1") == [
         ("BTCUSDT", "2024-09-04T23:59:00Z"), ("ETHUSDT", "2024-09-02T23:59:00Z")]
-    assert rows(db, "SELECT count(*) FROM data_quality WHERE problem IN ('gap', 'missing_day')") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM data_quality_problems WHERE problem IN ('gap', 'missing_day')") == [(0,)]

@@ -70,7 +70,7 @@ def test_parameters_are_data_and_can_be_overridden(demo_dir, tmp_path):
     con = duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True)
     assert con.execute("SELECT value, overridden FROM model_parameters WHERE name = 'price_bucket_usd'").fetchone() \
         == (250, True)
-    assert con.execute("SELECT count(*) FROM heatmap WHERE price_bucket % 250 <> 0").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM heatmap WHERE price_bucket % 250 <> 0").fetchone()[0] == 0  # DuckDB name
     bad = run_build("--data", str(demo_dir), "--db", str(db), "--param", "price_bukket_usd=5")
     assert bad.returncode == 2 and "unknown model parameter(s): price_bukket_usd" in bad.stderr
     tiers = tmp_path / "tiers.csv"
@@ -136,7 +136,7 @@ def test_volume_is_conserved(oi_changes, drift, wiggle):
             end_of_life = consumed_bar_ts if consumed_end_ts is not None and consumed_end_ts <= last_end else last_end
             created += volume
             closed += volume * (1 - scale(end_of_life) / scale(created_ts))
-        alive = con.execute("SELECT coalesce(sum(alive_volume_usd), 0) FROM heatmap_cells "
+        alive = con.execute("SELECT coalesce(sum(alive_volume_usd), 0) FROM alive_cells "
                             "WHERE model = ? AND end_ts = ?", [model, last_end]).fetchone()[0]
         consumed = con.execute("SELECT coalesce(sum(volume_usd), 0) FROM predicted_liquidations WHERE model = ?",
                                [model]).fetchone()[0]
@@ -175,7 +175,7 @@ def test_levels_are_consumed_when_price_trades_through():
 
 def test_falling_open_interest_shrinks_alive_levels_in_proportion():
     con = synthetic_build([0.10] + [0.0] * 10 + [-0.5] + [0.0] * 12, [0.0] * 125)
-    alive = dict(con.execute("SELECT end_ts, sum(alive_volume_usd) FROM heatmap_cells WHERE model = "
+    alive = dict(con.execute("SELECT end_ts, sum(alive_volume_usd) FROM alive_cells WHERE model = "
                              "'binance_standard' GROUP BY 1").fetchall())
     before, after = alive[T0 + dt.timedelta(minutes=50)], alive[T0 + dt.timedelta(minutes=70)]
     assert after == pytest.approx(before * 0.5, rel=1e-9)
@@ -227,8 +227,8 @@ def test_sql_lifecycle_matches_a_plain_python_reference(demo_db):
     con = duckdb.connect(str(demo_db.with_suffix(".duckdb")), read_only=True)
     expected = reference_heatmap(con)
     got = {(ts, side, b): v for ts, side, b, v in con.execute(
-        "SELECT end_ts, side, bucket_index, alive_volume_usd FROM heatmap_cells WHERE model = 'binance_standard'"
-    ).fetchall()}
+        "SELECT end_ts, side, bucket_index, sum(alive_volume_usd) FROM alive_cells WHERE model = 'binance_standard' "
+        "GROUP BY ALL").fetchall()}
     assert len(expected) > 1000
     assert set(got) == set(expected)
     worst = max(abs(got[k] - expected[k]) / expected[k] for k in expected)
@@ -243,7 +243,7 @@ def test_binance_standard_tracks_the_simulated_open_positions(demo_dir, demo_db,
         WITH model AS (
             SELECT end_ts, sum(alive_volume_usd) FILTER (side = 'long') AS long_usd,
                    sum(alive_volume_usd) FILTER (side = 'short') AS short_usd
-            FROM heatmap_cells WHERE model = 'binance_standard' GROUP BY end_ts
+            FROM alive_cells WHERE model = 'binance_standard' GROUP BY end_ts
         ), truth AS (
             SELECT "time"::TIMESTAMP AS end_ts, long_notional_usd, short_notional_usd
             FROM read_csv(?, timestampformat = '%Y-%m-%dT%H:%M:%SZ')

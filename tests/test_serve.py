@@ -2,6 +2,7 @@
 
 import json
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -22,11 +23,22 @@ def queries() -> list[str]:
     return list(yaml.safe_load((ROOT / "datasette.yaml").read_text())["databases"]["liquidations"]["queries"])
 
 
+def in_process(db) -> Datasette:
+    """The same Datasette `build.py serve` runs, in process: metadata, config, templates, plugins."""
+    return Datasette(
+        immutables=[str(db)], metadata=build.load_metadata(), config=yaml.safe_load((ROOT / "datasette.yaml").read_text()),
+        template_dir=str(ROOT / "templates"), plugins_dir=str(ROOT / "plugins"))
+
+
 @pytest.fixture
 def datasette(demo_db):
-    return Datasette(
-        immutables=[str(demo_db)], metadata=build.load_metadata(),
-        config=yaml.safe_load((ROOT / "datasette.yaml").read_text()), template_dir=str(ROOT / "templates"))
+    return in_process(demo_db)
+
+
+async def rows(ds, path: str) -> list[dict]:
+    response = await ds.client.get(path + ("&" if "?" in path else "?") + "_shape=array")
+    assert response.status_code == 200, response.text[:500]
+    return response.json()
 
 
 def test_every_table_and_query_answers_with_datasette_get(demo_db):
@@ -42,31 +54,104 @@ def test_every_table_and_query_answers_with_datasette_get(demo_db):
 async def test_metadata_is_shown(datasette):
     page = (await datasette.client.get("/")).text
     assert "Liquidation Heatmap" in page and "estimate" in page
-    table = (await datasette.client.get("/liquidations/data_quality")).text
+    table = (await datasette.client.get("/liquidations/data_quality_problems")).text
     assert "One row per problem found in the input files" in table
     assert "Binance public data" in table  # source shown
 
 
-async def test_health_query(datasette):
-    response = await datasette.client.get("/liquidations/health.json?_shape=array")
-    assert response.status_code == 200
-    rows = response.json()
-    assert {r["data_type"] for r in rows} == {"metrics", "fundingRate", "klines", "markPriceKlines", "aggTrades",
-                                              "liquidationSnapshot"}
-    assert all(r["built_at"].endswith("Z") for r in rows)
-    only = (await datasette.client.get("/liquidations/health.json?_shape=array&symbol=ETHUSDT")).json()
-    assert only == []
+async def test_coverage_query(datasette):
+    found = await rows(datasette, "/liquidations/coverage.json")
+    assert {r["data_type"] for r in found} == {"metrics", "fundingRate", "klines", "markPriceKlines", "aggTrades",
+                                               "liquidationSnapshot"}
+    assert all(r["built_at"].endswith("Z") and "duckdb" in r["versions"] for r in found)
+    assert await rows(datasette, "/liquidations/coverage.json?symbol=BTCUSDT") == found
 
 
-async def test_problems_query_filters(datasette, broken_db):
-    ds = Datasette(immutables=[str(broken_db)], metadata=build.load_metadata(),
-                   config=yaml.safe_load((ROOT / "datasette.yaml").read_text()))
-    everything = (await ds.client.get("/liquidations/problems.json?_shape=array")).json()
-    errors = (await ds.client.get("/liquidations/problems.json?_shape=array&severity=error")).json()
+async def test_data_quality_query_filters(broken_db):
+    ds = in_process(broken_db)
+    everything = await rows(ds, "/liquidations/data_quality.json")
+    errors = await rows(ds, "/liquidations/data_quality.json?severity=error")
     assert {r["problem"] for r in errors} == {"checksum_mismatch", "unparseable_rows"}
     assert len(everything) > len(errors) and everything[0]["severity"] == "error"
-    gaps = (await ds.client.get("/liquidations/problems.json?_shape=array&problem=gap&symbol=BTCUSDT")).json()
+    gaps = await rows(ds, "/liquidations/data_quality.json?problem=gap&symbol=BTCUSDT")
     assert gaps and all(r["problem"] == "gap" for r in gaps)
+
+
+async def test_heatmap_query_is_compact_and_matches_the_table(datasette, demo_db):
+    found = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard")
+    with sqlite3.connect(demo_db) as con:
+        expected = con.execute("SELECT ts, price_bucket, long_usd + short_usd FROM heatmap_cells "
+                               "WHERE model = 'binance_standard'").fetchall()
+    times = sorted({ts for ts, _, _ in expected})
+    assert [r["ts"] for r in found] == times  # one row per time, none cut off
+    first, step = found[0]["price_bucket_first"], found[0]["price_bucket_usd"]
+    arrays = {r["ts"]: json.loads(r["alive_kusd"]) for r in found}
+    assert len({len(a) for a in arrays.values()}) == 1  # one shared price axis
+    for ts, bucket, usd in expected[::97]:
+        assert arrays[ts][int((bucket - first) / step)] == round(usd / 1000)
+    assert all(r["price_low"] <= r["price_close"] <= r["price_high"] for r in found)
+    coarse = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard&bucket_usd=1000"
+                                   "&start=2024-09-02&end=2024-09-02T23:59")
+    assert coarse[0]["price_bucket_usd"] == 1000 and coarse[0]["ts"] == "2024-09-02T00:00:00Z" and len(coarse) == 24
+    default = await rows(datasette, "/liquidations/heatmap.json")
+    assert default[0]["model"] == "ensemble" and default[0]["symbol"] == "BTCUSDT"
+
+
+async def test_thirty_days_of_heatmap_fit_one_response(tmp_path_factory):
+    """30 days at 1 hour x 100 USDT for one model: one untruncated response under 2 MB."""
+    import simulate
+    data = tmp_path_factory.mktemp("month")
+    simulate.simulate(data, days=30, seed=1, trades_per_day=2000, progress=lambda *_: None)
+    db = data / "liquidations.db"
+    assert run_build("--data", str(data), "--db", str(db)).returncode == 0
+    response = await in_process(db).client.get("/liquidations/heatmap.json?model=ensemble")
+    body = response.json()
+    assert response.status_code == 200 and body["truncated"] is False and len(body["rows"]) == 30 * 24
+    assert len(response.content) < 2_000_000
+
+
+async def test_levels_liquidation_map_and_compare_queries(datasette):
+    latest = await rows(datasette, "/liquidations/levels.json?model=binance_standard&side=long&leverage=10")
+    assert latest and {(r["side"], r["leverage"]) for r in latest} == {("long", 10)}
+    assert all(r["distance_pct"] < 0 for r in latest)  # long levels lie below the price
+    earlier = await rows(datasette, "/liquidations/levels.json?model=binance_standard&at=2024-09-02T06:30")
+    assert earlier[0]["ts"] == "2024-09-02T06:00:00Z" and earlier[0]["leverage"] is None
+    the_map = await rows(datasette, "/liquidations/liquidation_map.json?model=funding_adjusted")
+    longs = [r for r in the_map if r["side"] == "long"]
+    assert longs and all(r["price_bucket"] < r["current_price"] for r in longs)
+    assert longs[0]["cumulative_usd"] == pytest.approx(sum(r["volume_usd"] for r in longs), rel=1e-6)
+    compared = await rows(datasette, "/liquidations/compare_models.json?at=2024-09-03")
+    assert [r["model"] for r in compared] == ["binance_standard", "ensemble", "funding_adjusted", "trade_flow"]
+    assert all(r["ts"] == "2024-09-03T00:00:00Z" and r["long_alive_usd"] > 0 for r in compared)
+
+
+async def test_predicted_vs_realized_query(datasette, demo_db):
+    found = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard")
+    with sqlite3.connect(demo_db) as con:
+        realized = con.execute("SELECT sum(volume_usd) FROM realized_liquidations").fetchone()[0]
+        predicted = con.execute("SELECT sum(volume_usd) FROM predicted_liquidations WHERE model = 'binance_standard' "
+                                "AND ts <= (SELECT max(ts) FROM heatmap_cells)").fetchone()[0]
+    assert sum(r["predicted_usd"] for r in found) == pytest.approx(predicted, rel=1e-3)
+    assert sum(r["realized_usd"] for r in found) == pytest.approx(realized, rel=1e-3)
+    assert {r["side"] for r in found} == {"long", "short"}
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("heatmap.json?model=best", "model='best' is not valid; expected one of binance_standard, ensemble"),
+    ("heatmap.json?start=last+week", "start='last week' is not valid; expected an ISO-8601"),
+    ("heatmap.json?bucket_usd=-5", "bucket_usd='-5' is not valid; expected a positive number"),
+    ("levels.json?side=up", "side='up' is not valid; expected one of long, short"),
+    ("levels.json?leverage=7", "leverage='7' is not valid; expected one of 10, 100, 25, 5, 50"),
+    ("liquidation_map.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
+    ("compare_models.json?at=tomorrow", "at='tomorrow' is not valid"),
+    ("data_quality.json?severity=bad", "severity='bad' is not valid; expected one of error, info, warning"),
+])
+async def test_bad_parameters_get_a_clear_400(datasette, path, message):
+    response = await datasette.client.get(f"/liquidations/{path}")
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    page = await datasette.client.get("/liquidations/" + path.replace(".json", ""))
+    assert page.status_code == 400 and "is not valid" in page.text
 
 
 def free_port() -> int:
@@ -84,7 +169,7 @@ def test_serve_runs_a_real_server(demo_db):
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/liquidations/health.json?_shape=array") as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/liquidations/coverage.json?_shape=array") as r:
                     rows = json.load(r)
                 break
             except OSError:

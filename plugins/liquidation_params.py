@@ -1,0 +1,62 @@
+"""Check stored-query parameters before a query runs: a bad value gets a 400 that names it.
+
+SQLite cannot raise an error with a message of ours, so the check sits in front of Datasette:
+datasette.yaml's plugins.liquidation_params maps each parameter to a format ('time', 'number') or
+to SQL listing its allowed values. An empty value is always allowed (the query's default)."""
+
+import json
+import re
+
+from datasette import hookimpl
+from datasette.utils.asgi import Request, Response
+
+FORMATS = {
+    "time": (re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?Z?)?$"),
+             "an ISO-8601 UTC date or time, e.g. 2024-09-01 or 2024-09-01T12:00:00Z"),
+    "number": (re.compile(r"^\d+(\.\d+)?$"), "a positive number"),
+}
+QUERY_PATH = re.compile(r"^/(?P<database>[^/]+)/(?P<query>[^/.]+)(\.(?P<format>json|csv))?$")
+
+
+async def problem_with(datasette, request: Request) -> str | None:
+    match = QUERY_PATH.match(request.path)
+    queries = (datasette.config or {}).get("databases", {}).get(match["database"] if match else "", {})
+    query = queries.get("queries", {}).get(match["query"]) if match else None
+    if query is None or match["database"] not in datasette.databases:
+        return None
+    rules = datasette.plugin_config("liquidation_params") or {}
+    for name in query.get("params", []):
+        value, rule = request.args.get(name, ""), rules.get(name)
+        if not value or rule is None:
+            continue
+        if rule in FORMATS:
+            pattern, expected = FORMATS[rule]
+            if pattern.match(value) and (rule != "number" or float(value) > 0):
+                continue
+        else:
+            result = await datasette.get_database(match["database"]).execute(rule)
+            allowed = [str(row[0]) for row in result.rows]
+            if value in allowed:
+                continue
+            expected = "one of " + ", ".join(sorted(allowed)) if allowed else "nothing: this build has none"
+        return f"{match['query']}: {name}={value!r} is not valid; expected {expected}"
+    return None
+
+
+@hookimpl
+def asgi_wrapper(datasette):
+    def wrap(app):
+        async def checked(scope, receive, send):
+            if scope["type"] == "http" and (problem := await problem_with(datasette, Request(scope, receive))):
+                if scope["path"].endswith(".json"):
+                    body = {"ok": False, "error": problem, "status": 400, "title": "Invalid parameter"}
+                    response = Response(json.dumps(body), status=400, content_type="application/json")
+                else:
+                    html = await datasette.render_template(
+                        "error.html", {"ok": False, "error": problem, "status": 400, "title": "Invalid parameter"})
+                    response = Response.html(html, status=400)
+                await response.asgi_send(send)
+                return
+            await app(scope, receive, send)
+        return checked
+    return wrap

@@ -1,0 +1,143 @@
+"""The pages in a real browser: Debian's Chromium driven by Playwright, against a real server on loopback."""
+
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, chromium_path
+
+import build
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+CHART_PAGES = ["heatmap", "liquidation_map", "compare_models"]
+
+
+@pytest.fixture(scope="module")
+def server(demo_db):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(build.serve_command(demo_db, port), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/-/versions.json", timeout=2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, "datasette did not start"
+            time.sleep(0.3)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url: str, viewport: str):
+    """A page that records JavaScript errors, leaving out datasette-plot's own: it throws on every page
+    without a result table (domain.md §5), which is not ours to fix."""
+    page = browser.new_page(viewport=VIEWPORTS[viewport])
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(f"{e}\n{e.stack}") if "datasette-plot" not in (
+        e.stack or "") else None)
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.goto(url)
+    return page
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+@pytest.mark.parametrize("query", CHART_PAGES)
+def test_chart_pages_draw_their_data(browser, server, query, viewport):
+    page = open_page(browser, f"{server}/liquidations/{query}", viewport)
+    page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
+    traces = page.evaluate("document.getElementById('chart').data.map(t => ({type: t.type, "
+                           "points: (t.z || t.y || []).length, values: (t.z ? t.z.flat() : t.y || [])"
+                           ".filter(v => v > 0).length}))")
+    assert traces and all(t["points"] > 0 for t in traces), traces
+    assert sum(t["values"] for t in traces) > 0, "every value is zero"
+    assert "estimate" in page.inner_text(".estimate-note").lower()
+    assert page.query_selector("script[src*='cdn']") is None
+    width = page.evaluate("document.getElementById('chart').getBoundingClientRect().width")
+    assert 0 < width <= VIEWPORTS[viewport]["width"]
+    shot(page, f"{query}-{viewport}")
+    assert page.errors == []
+    page.close()
+
+
+def test_heatmap_draws_price_line_and_buckets_on_a_shared_axis(browser, server):
+    page = open_page(browser, f"{server}/liquidations/heatmap?model=binance_standard&bucket_usd=500", "desktop")
+    page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
+    heat, line = page.evaluate("document.getElementById('chart').data.map(t => ({type: t.type, x: t.x.length, "
+                               "y: t.y.slice(0, 3), rows: t.z ? t.z.length : 0}))")
+    assert heat["type"] == "heatmap" and line["type"] == "scatter"
+    assert heat["x"] == line["x"] > 24  # one column per hour, the price at each
+    assert heat["y"][1] - heat["y"][0] == 500 and heat["rows"] > 3
+    assert page.errors == []
+
+
+def test_controls_live_in_the_url(browser, server):
+    page = open_page(browser, f"{server}/liquidations/liquidation_map", "desktop")
+    page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
+    page.select_option("select[name=model]", "trade_flow")
+    page.fill("input[name=at]", "2024-09-03T12:00")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
+    assert "model=trade_flow" in page.url and "at=2024-09-03T12%3A00" in page.url
+    title = page.evaluate("document.getElementById('chart').layout.title.text")
+    assert "trade_flow" in title and "2024-09-03T12:00:00Z" in title
+    # the shared link opens the same view
+    again = open_page(browser, page.url, "desktop")
+    assert again.eval_on_selector("select[name=model]", "s => s.value") == "trade_flow"
+    assert page.errors == [] and again.errors == []
+
+
+def test_a_bad_parameter_is_explained_on_the_page(browser, server):
+    page = open_page(browser, f"{server}/liquidations/heatmap?start=yesterday", "desktop")
+    assert "start='yesterday' is not valid" in page.inner_text("body")
+
+
+def test_index_explains_and_links_everything(browser, server):
+    page = open_page(browser, server + "/", "desktop")
+    page.wait_for_selector("#tables li", timeout=30_000)
+    text = page.inner_text("body")
+    assert "estimate" in text.lower() and "not advice" in text
+    links = page.eval_on_selector_all("a", "links => links.map(a => a.getAttribute('href'))")
+    for name in [*CHART_PAGES, "levels", "predicted_vs_realized", "coverage", "data_quality", "heatmap_cells",
+                 "data_quality_problems", "realized_liquidations"]:
+        assert f"/liquidations/{name}" in links, name
+    shot(page, "index-desktop")
+    assert page.errors == []
+
+
+def test_datasette_plot_works_on_tables(browser, server):
+    page = open_page(browser, f"{server}/liquidations/open_interest", "desktop")
+    button = page.wait_for_selector("text=Show Plot", timeout=30_000)
+    button.click()
+    page.wait_for_selector("svg", timeout=30_000)
+    shot(page, "open_interest-plot")
+    assert page.errors == []
