@@ -53,8 +53,14 @@ SOURCE_TABLES = {
     "aggTrades": "src_agg_trades",
     "trades": "src_trades",
     "liquidationSnapshot": "src_liquidation_snapshot",
+    "forceOrder": "src_force_orders",
+    "liquidationsAggregated": "src_liquidations_aggregated",
     **{kind: "src_klines" for kind in KLINE_TYPES},
 }
+# Realized liquidations that are not Binance files, known by their header: a recorded forceOrder
+# stream, and aggregated exports with one row per period (domain.md §3).
+LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price", "filled_qty", "usd_value"},
+                       "liquidationsAggregated": {"time", "long_usd", "short_usd"}}
 # Indexes on every column a stored query or a page filters on.
 INDEXES = {
     "data_quality_problems": [["symbol"], ["problem"], ["severity"], ["data_type"]],
@@ -69,6 +75,8 @@ INDEXES = {
     "liquidation_map_latest": [["model", "symbol"]],
     "model_comparison": [["symbol"]],
     "realized_liquidations": [["symbol", "side", "ts"]],
+    "backtest_scores": [["symbol", "model"]],
+    "backtest_series": [["symbol", "model", "ts"]],
 }
 
 
@@ -107,16 +115,39 @@ def period_overlaps(period: str, start: dt.date | None, end: dt.date | None) -> 
     return (start is None or last >= start) and (end is None or first <= end)
 
 
-def discover(data_dir: Path, symbols: list[str], start, end) -> list[dict]:
-    """Every Binance file under data_dir (Vision layout or flat), zip preferred over a same-named csv."""
+def liquidation_file(path: Path) -> dict | None:
+    """A forceOrder recording or an aggregated liquidation export (csv, or zip of one), by its header."""
+    try:
+        with (zipfile.ZipFile(path).open(zipfile.ZipFile(path).namelist()[0]) if path.suffix == ".zip"
+              else path.open("rb")) as f:
+            columns = set(f.readline().decode(errors="replace").strip().lstrip("\ufeff").lower().split(","))
+    except (OSError, zipfile.BadZipFile, IndexError):
+        return None
+    kind = next((kind for kind, needed in LIQUIDATION_HEADERS.items() if needed <= columns), None)
+    return kind and {"path": path, "symbol": "*", "data_type": kind, "kline_interval": None, "period": ""}
+
+
+def recognise(path: Path) -> dict | None:
+    return parse_file_name(path) or (liquidation_file(path) if path.suffix in (".csv", ".zip") else None)
+
+
+def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[Path] = ()) -> list[dict]:
+    """Every Binance file under data_dir (Vision layout or flat), zip preferred over a same-named csv,
+    and every realized-liquidation file there or under --liquidations."""
     if not data_dir.is_dir():
         raise BuildError(f"data folder {data_dir} does not exist (give one with --data, or run `python build.py demo`)")
+    given = [p for path in map(Path, liquidations) for p in (sorted(path.rglob("*")) if path.is_dir() else [path])]
+    if unknown := [str(p) for p in given if p.is_file() and not recognise(p) or not p.exists()]:
+        raise BuildError(f"--liquidations {unknown[0]}: not a liquidationSnapshot, forceOrder (timestamp,symbol,side,"
+                         "avg_price,filled_qty,usd_value) or aggregated (time,long_usd,short_usd) file")
     found: dict[tuple, dict] = {}
-    for path in sorted(data_dir.rglob("*")):
-        info = parse_file_name(path) if path.is_file() else None
-        if info and (not symbols or info["symbol"] in symbols) and period_overlaps(info["period"], start, end):
-            info["name"] = str(path.relative_to(data_dir))  # how files are named in every report
-            key = (info["symbol"], info["data_type"], info["kline_interval"], info["period"], path.parent)
+    for path in sorted(data_dir.rglob("*")) + [p for p in given if p.is_file()]:
+        info = recognise(path) if path.is_file() else None
+        if info and (not symbols or info["symbol"] in (*symbols, "*")) and (
+                not info["period"] or period_overlaps(info["period"], start, end)):
+            # how files are named in every report
+            info["name"] = str(path.relative_to(data_dir) if path.is_relative_to(data_dir) else path)
+            key = (path.parent.resolve(), path.stem)  # X.zip and X.csv side by side: read the zip
             if key not in found or path.suffix == ".zip":
                 found[key] = info
     return list(found.values())
@@ -170,7 +201,7 @@ def unpack(info: dict, tmp: Path, n_columns: int) -> dict:
     # Binance files have a header in some periods and not in others: a header's first field is a
     # column name; a data row's first field is a number or a 'YYYY-MM-DD ...' time.
     has_header = not fields[0][:1].isdigit()
-    if has_header and len(fields) != n_columns:
+    if has_header and n_columns and len(fields) != n_columns:
         return {**info, "problem": "unexpected_columns",
                 "detail": f"{path.name}: header has {len(fields)} columns ({first_line[:120]}), "
                           f"a {info['data_type']} file has {n_columns}"}
@@ -199,13 +230,20 @@ def load_sources(con, files: list[dict], tmp: Path) -> None:
     for file_id, info in enumerate(files, 1):
         table = SOURCE_TABLES[info["data_type"]]
         columns = source_columns(con, table)
-        info = unpack({**info, "file_id": file_id}, tmp, len(columns))
-        if info["status"] == "loaded":
-            con.execute(
-                f"INSERT INTO {table} SELECT *, {file_id} FROM read_csv(?, header = ?, auto_detect = false, "
-                "delim = ',', quote = '\"', columns = ?, timestampformat = '%Y-%m-%d %H:%M:%S', "
-                "store_rejects = true)", [info["csv_path"], info["has_header"], columns])
-        else:
+        by_name = info["data_type"] in LIQUIDATION_HEADERS  # their columns vary: read by header name, as text
+        info = unpack({**info, "file_id": file_id}, tmp, None if by_name else len(columns))
+        try:
+            if info["status"] == "loaded" and by_name:
+                con.execute(f"INSERT INTO {table} BY NAME SELECT *, {file_id} AS file_id FROM read_csv(?, "
+                            "header = true, all_varchar = true)", [info["csv_path"]])
+            elif info["status"] == "loaded":
+                con.execute(
+                    f"INSERT INTO {table} SELECT *, {file_id} FROM read_csv(?, header = ?, auto_detect = false, "
+                    "delim = ',', quote = '\"', columns = ?, timestampformat = '%Y-%m-%d %H:%M:%S', "
+                    "store_rejects = true)", [info["csv_path"], info["has_header"], columns])
+        except duckdb.Error as error:
+            info.update(status="quarantined", problem="unreadable_csv", detail=f"{info['name']}: {error}")
+        if info["status"] != "loaded":
             log(f"quarantined {info['name']}: {info['detail']}")
         con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"],
@@ -475,7 +513,7 @@ def build(args) -> Path:
     db_path = Path(args.db)
     duck_path = db_path.with_suffix(".duckdb")
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    files = discover(Path(args.data), args.symbol, args.start, args.end)
+    files = discover(Path(args.data), args.symbol, args.start, args.end, args.liquidations)
     if not files:
         raise BuildError(f"no Binance futures files (e.g. BTCUSDT-metrics-2024-01-01.zip) found under {args.data}"
                          + (f" for {', '.join(args.symbol)}" if args.symbol else ""))
@@ -566,6 +604,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
     p.add_argument("--start", type=date, help="first day to use (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=date, help="last day to use, inclusive")
+    p.add_argument("--liquidations", action="append", default=[], metavar="PATH",
+                   help="realized liquidations: liquidationSnapshot, forceOrder or aggregated CSV (file or folder)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override one model parameter (see the model_parameters table)")
     p.add_argument("--parameters", metavar="CSV", help="model parameters file (default sql/seeds/model_parameters.csv)")

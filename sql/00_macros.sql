@@ -15,3 +15,14 @@ CREATE OR REPLACE MACRO interval_seconds(i) AS
 
 -- ISO-8601 UTC text, the only time format written to SQLite.
 CREATE OR REPLACE MACRO iso_utc(ts) AS strftime(ts, '%Y-%m-%dT%H:%M:%SZ');
+
+-- A time written as epoch ms/µs digits or as ISO-8601 text ('2025-10-22T09:36:42.306000', a trailing Z
+-- allowed), as in realized-liquidation exports; NULL when it is neither.
+CREATE OR REPLACE MACRO parse_time(t) AS
+    CASE WHEN regexp_full_match(trim(t), '\d{12,17}') THEN ts_from_epoch(trim(t)::BIGINT)
+         ELSE try_cast(rtrim(trim(t), 'Z') AS TIMESTAMP) END;
+
+-- Seconds as a short duration: 300 -> '5 min', 3600 -> '1 h', 86400 -> '1 d'.
+CREATE OR REPLACE MACRO duration_text(s) AS
+    CASE WHEN s % 86400 = 0 THEN (s // 86400) || ' d' WHEN s % 3600 = 0 THEN (s // 3600) || ' h'
+         WHEN s % 60 = 0 THEN (s // 60) || ' min' ELSE s || ' s' END;

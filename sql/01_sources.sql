@@ -98,6 +98,27 @@ CREATE TABLE src_liquidation_snapshot (
     file_id                   INTEGER
 );
 
+-- Realized liquidations recorded from Binance's forceOrder websocket stream (any symbols; SELL = a long
+-- was liquidated). Read as text, by header name: staging types them and flags what does not parse.
+CREATE TABLE src_force_orders (
+    "timestamp" VARCHAR,  -- ISO-8601 or epoch ms
+    symbol      VARCHAR,
+    side        VARCHAR,
+    avg_price   VARCHAR,
+    filled_qty  VARCHAR,
+    usd_value   VARCHAR,
+    file_id     INTEGER
+);
+
+-- Realized liquidations aggregated per period, as dashboards export them: one row per period.
+CREATE TABLE src_liquidations_aggregated (
+    "time"    VARCHAR,  -- period start, ISO-8601 or epoch ms
+    long_usd  VARCHAR,  -- longs liquidated in the period, USDT
+    short_usd VARCHAR,
+    symbol    VARCHAR,  -- optional: without it, the file belongs to the only symbol built
+    file_id   INTEGER
+);
+
 -- The time window asked for with --start/--end (NULL: no bound). build.py fills one row.
 CREATE TABLE build_window (start_ts TIMESTAMP, end_ts TIMESTAMP);
 

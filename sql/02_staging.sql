@@ -99,20 +99,43 @@ SELECT * EXCLUDE (is_valid, row_hash) FROM typed_trades
 WHERE is_valid AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, data_type, trade_id ORDER BY file_id) = 1;
 
--- Realized liquidations from Binance's liquidationSnapshot files (USD-M, up to 2024-03-31).
-CREATE OR REPLACE VIEW typed_liquidation_snapshot AS
+-- Realized liquidations, one row per event (or per period and side for aggregated exports), from
+-- Binance's liquidationSnapshot files (USD-M, up to 2024-03-31), recorded forceOrder streams and
+-- aggregated exports. side is the side liquidated: Binance's SELL liquidates a long.
+CREATE OR REPLACE VIEW realized_rows AS
 SELECT f.symbol, ts_from_epoch(l.time) AS ts,
-       CASE l.side WHEN 'SELL' THEN 'long' WHEN 'BUY' THEN 'short' END AS side,  -- the side liquidated
+       CASE l.side WHEN 'SELL' THEN 'long' WHEN 'BUY' THEN 'short' END AS side,
        coalesce(nullif(l.average_price, 0), l.price) AS price,
        coalesce(nullif(l.accumulated_fill_quantity, 0), l.original_quantity) AS quantity,
        coalesce(nullif(l.average_price, 0), l.price)
            * coalesce(nullif(l.accumulated_fill_quantity, 0), l.original_quantity) AS volume_usd,
-       l.side IN ('SELL', 'BUY') AND l.price > 0 AS is_valid,
-       hash(l.time, l.side, l.price, l.average_price, l.original_quantity) AS row_hash,
-       l.file_id
-FROM src_liquidation_snapshot l JOIN src_files f USING (file_id);
+       f.data_type AS source, l.file_id
+FROM src_liquidation_snapshot l JOIN src_files f USING (file_id)
+UNION ALL
+SELECT upper(trim(o.symbol)), parse_time(o."timestamp"),
+       CASE upper(trim(o.side)) WHEN 'SELL' THEN 'long' WHEN 'BUY' THEN 'short' END,
+       try_cast(o.avg_price AS DOUBLE), try_cast(o.filled_qty AS DOUBLE),
+       coalesce(try_cast(o.usd_value AS DOUBLE), try_cast(o.avg_price AS DOUBLE) * try_cast(o.filled_qty AS DOUBLE)),
+       'forceOrder', o.file_id
+FROM src_force_orders o
+UNION ALL
+SELECT coalesce(upper(trim(a.symbol)), (SELECT CASE WHEN count(DISTINCT symbol) = 1 THEN min(symbol) END
+                                        FROM src_files WHERE data_type IN ('klines', 'markPriceKlines'))),
+       parse_time(a."time"), s.side, NULL, NULL,
+       try_cast(CASE s.side WHEN 'long' THEN a.long_usd ELSE a.short_usd END AS DOUBLE), 'liquidationsAggregated',
+       a.file_id
+FROM src_liquidations_aggregated a CROSS JOIN (VALUES ('long'), ('short')) s(side);
 
-CREATE OR REPLACE VIEW stg_liquidation_snapshot AS   -- Binance's files repeat rows: one per event
-SELECT * EXCLUDE (is_valid, row_hash) FROM typed_liquidation_snapshot
-WHERE is_valid AND in_build_window(ts)
-QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity ORDER BY file_id) = 1;
+CREATE OR REPLACE VIEW typed_realized_liquidations AS  -- every row, checked, with a hash for duplicates
+SELECT *, symbol IS NOT NULL AND ts IS NOT NULL AND side IS NOT NULL AND volume_usd >= 0
+          AND (price IS NULL AND source = 'liquidationsAggregated' OR price > 0) AS is_valid,
+       hash(ts, side, price, quantity, volume_usd) AS row_hash
+FROM realized_rows;
+
+-- One row per event, for the symbols with market data: Binance's files repeat rows, forceOrder
+-- recordings hold every symbol, and an aggregated period with nothing liquidated adds nothing.
+CREATE OR REPLACE VIEW stg_realized_liquidations AS
+SELECT * EXCLUDE (is_valid, row_hash) FROM typed_realized_liquidations
+WHERE is_valid AND volume_usd > 0 AND in_build_window(ts)
+  AND symbol IN (SELECT symbol FROM src_files WHERE data_type NOT IN ('forceOrder', 'liquidationsAggregated'))
+QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity, volume_usd, source ORDER BY file_id) = 1;

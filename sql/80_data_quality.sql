@@ -11,8 +11,8 @@ FROM typed_open_interest
 UNION ALL SELECT symbol, 'fundingRate', '', ts, hash(ts), row_hash, is_valid, file_id FROM typed_funding_rates
 UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, hash(ts), row_hash, is_valid, file_id FROM typed_klines
 UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), row_hash, is_valid, file_id FROM typed_trades
-UNION ALL SELECT symbol, 'liquidationSnapshot', '', ts, hash(ts, side, price, quantity), row_hash, is_valid, file_id
-FROM typed_liquidation_snapshot;
+UNION ALL SELECT symbol, source, '', ts, hash(ts, side, price, quantity), row_hash, is_valid, file_id
+FROM typed_realized_liquidations;
 
 -- The deduplicated, valid time series, with the step from the previous row, for gaps and cadence.
 CREATE OR REPLACE VIEW dq_series_steps AS
@@ -28,10 +28,6 @@ FROM series WINDOW w AS (PARTITION BY symbol, data_type, kline_interval ORDER BY
 CREATE OR REPLACE TABLE dq_cadence AS
 SELECT symbol, data_type, kline_interval, mode(step_s) AS cadence_s
 FROM dq_series_steps WHERE step_s > 0 GROUP BY ALL;
-
-CREATE OR REPLACE MACRO dq_duration(s) AS
-    CASE WHEN s % 86400 = 0 THEN (s // 86400) || ' d' WHEN s % 3600 = 0 THEN (s // 3600) || ' h'
-         WHEN s % 60 = 0 THEN (s // 60) || ' min' ELSE s || ' s' END;
 
 CREATE OR REPLACE TABLE data_quality AS
 WITH
@@ -54,13 +50,22 @@ invalid AS (
            CASE d.data_type WHEN 'metrics' THEN 'non_positive_open_interest'
                             WHEN 'fundingRate' THEN 'invalid_funding_rate'
                             WHEN 'liquidationSnapshot' THEN 'invalid_liquidation'
+                            WHEN 'forceOrder' THEN 'invalid_liquidation'
+                            WHEN 'liquidationsAggregated' THEN 'invalid_liquidation'
                             WHEN 'aggTrades' THEN 'non_positive_trade' WHEN 'trades' THEN 'non_positive_trade'
                             ELSE 'invalid_price_bar' END,
            'warning', format('{} rows with zero, negative, missing or inconsistent values left out of the models',
                              count(*)),
            count(*), min(d.ts), max(d.ts)
     FROM dq_rows d JOIN files f USING (file_id)
-    WHERE NOT coalesce(d.is_valid, false) AND in_build_window(d.ts) GROUP BY ALL
+    WHERE NOT coalesce(d.is_valid, false) AND (d.ts IS NULL OR in_build_window(d.ts)) GROUP BY ALL
+),
+other_symbols AS (  -- forceOrder recordings hold every symbol: the rows of symbols not built are left out
+    SELECT '*', r.source, NULL, f.path, NULL::BIGINT, 'other_symbols', 'info',
+           format('{} rows of {} symbols without market data in this build left out', count(*),
+                  count(DISTINCT r.symbol)), count(*), min(r.ts), max(r.ts)
+    FROM typed_realized_liquidations r JOIN files f USING (file_id)
+    WHERE r.is_valid AND r.symbol NOT IN (SELECT symbol FROM stg_realized_liquidations) GROUP BY ALL
 ),
 duplicate_keys AS (
     SELECT symbol, data_type, kline_interval, row_key, count(*) AS n, count(DISTINCT row_hash) AS variants,
@@ -92,7 +97,7 @@ covered_days AS (   -- the days each loaded file covers: one for a daily file, t
                CASE WHEN len(period) = 10 THEN strptime(period, '%Y-%m-%d')
                     ELSE strptime(period || '-01', '%Y-%m-%d') + INTERVAL 1 MONTH - INTERVAL 1 DAY END,
                INTERVAL 1 DAY))::DATE AS day
-    FROM files WHERE status = 'loaded'
+    FROM files WHERE status = 'loaded' AND period <> ''   -- realized-liquidation exports have no period
 ),
 spans AS (
     SELECT symbol, data_type, kline_interval,
@@ -112,7 +117,7 @@ missing_days AS (
 gaps AS (
     SELECT s.symbol, s.data_type, s.kline_interval, f.path, NULL::BIGINT, 'gap', 'warning',
            format('no rows between {} and {}: a gap of {} in a series with a row every {}',
-                  s.previous_ts, s.ts, dq_duration(s.step_s), dq_duration(c.cadence_s)),
+                  s.previous_ts, s.ts, duration_text(s.step_s), duration_text(c.cadence_s)),
            s.step_s // c.cadence_s - 1, s.previous_ts, s.ts
     FROM dq_series_steps s JOIN dq_cadence c USING (symbol, data_type, kline_interval) JOIN files f USING (file_id)
     -- funding may move from 8 h to 4 h or 1 h: only a step longer than 8 h is a gap there
@@ -140,7 +145,7 @@ SELECT symbol, data_type, nullif(kline_interval, '') AS kline_interval, file, li
        first_ts, last_ts
 FROM (SELECT * FROM quarantined UNION ALL SELECT * FROM unparseable UNION ALL SELECT * FROM invalid
       UNION ALL SELECT * FROM duplicates UNION ALL SELECT * FROM missing_days UNION ALL SELECT * FROM gaps
-      UNION ALL SELECT * FROM outliers)
+      UNION ALL SELECT * FROM outliers UNION ALL SELECT * FROM other_symbols)
 ORDER BY CASE severity WHEN 'error' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, symbol, data_type, first_ts, file;
 
 -- What data there is, per symbol and file type: the health check of a build.
@@ -151,14 +156,16 @@ WITH rows_by_series AS (
     UNION ALL SELECT symbol, 'fundingRate', '', min(ts), max(ts), count(*) FROM stg_funding_rates GROUP BY ALL
     UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), min(ts), max(ts), count(*) FROM stg_klines_all GROUP BY ALL
     UNION ALL SELECT symbol, data_type, '', min(ts), max(ts), count(*) FROM stg_trades GROUP BY ALL
-    UNION ALL SELECT symbol, 'liquidationSnapshot', '', min(ts), max(ts), count(*)
-    FROM stg_liquidation_snapshot GROUP BY ALL
+    UNION ALL SELECT symbol, source, '', min(ts), max(ts), count(*) FROM stg_realized_liquidations GROUP BY ALL
 ),
 file_counts AS (
     SELECT symbol, data_type, coalesce(kline_interval, '') AS kline_interval,
            count(*) FILTER (status = 'loaded') AS files,
            count(*) FILTER (status = 'quarantined') AS files_quarantined
-    FROM src_files GROUP BY ALL
+    FROM src_files WHERE symbol <> '*' GROUP BY ALL
+    UNION ALL   -- files of realized liquidations for any symbols: counted for each symbol they hold
+    SELECT symbol, source, '', count(DISTINCT file_id), 0 FROM stg_realized_liquidations
+    WHERE source IN ('forceOrder', 'liquidationsAggregated') GROUP BY ALL
 )
 SELECT symbol, data_type, nullif(kline_interval, '') AS kline_interval, r.first_ts, r.last_ts, coalesce(r.rows, 0) AS rows,
        fc.files, fc.files_quarantined, c.cadence_s,

@@ -20,7 +20,8 @@ WITH row_counts AS (
     SELECT file_id, count(*) AS n FROM (
         SELECT file_id FROM src_metrics UNION ALL SELECT file_id FROM src_funding_rate
         UNION ALL SELECT file_id FROM src_klines UNION ALL SELECT file_id FROM src_agg_trades
-        UNION ALL SELECT file_id FROM src_trades UNION ALL SELECT file_id FROM src_liquidation_snapshot)
+        UNION ALL SELECT file_id FROM src_trades UNION ALL SELECT file_id FROM src_liquidation_snapshot
+        UNION ALL SELECT file_id FROM src_force_orders UNION ALL SELECT file_id FROM src_liquidations_aggregated)
     GROUP BY file_id
 )
 SELECT f.path AS file, f.symbol, f.data_type, f.kline_interval, f.period, f.has_header, f.checksum,
@@ -35,9 +36,3 @@ CREATE OR REPLACE VIEW levels_latest AS FROM levels;
 CREATE OR REPLACE VIEW liquidation_map_latest AS FROM liquidation_map;
 CREATE OR REPLACE VIEW data_coverage AS FROM coverage;
 CREATE OR REPLACE VIEW data_quality_problems AS FROM data_quality;
-
--- Realized liquidations: one row per liquidation event found in the data (Binance's
--- liquidationSnapshot files; the simulator writes them too). What the models are scored against.
-CREATE OR REPLACE TABLE realized_liquidations AS
-SELECT symbol, ts, side, price, volume_usd, 'liquidationSnapshot' AS source
-FROM stg_liquidation_snapshot ORDER BY symbol, ts;

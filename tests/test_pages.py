@@ -13,7 +13,7 @@ import build
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
-CHART_PAGES = ["heatmap", "liquidation_map", "compare_models"]
+CHART_PAGES = ["heatmap", "liquidation_map", "compare_models", "backtest"]
 
 
 @pytest.fixture(scope="module")

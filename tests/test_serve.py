@@ -125,15 +125,22 @@ async def test_levels_liquidation_map_and_compare_queries(datasette):
     assert all(r["ts"] == "2024-09-03T00:00:00Z" and r["long_alive_usd"] > 0 for r in compared)
 
 
-async def test_predicted_vs_realized_query(datasette, demo_db):
+async def test_predicted_vs_realized_and_backtest_queries(datasette, demo_db):
     found = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard")
     with sqlite3.connect(demo_db) as con:
+        first, last = con.execute("SELECT min(ts), max(ts) FROM realized_liquidations").fetchone()
         realized = con.execute("SELECT sum(volume_usd) FROM realized_liquidations").fetchone()[0]
         predicted = con.execute("SELECT sum(volume_usd) FROM predicted_liquidations WHERE model = 'binance_standard' "
-                                "AND ts <= (SELECT max(ts) FROM heatmap_cells)").fetchone()[0]
+                                "AND ts >= ? AND ts <= ?", [first[:13] + ":00:00Z", last]).fetchone()[0]
     assert sum(r["predicted_usd"] for r in found) == pytest.approx(predicted, rel=1e-3)
     assert sum(r["realized_usd"] for r in found) == pytest.approx(realized, rel=1e-3)
-    assert {r["side"] for r in found} == {"long", "short"}
+    assert {r["side"] for r in found} == {"long", "short"} and len({r["ts"] for r in found}) > 24
+    scores = await rows(datasette, "/liquidations/backtest.json")
+    assert {r["model"] for r in scores} == {"binance_standard", "funding_adjusted", "trade_flow", "ensemble",
+                                           "naive_move", "shuffled"}
+    assert {r["metric"] for r in scores} == {"pearson_1h", "spearman_1h", "calibration", "precision", "recall_top20"}
+    one = await rows(datasette, "/liquidations/backtest.json?model=shuffled")
+    assert one and {r["model"] for r in one} == {"shuffled"}
 
 
 @pytest.mark.parametrize(("path", "message"), [
@@ -145,6 +152,7 @@ async def test_predicted_vs_realized_query(datasette, demo_db):
     ("liquidation_map.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
     ("compare_models.json?at=tomorrow", "at='tomorrow' is not valid"),
     ("data_quality.json?severity=bad", "severity='bad' is not valid; expected one of error, info, warning"),
+    ("backtest.json?model=oracle", "model='oracle' is not valid; expected one of binance_standard, ensemble"),
 ])
 async def test_bad_parameters_get_a_clear_400(datasette, path, message):
     response = await datasette.client.get(f"/liquidations/{path}")
