@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from importlib.metadata import version
 from pathlib import Path
 
 import duckdb
@@ -47,37 +48,22 @@ FILE_NAME = re.compile(
     r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>[A-Za-z]+|\d+[smhdwM])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.(?P<ext>zip|csv)$"
 )
 KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines")
-SOURCE_TABLES = {
-    "metrics": "src_metrics",
-    "fundingRate": "src_funding_rate",
-    "aggTrades": "src_agg_trades",
-    "trades": "src_trades",
-    "liquidationSnapshot": "src_liquidation_snapshot",
-    "forceOrder": "src_force_orders",
-    "liquidationsAggregated": "src_liquidations_aggregated",
-    **{kind: "src_klines" for kind in KLINE_TYPES},
-}
+SOURCE_TABLES = {"metrics": "src_metrics", "fundingRate": "src_funding_rate", "aggTrades": "src_agg_trades",
+                 "trades": "src_trades", "liquidationSnapshot": "src_liquidation_snapshot",
+                 "forceOrder": "src_force_orders", "liquidationsAggregated": "src_liquidations_aggregated",
+                 **{kind: "src_klines" for kind in KLINE_TYPES}}
 # Realized liquidations that are not Binance files, known by their header: a recorded forceOrder
 # stream, and aggregated exports with one row per period (domain.md §3).
 LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price", "filled_qty", "usd_value"},
                        "liquidationsAggregated": {"time", "long_usd", "short_usd"}}
 # Indexes on every column a stored query or a page filters on.
-INDEXES = {
-    "data_quality_problems": [["symbol"], ["problem"], ["severity"], ["data_type"]],
-    "data_coverage": [["symbol"], ["data_type"]],
-    "source_files": [["symbol"], ["data_type"], ["status"]],
-    "price_klines": [["symbol", "ts"]],
-    "open_interest": [["symbol", "ts"]],
-    "funding_rates": [["symbol", "ts"]],
-    "heatmap_cells": [["model", "symbol", "ts"]],
-    "levels_latest": [["model", "symbol", "side", "leverage"]],
-    "predicted_liquidations": [["model", "symbol", "ts"]],
-    "liquidation_map_latest": [["model", "symbol"]],
-    "model_comparison": [["symbol"]],
-    "realized_liquidations": [["symbol", "side", "ts"]],
-    "backtest_scores": [["symbol", "model"]],
-    "backtest_series": [["symbol", "model", "ts"]],
-}
+INDEXES = {"data_quality_problems": [["symbol"], ["problem"], ["severity"], ["data_type"]],
+           "data_coverage": [["symbol"], ["data_type"]], "source_files": [["symbol"], ["data_type"], ["status"]],
+           "price_klines": [["symbol", "ts"]], "open_interest": [["symbol", "ts"]], "funding_rates": [["symbol", "ts"]],
+           "heatmap_cells": [["model", "symbol", "ts"]], "levels_latest": [["model", "symbol", "side", "leverage"]],
+           "predicted_liquidations": [["model", "symbol", "ts"]], "liquidation_map_latest": [["model", "symbol"]],
+           "model_comparison": [["symbol"]], "realized_liquidations": [["symbol", "side", "ts"]],
+           "backtest_scores": [["symbol", "model"]], "backtest_series": [["symbol", "model", "ts"]]}
 
 
 class BuildError(Exception):
@@ -279,18 +265,10 @@ def write_build_info(con, args, files: list[dict]) -> None:
         "data_dir": str(args.data), "symbols": ",".join(args.symbol or []) or "all found",
         "start": str(args.start or ""), "end": str(args.end or ""), "files_found": str(len(files)),
         "python": sys.version.split()[0], "duckdb": duckdb.__version__,
-        "sqlite_utils": _version("sqlite-utils"), "datasette": _version("datasette"),
+        "sqlite_utils": version("sqlite-utils"), "datasette": version("datasette"),
     }
     con.execute("CREATE TABLE build_info (key VARCHAR, value VARCHAR)")
     con.executemany("INSERT INTO build_info VALUES (?, ?)", list(info.items()))
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 # ---------------------------------------------------------------- SQLite

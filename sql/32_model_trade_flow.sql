@@ -7,14 +7,18 @@
 -- adds the whole amount to every leverage: counted four times), uses the exact liquidation price
 -- instead of fixed offsets, and its levels are consumed and shrink like every other model's.
 -- aggTrades are used where a symbol has them, individual trades otherwise.
-CREATE OR REPLACE VIEW openings_trade_flow AS
-WITH source AS (
-    SELECT symbol, min(data_type) AS data_type FROM stg_trades GROUP BY symbol  -- 'aggTrades' < 'trades'
+-- A table, not a view: it reads every trade (millions a day), so it is computed once.
+CREATE OR REPLACE TABLE openings_trade_flow AS
+WITH source AS (    -- 'aggTrades' < 'trades'
+    SELECT symbol, min(data_type) AS data_type FROM src_files
+    WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' GROUP BY symbol
 ),
-large AS (
-    SELECT t.*, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), t.ts) AS time_bucket_start
-    FROM stg_trades t JOIN source USING (symbol, data_type)
-    WHERE t.notional_usd >= param('trade_flow_min_notional_usd')
+large AS (          -- stg_trades' rules (valid, in the window, one row per trade id), on the large trades only
+    SELECT t.* EXCLUDE (is_valid, row_hash),
+           time_bucket(to_seconds(param('time_bucket_s')::BIGINT), t.ts) AS time_bucket_start
+    FROM typed_trades t JOIN source USING (symbol, data_type)
+    WHERE t.notional_usd >= param('trade_flow_min_notional_usd') AND t.is_valid AND in_build_window(t.ts)
+    QUALIFY row_number() OVER (PARTITION BY t.symbol, t.data_type, t.trade_id ORDER BY t.file_id) = 1
 ),
 ranked AS (
     SELECT *, row_number() OVER (PARTITION BY symbol, taker_side, time_bucket_start ORDER BY notional_usd DESC, ts)
