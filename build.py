@@ -559,10 +559,9 @@ def default_run(args) -> None:
     """A fresh clone: simulate demo data when data/raw holds no Binance files, then build."""
     if not any(parse_file_name(p) for p in DATA_DIR.rglob("*")):
         log(f"no Binance files under {DATA_DIR}: simulating demo data into {DATA_DIR / 'demo'}")
-        demo(argparse.Namespace(out=DATA_DIR / "demo", days=30, seed=1, symbol="BTCUSDT",
-                                trades_per_day=20_000, start="2024-09-01"))
+        demo(parse_args(["demo"]))
     db_path = build(parse_args(["build"]))
-    print(f"\nBuilt {db_path.relative_to(ROOT)}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/")
+    print(f"\nBuilt {db_path}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -223,3 +223,21 @@ def test_several_symbols_build_at_once(demo_dir, tmp_path):
     assert rows(db, "SELECT symbol, max(ts) FROM price_klines GROUP BY 1 ORDER BY 1") == [
         ("BTCUSDT", "2024-09-04T23:59:00Z"), ("ETHUSDT", "2024-09-02T23:59:00Z")]
     assert rows(db, "SELECT count(*) FROM data_quality_problems WHERE problem IN ('gap', 'missing_day')") == [(0,)]
+
+
+def test_no_arguments_on_a_fresh_clone_simulates_then_builds(tmp_path, monkeypatch, capsys):
+    """`python build.py`: demo data when data/raw holds no Binance files, then the build; again, no new demo."""
+    monkeypatch.setattr(build, "DATA_DIR", tmp_path / "raw")
+    monkeypatch.setattr(build, "DEFAULT_DB", tmp_path / "liquidations.db")
+    real = simulate.simulate
+    calls = []
+
+    def two_days(out, **kwargs):  # the real simulator, shortened: 30 days take too long for a test
+        calls.append(out)
+        return real(out, **{**kwargs, "days": 2, "trades_per_day": 1000})
+    monkeypatch.setattr(simulate, "simulate", two_days)
+    assert build.main([]) == 0
+    assert calls == [tmp_path / "raw" / "demo"]
+    assert "python build.py serve" in capsys.readouterr().out
+    assert rows(tmp_path / "liquidations.db", "SELECT count(DISTINCT symbol) FROM data_coverage") == [(1,)]
+    assert build.main([]) == 0 and len(calls) == 1  # data is there now: build only
