@@ -104,9 +104,13 @@ def period_overlaps(period: str, start: dt.date | None, end: dt.date | None) -> 
 def liquidation_file(path: Path) -> dict | None:
     """A forceOrder recording or an aggregated liquidation export (csv, or zip of one), by its header."""
     try:
-        with (zipfile.ZipFile(path).open(zipfile.ZipFile(path).namelist()[0]) if path.suffix == ".zip"
-              else path.open("rb")) as f:
-            columns = set(f.readline().decode(errors="replace").strip().lstrip("\ufeff").lower().split(","))
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as f:
+                line = f.readline()
+        else:
+            with path.open("rb") as f:
+                line = f.readline()
+        columns = set(line.decode(errors="replace").strip().lstrip("\ufeff").lower().split(","))
     except (OSError, zipfile.BadZipFile, IndexError):
         return None
     kind = next((kind for kind, needed in LIQUIDATION_HEADERS.items() if needed <= columns), None)
@@ -122,7 +126,8 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
     and every realized-liquidation file there or under --liquidations."""
     if not data_dir.is_dir():
         raise BuildError(f"data folder {data_dir} does not exist (give one with --data, or run `python build.py demo`)")
-    given = [p for path in map(Path, liquidations) for p in (sorted(path.rglob("*")) if path.is_dir() else [path])]
+    given = [p for path in map(Path, liquidations)  # a folder's csv and zip files (not its .CHECKSUMs), or a file
+             for p in ([q for q in sorted(path.rglob("*")) if q.suffix in (".csv", ".zip")] if path.is_dir() else [path])]
     if unknown := [str(p) for p in given if p.is_file() and not recognise(p) or not p.exists()]:
         raise BuildError(f"--liquidations {unknown[0]}: not a liquidationSnapshot, forceOrder (timestamp,symbol,side,"
                          "avg_price,filled_qty,usd_value) or aggregated (time,long_usd,short_usd) file")

@@ -190,3 +190,12 @@ def test_coarse_real_world_inputs(demo_dir, tmp_path):
     assert ("long", "precision") not in best  # aggregated realized volume has no prices to match
     total = rows(db, "SELECT sum(realized_usd) FROM backtest_series WHERE model = 'ensemble'")[0][0]
     assert total == pytest.approx(sum(realized.values()), rel=1e-6)
+
+
+def test_liquidation_snapshot_folder_with_checksums_can_be_given(demo_dir, tmp_path):
+    folder = demo_dir / "data/futures/um/daily/liquidationSnapshot"
+    data = tmp_path / "market"
+    shutil.copytree(demo_dir / "data/futures/um/daily/klines", data / "klines")
+    db = tmp_path / "liquidations.db"
+    assert run_build("--data", str(data), "--db", str(db), "--liquidations", str(folder)).returncode == 0
+    assert rows(db, "SELECT count(*) > 0, min(source) FROM realized_liquidations") == [(1, "liquidationSnapshot")]
