@@ -5,6 +5,7 @@ liquidated when the mark price crosses its Binance isolated-margin liquidation p
 Python steps minutes with heaps (never scanning all positions); DuckDB expands each day into seeded
 background trades and writes aggTrades and the 1m klines aggregated from them (equal by construction).
 """
+import csv
 import datetime as dt
 import hashlib
 import heapq
@@ -20,12 +21,11 @@ from statistics import NormalDist
 
 import duckdb
 
-# BTCUSDT leverage brackets (third-party copy of Binance's table, domain.md section 2), replaceable
-# data: (notional cap USDT, max leverage, maintenance margin rate, maintenance amount "cum" USDT).
-BRACKETS = [(300e3, 125, 0.004, 0), (800e3, 100, 0.005, 300), (3e6, 75, 0.0065, 1_500),
-            (12e6, 50, 0.01, 12_000), (70e6, 25, 0.02, 132_000), (100e6, 20, 0.025, 482_000),
-            (230e6, 10, 0.05, 2_982_000), (480e6, 5, 0.10, 14_482_000), (600e6, 4, 0.125, 26_482_000),
-            (800e6, 3, 0.15, 41_482_000), (1_200e6, 2, 0.25, 121_482_000), (1_800e6, 1, 0.50, 421_482_000)]
+# BTCUSDT's leverage brackets, from the same data file the models read (domain.md section 2):
+# (notional cap USDT, max leverage, maintenance margin rate, maintenance amount "cum" USDT).
+with open(Path(__file__).parent / "sql" / "seeds" / "maintenance_brackets.csv") as _f:
+    BRACKETS = [(float(r["notional_cap_usd"]), int(r["max_leverage"]), float(r["maintenance_margin_rate"]),
+                 float(r["maintenance_amount_usd"])) for r in csv.DictReader(_f) if r["symbol"] == "BTCUSDT"]
 LEVERAGE_MIX = {5: 0.15, 10: 0.30, 25: 0.25, 50: 0.20, 100: 0.10}  # share of openings per leverage
 PARAMS = {  # every knob; written to simulator/params.json
     "start_price_usd": 60_000, "daily_vol": 0.025,  # BTC daily volatility is typically 2-4 %
