@@ -116,6 +116,7 @@ async def test_levels_liquidation_map_and_compare_queries(datasette):
     assert all(r["distance_pct"] < 0 for r in latest)  # long levels lie below the price
     earlier = await rows(datasette, "/liquidations/levels.json?model=binance_standard&at=2024-09-02T06:30")
     assert earlier[0]["ts"] == "2024-09-02T06:00:00Z" and earlier[0]["leverage"] is None
+    assert all((r["distance_pct"] < 0.2) == (r["side"] == "long") for r in earlier)  # longs below the price
     the_map = await rows(datasette, "/liquidations/liquidation_map.json?model=funding_adjusted")
     longs = [r for r in the_map if r["side"] == "long"]
     assert longs and all(r["price_bucket"] < r["current_price"] for r in longs)
