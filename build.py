@@ -218,9 +218,10 @@ def source_columns(con, table: str) -> dict[str, str]:
 
 def load_sources(con, files: list[dict], tmp: Path) -> None:
     """Unpack every file and read it into its src_* table; bad rows go to src_rejects."""
+    columns_of: dict[str, dict] = {}  # asked once per table, not once per file
     for file_id, info in enumerate(files, 1):
         table = SOURCE_TABLES[info["data_type"]]
-        columns = source_columns(con, table)
+        columns = columns_of.get(table) or columns_of.setdefault(table, source_columns(con, table))
         by_name = info["data_type"] in LIQUIDATION_HEADERS  # their columns vary: read by header name, as text
         info = unpack({**info, "file_id": file_id}, tmp, None if by_name else len(columns))
         try:

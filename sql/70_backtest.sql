@@ -47,13 +47,17 @@ WHERE p.model = 'ensemble' AND p.ts >= s.first_ts AND p.ts < s.first_ts + to_sec
 CREATE OR REPLACE TABLE backtest_series AS
 WITH models AS (   -- every model with positions, even one that never predicted a liquidation
     SELECT DISTINCT model, symbol FROM positions UNION SELECT DISTINCT model, symbol FROM backtest_predictions
+),
+predicted AS (SELECT model, symbol, ts, side, sum(volume_usd) AS usd FROM backtest_predictions GROUP BY ALL),
+realized AS (      -- each realized liquidation in its time bucket, summed once for all models
+    SELECT r.symbol, p.ts, r.side, sum(r.volume_usd) AS usd
+    FROM realized_liquidations r ASOF JOIN backtest_periods p ON r.symbol = p.symbol AND r.ts >= p.ts
+    WHERE r.ts < p.end_ts GROUP BY ALL
 )
-SELECT m.model, p.symbol, p.ts, s.side,
-       coalesce((SELECT sum(b.volume_usd) FROM backtest_predictions b WHERE b.model = m.model
-                 AND b.symbol = p.symbol AND b.side = s.side AND b.ts = p.ts), 0) AS predicted_usd,
-       coalesce((SELECT sum(r.volume_usd) FROM realized_liquidations r WHERE r.symbol = p.symbol
-                 AND r.side = s.side AND r.ts >= p.ts AND r.ts < p.end_ts), 0) AS realized_usd
+SELECT m.model, p.symbol, p.ts, s.side, coalesce(pr.usd, 0) AS predicted_usd, coalesce(re.usd, 0) AS realized_usd
 FROM backtest_periods p JOIN models m USING (symbol) CROSS JOIN (VALUES ('long'), ('short')) s(side)
+LEFT JOIN predicted pr ON pr.model = m.model AND pr.symbol = p.symbol AND pr.ts = p.ts AND pr.side = s.side
+LEFT JOIN realized re ON re.symbol = p.symbol AND re.ts = p.ts AND re.side = s.side
 ORDER BY m.model, p.symbol, p.ts, s.side;
 
 -- The scores. n_periods is the number of time buckets (or realized events, or consumed levels)
