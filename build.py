@@ -63,7 +63,8 @@ INDEXES = {"data_quality_problems": [["symbol"], ["problem"], ["severity"], ["da
            "heatmap_cells": [["model", "symbol", "ts"]], "levels_latest": [["model", "symbol", "side", "leverage"]],
            "predicted_liquidations": [["model", "symbol", "ts"]], "liquidation_map_latest": [["model", "symbol"]],
            "model_comparison": [["symbol"]], "realized_liquidations": [["symbol", "side", "ts"]],
-           "backtest_scores": [["symbol", "model"]], "backtest_series": [["symbol", "model", "ts"]]}
+           "backtest_scores": [["symbol", "model"]], "backtest_skill": [["symbol", "horizon"]],
+           "backtest_series": [["symbol", "model", "horizon", "ts"]]}
 
 
 class BuildError(Exception):
@@ -257,6 +258,7 @@ def set_parameters(con, args) -> None:
         if not path.is_file():
             raise BuildError(f"{name} file {path} does not exist")
         con.execute(f"SET VARIABLE {name}_file = ?", [str(path)])
+    con.execute("SET VARIABLE backtest_horizons = ?", [args.horizons])
     for item in args.param:
         name, _, value = item.partition("=")
         try:
@@ -594,6 +596,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parameters", metavar="CSV", help="model parameters file (default sql/seeds/model_parameters.csv)")
     p.add_argument("--leverage-tiers", metavar="CSV", help="leverage tiers file (leverage,weight,typical_notional_usd)")
     p.add_argument("--maintenance-brackets", metavar="CSV", help="maintenance bracket table (default: BTCUSDT's)")
+    p.add_argument("--horizons", default="1h,4h,24h", help="backtest forecast horizons (default 1h,4h,24h)")
     p = commands.add_parser("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
     p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
     p.add_argument("--start", type=date, required=True, help="first day (YYYY-MM-DD, UTC)")

@@ -16,11 +16,15 @@ CREATE OR REPLACE MACRO interval_seconds(i) AS
 -- ISO-8601 UTC text, the only time format written to SQLite.
 CREATE OR REPLACE MACRO iso_utc(ts) AS strftime(ts, '%Y-%m-%dT%H:%M:%SZ');
 
--- A time written as epoch ms/µs digits or as ISO-8601 text ('2025-10-22T09:36:42.306000', a trailing Z
--- allowed), as in realized-liquidation exports; NULL when it is neither.
+-- A time written as epoch ms/µs digits or as ISO-8601 text ('2025-10-22T09:36:42.306000'), as in
+-- realized-liquidation exports; NULL when it is neither. A UTC offset ('+08:00', '-0530', 'Z') is
+-- honoured: '2024-09-01T10:00:00+08:00' is 02:00 UTC (a plain cast to TIMESTAMP drops the offset and
+-- would shift the row by 8 hours). Text without an offset is taken as UTC, whatever the session's zone.
 CREATE OR REPLACE MACRO parse_time(t) AS
     CASE WHEN regexp_full_match(trim(t), '\d{12,17}') THEN ts_from_epoch(trim(t)::BIGINT)
-         ELSE try_cast(rtrim(trim(t), 'Z') AS TIMESTAMP) END;
+         WHEN regexp_matches(trim(t), '(Z|[+-]\d\d(:?\d\d)?)$') AND regexp_matches(trim(t), '\d[T ]\d')
+             THEN timezone('UTC', try_cast(trim(t) AS TIMESTAMPTZ))
+         ELSE try_cast(trim(t) AS TIMESTAMP) END;
 
 -- Seconds as a short duration: 300 -> '5 min', 3600 -> '1 h', 86400 -> '1 d'.
 CREATE OR REPLACE MACRO duration_text(s) AS

@@ -3,16 +3,20 @@
 -- traded through (what consumes levels).
 
 -- Each 5-minute open-interest row against the previous one. A rise is new positions opened during
--- (previous_ts, ts] at that interval's price; a fall closes positions.
+-- (previous_ts, ts], priced with what was known at ts and nothing later: the VWAP of the trade-price
+-- bars that opened in the step and had closed by ts, or, when bars are coarser than the step (1-hour
+-- klines against 5-minute open interest), the close of the last bar that had closed by ts. (Taking
+-- the bar that merely *opened* before ts would price the 10:05 step with the whole 10:00-11:00 hour.)
 CREATE OR REPLACE TABLE oi_steps AS
 WITH oi AS (
     SELECT symbol, ts, open_interest, open_interest_usd, long_short_account_ratio,
            lag(ts) OVER w AS previous_ts, lag(open_interest) OVER w AS previous_open_interest
     FROM stg_open_interest WINDOW w AS (PARTITION BY symbol ORDER BY ts)
 ),
-bars_in_step AS (   -- every trade-price bar belongs to the first open-interest row after its open
+bars AS (SELECT *, ts + to_seconds(interval_s) AS end_ts FROM stg_price_klines),
+bars_in_step AS (   -- every bar belongs to the first open-interest row at or after its close
     SELECT o.symbol, o.ts, sum(k.quote_volume_usd) / nullif(sum(k.volume), 0) AS vwap, avg(k.close) AS mean_close
-    FROM stg_price_klines k ASOF JOIN oi o ON k.symbol = o.symbol AND k.ts < o.ts
+    FROM bars k ASOF JOIN oi o ON k.symbol = o.symbol AND k.end_ts <= o.ts
     WHERE k.ts >= o.previous_ts
     GROUP BY ALL
 ),
@@ -20,12 +24,12 @@ priced AS (
     SELECT o.*, coalesce(b.vwap, b.mean_close) AS step_price
     FROM oi o LEFT JOIN bars_in_step b USING (symbol, ts)
 ),
-last_close AS (     -- coarser bars than the open-interest cadence: the last bar opened before
+last_close AS (     -- the last bar closed by the open-interest row's time
     SELECT p.symbol, p.ts, k.close
-    FROM priced p ASOF JOIN stg_price_klines k ON p.symbol = k.symbol AND p.ts > k.ts
+    FROM priced p ASOF JOIN bars k ON p.symbol = k.symbol AND p.ts >= k.end_ts
 ),
-funding AS (
-    SELECT p.symbol, p.ts, f.funding_rate
+funding AS (        -- the last funding rate published by then, and its interval
+    SELECT p.symbol, p.ts, f.funding_rate, f.funding_interval_hours
     FROM priced p ASOF JOIN stg_funding_rates f ON p.symbol = f.symbol AND p.ts >= f.ts
 )
 SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
@@ -36,53 +40,59 @@ SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
            AS noise_threshold_usd,
        -- Account long/short ratio r = longs / shorts -> long share r / (1 + r); 50/50 without it.
        coalesce(p.long_short_account_ratio / (1 + p.long_short_account_ratio), 0.5) AS account_long_share,
-       f.funding_rate
+       f.funding_rate,
+       -- Binance funds every 8 h for most symbols but every 4 h or 1 h for others: the rate per 8 h
+       -- makes them comparable with the neutral rate (0.01 % per 8 h). A missing interval is 8 h.
+       f.funding_rate * 8 / coalesce(nullif(f.funding_interval_hours, 0), 8) AS funding_rate_8h
 FROM priced p
 LEFT JOIN last_close c USING (symbol, ts)
 LEFT JOIN funding f USING (symbol, ts)
 WHERE p.previous_ts IS NOT NULL AND coalesce(p.step_price, c.close) IS NOT NULL;
 
--- When open interest falls, every alive position shrinks in proportion: scale(t) is the product of
--- open_interest / previous_open_interest over the falls up to t, kept as a log for a running sum.
--- A position opened at t1 with volume v is worth v * scale(t) / scale(t1) at t (if not consumed).
-CREATE OR REPLACE TABLE oi_scale AS
-SELECT symbol, ts, sum(CASE WHEN delta_usd < -noise_threshold_usd THEN ln(open_interest / previous_open_interest)
-                            ELSE 0 END) OVER (PARTITION BY symbol ORDER BY ts) AS log_scale
+-- Open-interest falls: the share of open interest closed in each step, where the fall is more than
+-- noise. Which part of it the models' alive levels lose depends on what they say was liquidated in
+-- the same step (sql/50_lifecycle.sql nets that out), so the scale itself is per model and side.
+CREATE OR REPLACE TABLE oi_falls AS
+SELECT symbol, ts, previous_ts,
+       CASE WHEN delta_usd < -noise_threshold_usd THEN 1 - open_interest / previous_open_interest ELSE 0 END
+           AS closed_share
 FROM oi_steps;
 
--- The price buckets each trigger bar traded through. Binance liquidates on the mark price, so mark
--- price bars are used where present, trade-price bars otherwise. Each bar's range is widened to the
--- previous close, so a jump between bars (or a hole in the data) still crosses every bucket between.
-CREATE OR REPLACE TABLE bucket_touches AS
+-- The bars that trigger liquidations, numbered per symbol. Binance liquidates on the mark price, so
+-- mark-price bars are used where present, trade-price bars otherwise. Each bar's range is widened to
+-- the previous close, so a jump between bars (or a hole in the data) still crosses every price between.
+CREATE OR REPLACE TABLE trigger_bars AS
 WITH bars AS (
     SELECT symbol, ts, interval_s, high, low, close FROM stg_mark_price_klines
     UNION ALL
     SELECT symbol, ts, interval_s, high, low, close FROM stg_price_klines p
     WHERE p.symbol NOT IN (SELECT symbol FROM stg_mark_price_klines)
-),
-ranged AS (
-    SELECT symbol, ts, ts + to_seconds(interval_s) AS end_ts,
-           least(low, coalesce(lag(close) OVER w, low)) AS low, greatest(high, coalesce(lag(close) OVER w, high)) AS high
-    FROM bars WINDOW w AS (PARTITION BY symbol ORDER BY ts)
 )
-SELECT symbol, unnest(generate_series(floor(low / param('price_bucket_usd'))::BIGINT,
-                                      floor(high / param('price_bucket_usd'))::BIGINT)) AS bucket_index,
-       ts, end_ts
-FROM ranged;
+SELECT symbol, dense_rank() OVER (ORDER BY symbol) AS symbol_id,
+       (row_number() OVER w - 1)::BIGINT AS bar_index, ts, ts + to_seconds(interval_s) AS end_ts, close,
+       least(low, coalesce(lag(close) OVER w, low)) AS low, greatest(high, coalesce(lag(close) OVER w, high)) AS high
+FROM bars WINDOW w AS (PARTITION BY symbol ORDER BY ts);
 
--- The heatmap's time grid per symbol: the ends of whole time buckets covered by trigger bars,
--- with the open-interest scale in force at each.
+-- The lowest low and highest high of every run of 2^k trigger bars from each bar on (a sparse table,
+-- k = 0 .. log2(bars)). With it the first bar after a position opened that crosses its exact
+-- liquidation price is found in log2(bars) lookups (sql/50_lifecycle.sql), instead of scanning bars.
+-- range_key packs (k, symbol, bar) into one integer so each lookup is a single-column hash join.
+CREATE OR REPLACE MACRO range_key(k, symbol_id, bar_index) AS
+    (k::BIGINT << 48) + (symbol_id::BIGINT << 32) + bar_index::BIGINT;
+CREATE OR REPLACE TABLE trigger_ranges AS
+SELECT range_key(k, symbol_id, bar_index) AS range_key,
+       min(low) OVER w AS low, max(high) OVER w AS high
+FROM trigger_bars
+CROSS JOIN range(0, (SELECT ceil(log2(greatest(2, max(bar_index) + 1)))::BIGINT + 1 FROM trigger_bars)) r(k)
+WINDOW w AS (PARTITION BY symbol_id, k ORDER BY bar_index ROWS BETWEEN CURRENT ROW AND (1::BIGINT << k) - 1 FOLLOWING);
+
+-- The heatmap's time grid per symbol: the ends of whole time buckets covered by trigger bars.
 CREATE OR REPLACE TABLE time_grid AS
 WITH span AS (
     SELECT symbol, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), min(ts)) AS first_start,
            max(end_ts) AS last_end
-    FROM bucket_touches GROUP BY symbol
-),
-grid AS (
-    SELECT symbol, unnest(generate_series(first_start + to_seconds(param('time_bucket_s')::BIGINT), last_end,
-                                          to_seconds(param('time_bucket_s')::BIGINT))) AS end_ts
-    FROM span
+    FROM trigger_bars GROUP BY symbol
 )
-SELECT g.symbol, g.end_ts, g.end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS start_ts,
-       coalesce(s.log_scale, 0) AS log_scale
-FROM grid g ASOF LEFT JOIN oi_scale s ON g.symbol = s.symbol AND g.end_ts >= s.ts;
+SELECT symbol, end_ts, end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS start_ts
+FROM (SELECT symbol, unnest(generate_series(first_start + to_seconds(param('time_bucket_s')::BIGINT), last_end,
+                                            to_seconds(param('time_bucket_s')::BIGINT))) AS end_ts FROM span);

@@ -12,6 +12,12 @@ WITH opened AS (
 SELECT o.*, g.end_ts AS consumed_end_ts
 FROM opened o ASOF LEFT JOIN time_grid g ON o.symbol = g.symbol AND o.consumed_ts <= g.end_ts;
 
+-- The scale of alive levels (sql/50_lifecycle.sql) at every time of the grid, per model and side.
+CREATE OR REPLACE TABLE grid_scale AS
+SELECT m.model, g.symbol, m.side, g.end_ts, coalesce(s.log_scale, 0) AS log_scale
+FROM time_grid g JOIN (SELECT DISTINCT model, symbol, side FROM level_scale) m USING (symbol)
+ASOF LEFT JOIN level_scale s ON s.model = m.model AND s.symbol = g.symbol AND s.side = m.side AND g.end_ts >= s.ts;
+
 -- Alive volume at the end of every time bucket: +volume where a position starts being alive,
 -- -volume where it is consumed, summed along time per bucket, times the open-interest scale.
 CREATE OR REPLACE TABLE alive_cells AS
@@ -30,8 +36,10 @@ series AS (
     FROM changes GROUP BY ALL
 ),
 dense AS (
-    SELECT s.model, s.symbol, s.side, s.leverage, s.bucket_index, g.start_ts, g.end_ts, g.log_scale
-    FROM series s JOIN time_grid g ON g.symbol = s.symbol AND g.end_ts >= s.first_end_ts
+    SELECT s.model, s.symbol, s.side, s.leverage, s.bucket_index, g.end_ts - to_seconds(param('time_bucket_s')::BIGINT)
+               AS start_ts, g.end_ts, g.log_scale
+    FROM series s JOIN grid_scale g ON g.model = s.model AND g.symbol = s.symbol AND g.side = s.side
+        AND g.end_ts >= s.first_end_ts
         AND g.end_ts <= coalesce(s.last_end_ts, g.end_ts)
 ),
 running AS (
@@ -59,7 +67,6 @@ FROM alive_cells ORDER BY model, symbol, ts, side, leverage, price_bucket;
 -- The last time of each symbol's grid, and the price then.
 CREATE OR REPLACE VIEW last_time AS
 SELECT g.symbol, max(g.end_ts) AS end_ts, max(g.end_ts) - to_seconds(param('time_bucket_s')::BIGINT) AS start_ts,
-       arg_max(g.log_scale, g.end_ts) AS log_scale,
        (SELECT arg_max(k.close, k.ts) FROM stg_price_klines k WHERE k.symbol = g.symbol AND k.ts < max(g.end_ts))
            AS current_price
 FROM time_grid g GROUP BY g.symbol;
@@ -67,11 +74,12 @@ FROM time_grid g GROUP BY g.symbol;
 -- Alive levels at the last time, by model, side, leverage and price bucket.
 CREATE OR REPLACE TABLE levels AS
 SELECT p.model, p.symbol, l.start_ts AS ts, p.side, p.leverage, p.price_bucket,
-       sum(p.scale_free_volume * exp(l.log_scale)) AS alive_volume_usd,
+       sum(p.scale_free_volume * exp(g.log_scale)) AS alive_volume_usd,
        count(*) AS positions,
        round(100 * (p.price_bucket + param('price_bucket_usd') / 2 - l.current_price) / l.current_price, 2)
            AS distance_pct
 FROM position_grid p JOIN last_time l USING (symbol)
+JOIN grid_scale g ON g.model = p.model AND g.symbol = p.symbol AND g.side = p.side AND g.end_ts = l.end_ts
 WHERE p.first_alive_end_ts <= l.end_ts AND (p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts)
 GROUP BY ALL ORDER BY model, symbol, side, leverage, price_bucket;
 
@@ -105,8 +113,9 @@ WITH fate AS (
     SELECT p.model, p.symbol, p.side, p.volume_usd,
            CASE WHEN p.consumed_end_ts <= l.end_ts THEN p.consumed_volume_usd ELSE 0 END AS consumed_usd,
            CASE WHEN p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts
-                THEN p.scale_free_volume * exp(l.log_scale) ELSE 0 END AS alive_usd
+                THEN p.scale_free_volume * exp(g.log_scale) ELSE 0 END AS alive_usd
     FROM position_grid p JOIN last_time l USING (symbol)
+    JOIN grid_scale g ON g.model = p.model AND g.symbol = p.symbol AND g.side = p.side AND g.end_ts = l.end_ts
     WHERE p.first_alive_end_ts <= l.end_ts
 ),
 totals AS (

@@ -1,142 +1,187 @@
--- Layer 5: the backtest. Every model, and two baselines, scored against the liquidations that
--- really happened, per symbol and side. False positives count: precision is the share of the
--- volume a model said was liquidated that matched a realized liquidation.
+-- Layer 5a: the backtest's forecasts. A heatmap claims two things, and both are tested as forecasts:
+--   volume:   if price follows a path, about the alive levels it crosses are liquidated;
+--   location: liquidations happen where the levels are, more than distance from the price explains.
+-- At each forecast origin t (every multiple of the horizon h, UTC) the levels are frozen as they were
+-- at t; the realized trigger path in (t, t + h] then says which of them were crossed. Models and
+-- position-free baselines are turned into the same thing, "crossed levels" (volume per price bucket
+-- that the path crossed), and scored by the same SQL (sql/71_backtest_scores.sql).
 
 -- Realized liquidations, one row per event (or per period and side for aggregated exports).
 CREATE OR REPLACE TABLE realized_liquidations AS
 SELECT symbol, ts, side, price, volume_usd, source FROM stg_realized_liquidations ORDER BY symbol, ts;
 
--- The heatmap's time buckets that realized data covers, per symbol: only there can a model be wrong.
-CREATE OR REPLACE TABLE backtest_periods AS
-SELECT g.symbol, g.start_ts AS ts, g.end_ts
-FROM time_grid g JOIN (SELECT symbol, min(ts) AS first_ts, max(ts) AS last_ts FROM realized_liquidations GROUP BY 1) r
-    ON g.symbol = r.symbol AND g.end_ts > r.first_ts AND g.start_ts <= r.last_ts;
+-- The horizons, from build.py --horizons (default 1h,4h,24h). Levels at t come from the heatmap's
+-- time grid, so a horizon must be a whole number of its time buckets.
+CREATE OR REPLACE TABLE backtest_horizons AS
+SELECT trim(h) AS horizon, interval_seconds(trim(h)) AS horizon_s
+FROM unnest(string_split(coalesce(getvariable('backtest_horizons'), '1h,4h,24h'), ',')) t(h);
+SELECT CASE WHEN (SELECT count(*) FROM backtest_horizons WHERE horizon_s IS NULL OR horizon_s <= 0
+                  OR horizon_s % param('time_bucket_s')::BIGINT <> 0) > 0
+    THEN error('--horizons: each horizon must be a Binance interval (1h, 4h, 1d ...) that is a whole number of '
+               || 'time buckets (time_bucket_s = ' || param('time_bucket_s')::BIGINT || ' s); got '
+               || getvariable('backtest_horizons')) END;
 
--- Predictions per time bucket and side: the models', and the baselines'.
---   naive_move: open interest x the adverse price move within the bucket (longs lose on the drop
---               from the open to the low, shorts on the rise to the high): no positions, no levels.
---   shuffled:   the ensemble's predictions moved by whole days (half the span, wrapping round), so the
---               time of day and the totals stay and only the timing is wrong: it should score near zero.
-CREATE OR REPLACE TABLE backtest_predictions AS
-WITH span AS (
-    SELECT symbol, min(ts) AS first_ts, epoch(max(end_ts) - min(ts))::BIGINT AS span_s FROM backtest_periods GROUP BY 1
+-- Trigger bars per whole time bucket: the price path at the grid's resolution.
+CREATE OR REPLACE TABLE trigger_buckets AS
+SELECT symbol, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), ts) AS ts,
+       min(low) AS low, max(high) AS high, arg_max(close, ts) AS close, max(end_ts) AS end_ts
+FROM trigger_bars GROUP BY ALL;
+
+-- Every forecast window (t, t + h] that trigger bars and realized liquidations both cover, with the
+-- price at t (the last trigger close), what the path did in the window (its lowest low, highest high),
+-- the range of the 24 hours before t (for breakout) and open interest at t. The first
+-- backtest_warmup_s of the realized data are not scored: the models start with no positions, and
+-- what is fitted walk-forward needs some history. They are still history for the later windows.
+CREATE OR REPLACE TABLE backtest_windows AS
+WITH coverage AS (
+    SELECT symbol, time_bucket(INTERVAL 1 DAY, min(ts)) AS first_day,
+           time_bucket(INTERVAL 1 DAY, max(ts)) + INTERVAL 1 DAY AS end_day
+    FROM realized_liquidations GROUP BY symbol
 ),
-moves AS (
-    SELECT p.symbol, p.ts, arg_min(k.open, k.ts) AS open, min(k.low) AS low, max(k.high) AS high
-    FROM backtest_periods p JOIN stg_price_klines k ON k.symbol = p.symbol AND k.ts >= p.ts AND k.ts < p.end_ts
-    GROUP BY ALL
+origins AS (
+    SELECT h.horizon, h.horizon_s, b.symbol, time_bucket(to_seconds(h.horizon_s), b.ts) AS origin_ts,
+           min(b.low) AS path_low, max(b.high) AS path_high, max(b.end_ts) AS last_end_ts
+    FROM trigger_buckets b CROSS JOIN backtest_horizons h GROUP BY ALL
 ),
-naive AS (
-    SELECT 'naive_move' AS model, m.symbol, m.ts, s.side,
-           o.open_interest_usd * CASE s.side WHEN 'long' THEN greatest(0, 1 - m.low / m.open)
-                                             ELSE greatest(0, m.high / m.open - 1) END AS volume_usd
-    FROM moves m ASOF JOIN stg_open_interest o ON m.symbol = o.symbol AND m.ts >= o.ts
-    CROSS JOIN (VALUES ('long'), ('short')) s(side)
+prior AS (          -- the range of the 24 hours before each time bucket, and its last close
+    SELECT symbol, ts + to_seconds(param('time_bucket_s')::BIGINT) AS origin_ts, close AS price,
+           min(low) OVER w AS prior_low, max(high) OVER w AS prior_high
+    FROM trigger_buckets
+    WINDOW w AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL 24 HOURS - to_seconds(param('time_bucket_s')::BIGINT)
+                 PRECEDING AND CURRENT ROW)
 )
-SELECT model, symbol, ts, side, volume_usd FROM predicted_liquidations
-UNION ALL SELECT * FROM naive
-UNION ALL
-SELECT 'shuffled', p.symbol,
-       s.first_ts + to_seconds((epoch(p.ts - s.first_ts)::BIGINT
-                                + 86400 * greatest(1, s.span_s // 86400 // 2)) % greatest(s.span_s, 1)),
-       p.side, p.volume_usd
-FROM predicted_liquidations p JOIN span s USING (symbol)
-WHERE p.model = 'ensemble' AND p.ts >= s.first_ts AND p.ts < s.first_ts + to_seconds(s.span_s);
+SELECT o.symbol, o.horizon, o.horizon_s, o.origin_ts, o.origin_ts + to_seconds(o.horizon_s) AS end_ts,
+       o.origin_ts >= c.first_day + to_seconds(param('backtest_warmup_s')::BIGINT) AS scored,
+       p.price, least(o.path_low, p.price) AS path_low, greatest(o.path_high, p.price) AS path_high,
+       p.prior_low, p.prior_high, oi.open_interest_usd
+FROM origins o
+JOIN coverage c ON c.symbol = o.symbol AND o.origin_ts >= c.first_day AND o.origin_ts + to_seconds(o.horizon_s) <= c.end_day
+JOIN prior p ON p.symbol = o.symbol AND p.origin_ts = o.origin_ts
+ASOF JOIN stg_open_interest oi ON oi.symbol = o.symbol AND o.origin_ts >= oi.ts
+WHERE o.last_end_ts = o.origin_ts + to_seconds(o.horizon_s);   -- whole windows only
 
--- Predicted next to realized volume in every covered time bucket, zeros included.
-CREATE OR REPLACE TABLE backtest_series AS
-WITH models AS (   -- every model with positions, even one that never predicted a liquidation
-    SELECT DISTINCT model, symbol FROM positions UNION SELECT DISTINCT model, symbol FROM backtest_predictions
+-- The price buckets each window's path crossed on each side (longs: from the price at t down to the
+-- lowest low; shorts: up to the highest high), with the crossed share of each bucket and its distance
+-- from the price's bucket at t, in buckets.
+CREATE OR REPLACE TABLE backtest_crossed_buckets AS
+WITH ranges AS (
+    SELECT w.*, s.side, CASE s.side WHEN 'long' THEN w.path_low ELSE w.price END AS range_low,
+           CASE s.side WHEN 'long' THEN w.price ELSE w.path_high END AS range_high,
+           param('price_bucket_usd') AS usd
+    FROM backtest_windows w CROSS JOIN (VALUES ('long'), ('short')) s(side)
 ),
-predicted AS (SELECT model, symbol, ts, side, sum(volume_usd) AS usd FROM backtest_predictions GROUP BY ALL),
-realized AS (      -- each realized liquidation in its time bucket, summed once for all models
-    SELECT r.symbol, p.ts, r.side, sum(r.volume_usd) AS usd
-    FROM realized_liquidations r ASOF JOIN backtest_periods p ON r.symbol = p.symbol AND r.ts >= p.ts
-    WHERE r.ts < p.end_ts GROUP BY ALL
+buckets AS (
+    SELECT *, unnest(generate_series(floor(range_low / usd)::BIGINT, floor(range_high / usd)::BIGINT)) AS bucket_index
+    FROM ranges WHERE range_high > range_low
 )
-SELECT m.model, p.symbol, p.ts, s.side, coalesce(pr.usd, 0) AS predicted_usd, coalesce(re.usd, 0) AS realized_usd
-FROM backtest_periods p JOIN models m USING (symbol) CROSS JOIN (VALUES ('long'), ('short')) s(side)
-LEFT JOIN predicted pr ON pr.model = m.model AND pr.symbol = p.symbol AND pr.ts = p.ts AND pr.side = s.side
-LEFT JOIN realized re ON re.symbol = p.symbol AND re.ts = p.ts AND re.side = s.side
-ORDER BY m.model, p.symbol, p.ts, s.side;
+SELECT symbol, horizon, origin_ts, side, bucket_index,
+       abs(bucket_index - floor(price / usd)::BIGINT) AS distance_buckets,
+       greatest(range_low, bucket_index * usd) AS crossed_low,       -- the crossed part of the bucket
+       least(range_high, (bucket_index + 1) * usd) AS crossed_high,
+       (least(range_high, (bucket_index + 1) * usd) - greatest(range_low, bucket_index * usd)) / usd AS crossed_share
+FROM buckets WHERE least(range_high, (bucket_index + 1) * usd) > greatest(range_low, bucket_index * usd);
 
--- The scores. n_periods is the number of time buckets (or realized events, or consumed levels)
--- each score rests on.
-CREATE OR REPLACE TABLE backtest_scores AS
-WITH by_period AS (   -- the heatmap's resolution, and whole hours when that is finer
-    SELECT model, symbol, side, duration_text(param('time_bucket_s')::BIGINT) AS period, ts,
-           predicted_usd AS p, realized_usd AS r
-    FROM backtest_series
-    UNION ALL
-    SELECT model, symbol, side, '1 h', time_bucket(INTERVAL 1 HOUR, ts), sum(predicted_usd), sum(realized_usd)
-    FROM backtest_series WHERE param('time_bucket_s') < 3600 AND 3600 % param('time_bucket_s') = 0
-    GROUP BY ALL
+-- Realized volume per window and side, and per price bucket where the events carry prices.
+CREATE OR REPLACE TABLE backtest_realized AS
+SELECT w.symbol, w.horizon, w.origin_ts, r.side, floor(r.price / param('price_bucket_usd'))::BIGINT AS bucket_index,
+       sum(r.volume_usd) AS volume_usd
+FROM realized_liquidations r JOIN backtest_windows w
+    ON r.symbol = w.symbol AND r.ts >= w.origin_ts AND r.ts < w.end_ts
+GROUP BY ALL;
+
+-- Which baselines there are; every other predictor in forecast_levels is a model.
+CREATE OR REPLACE TABLE backtest_baselines AS
+SELECT * FROM (VALUES
+    ('naive_move', 'open interest x the adverse move: open interest spread evenly over price, so the volume crossed '
+                   || 'is open interest x (price at t - lowest low) / price for longs (highest high for shorts)'),
+    ('breakout', 'open interest x how far the path breaks the range of the 24 hours before t: open interest spread '
+                 || 'evenly over the prices beyond the prior low (longs) or high (shorts)'),
+    ('nearest_buckets', 'distance only: open interest x the share of open interest liquidated at each distance '
+                        || '(in price buckets) from the price in the windows before t (walk-forward, expanding)'),
+    ('shuffled', 'the ensemble''s levels from another day (half the span away, wrapping round), moved to the '
+                 || 'price at t: the same shape of levels at the wrong time')
+) t(model, description);
+
+-- Every predictor's crossed levels: volume per window, side and price bucket, frozen at t.
+--   models:    positions alive at t (opened at or before t, not yet consumed) whose exact liquidation
+--              price the path crossed in (t, t + h], valued at the scale of t;
+--   baselines: their volume per bucket times the crossed share of the bucket.
+CREATE OR REPLACE TABLE forecast_levels AS
+WITH consumed AS (    -- each consumed position in the window of each horizon that holds its consumption
+    SELECT p.*, h.horizon, time_bucket(to_seconds(h.horizon_s), p.consumed_ts - INTERVAL 1 MICROSECOND) AS origin_ts
+    FROM positions p CROSS JOIN backtest_horizons h WHERE p.consumed_ts IS NOT NULL
 ),
-ranked AS (           -- Spearman: Pearson on ranks, ties given their average rank
-    SELECT *, (rank() OVER wp + cume_dist() OVER wp * count(*) OVER w) / 2 AS p_rank,
-              (rank() OVER wr + cume_dist() OVER wr * count(*) OVER w) / 2 AS r_rank
-    FROM by_period
-    WINDOW w AS (PARTITION BY model, symbol, side, period),
-           wp AS (PARTITION BY model, symbol, side, period ORDER BY p),
-           wr AS (PARTITION BY model, symbol, side, period ORDER BY r)
-),
-correlations AS (
-    SELECT model, symbol, side, 'pearson_' || replace(period, ' ', '') AS metric, corr(p, r) AS value, count(*) AS n
-    FROM ranked GROUP BY ALL
-    UNION ALL
-    SELECT model, symbol, side, 'spearman_' || replace(period, ' ', ''), corr(p_rank, r_rank), count(*)
-    FROM ranked GROUP BY ALL
-),
-calibration AS (      -- predicted total / realized total over the covered time
-    SELECT model, symbol, side, 'calibration', sum(predicted_usd) / nullif(sum(realized_usd), 0), count(*)
-    FROM backtest_series GROUP BY ALL
-),
-bucket AS (SELECT param('price_bucket_usd') AS usd, param('backtest_price_tolerance_buckets') AS tolerance),
-densest AS (          -- each model's densest alive buckets per side at the end of every time bucket
-    SELECT model, symbol, ts + to_seconds(param('time_bucket_s')::BIGINT) AS as_of, side, price_bucket
-    FROM (
-        SELECT h.model, h.symbol, h.ts, s.side, h.price_bucket,
-               row_number() OVER (PARTITION BY h.model, h.symbol, h.ts, s.side
-                                  ORDER BY CASE s.side WHEN 'long' THEN h.long_usd ELSE h.short_usd END DESC) AS rank
-        FROM heatmap h CROSS JOIN (VALUES ('long'), ('short')) s(side)
-        WHERE CASE s.side WHEN 'long' THEN h.long_usd ELSE h.short_usd END > 0
-    ) WHERE rank <= param('backtest_top_buckets')
-),
-events AS (           -- realized liquidations with a price, and the time bucket they fell in
-    SELECT r.*, p.ts AS period_ts, floor(r.price / (SELECT usd FROM bucket)) * (SELECT usd FROM bucket) AS price_bucket
-    FROM realized_liquidations r ASOF JOIN backtest_periods p ON r.symbol = p.symbol AND r.ts >= p.ts
-    WHERE r.price IS NOT NULL
-),
-recall AS (           -- share of realized volume that fell where the model had one of its densest levels
-    SELECT m.model, e.symbol, e.side, 'recall_top' || param('backtest_top_buckets')::INTEGER,
-           coalesce(sum(e.volume_usd) FILTER (EXISTS (
-               SELECT 1 FROM densest d WHERE d.model = m.model AND d.symbol = e.symbol AND d.side = e.side
-               AND d.as_of = e.period_ts
-               AND abs(d.price_bucket - e.price_bucket) <= (SELECT tolerance * usd FROM bucket))), 0)
-           / sum(e.volume_usd), count(*)
-    FROM events e JOIN (SELECT DISTINCT model, symbol FROM positions) m USING (symbol)
-    GROUP BY ALL
-),
-consumed AS (         -- what each model said was liquidated, where and when, in the covered time
-    SELECT g.model, g.symbol, g.consumed_end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS period_ts, g.side,
-           g.price_bucket, sum(g.consumed_volume_usd) AS volume_usd
-    FROM position_grid g JOIN backtest_periods p
-        ON g.symbol = p.symbol AND g.consumed_end_ts = p.end_ts
-    GROUP BY ALL
-),
-precision_ AS (       -- share of that volume matched by a realized liquidation: false positives count
-    SELECT c.model, c.symbol, c.side, 'precision',
-           coalesce(sum(c.volume_usd) FILTER (EXISTS (
-               SELECT 1 FROM events e WHERE e.symbol = c.symbol AND e.side = c.side AND e.period_ts = c.period_ts
-               AND abs(e.price_bucket - c.price_bucket) <= (SELECT tolerance * usd FROM bucket))), 0)
-           / sum(c.volume_usd), count(*)
+model_levels AS (
+    SELECT c.model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
+           sum(c.scale_free_volume * exp(g.log_scale)) AS volume_usd
     FROM consumed c
-    WHERE c.symbol IN (SELECT symbol FROM events)
+    JOIN backtest_windows w USING (symbol, horizon, origin_ts)
+    JOIN grid_scale g ON g.model = c.model AND g.symbol = c.symbol AND g.side = c.side AND g.end_ts = c.origin_ts
+    WHERE c.created_ts <= c.origin_ts
     GROUP BY ALL
+),
+crossed AS (SELECT c.*, w.price, w.prior_low, w.prior_high, w.open_interest_usd
+            FROM backtest_crossed_buckets c JOIN backtest_windows w USING (symbol, horizon, origin_ts)),
+uniform AS (        -- naive_move and breakout: open interest per bucket of price, where each applies
+    SELECT m.model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
+           c.open_interest_usd / c.price * CASE
+               WHEN m.model = 'naive_move' THEN c.crossed_high - c.crossed_low
+               -- breakout: only the crossed prices beyond the prior 24 hours' range
+               WHEN c.side = 'long' THEN greatest(0, least(c.crossed_high, c.prior_low) - c.crossed_low)
+               ELSE greatest(0, c.crossed_high - greatest(c.crossed_low, c.prior_high))
+           END AS volume_usd
+    FROM crossed c CROSS JOIN (VALUES ('naive_move'), ('breakout')) m(model)
+),
+history AS (        -- realized volume per distance and open interest, window by window, for nearest_buckets
+    SELECT r.symbol, r.horizon, r.origin_ts, r.side,
+           greatest(0, CASE r.side WHEN 'long' THEN floor(w.price / param('price_bucket_usd'))::BIGINT - r.bucket_index
+                                   ELSE r.bucket_index - floor(w.price / param('price_bucket_usd'))::BIGINT END)
+               AS distance_buckets,
+           sum(r.volume_usd) AS volume_usd
+    FROM backtest_realized r JOIN backtest_windows w USING (symbol, horizon, origin_ts)
+    WHERE r.bucket_index IS NOT NULL GROUP BY ALL
+),
+open_interest_before AS (   -- open interest summed over the earlier windows: the profile's denominator
+    SELECT symbol, horizon, origin_ts,
+           coalesce(sum(open_interest_usd) OVER (PARTITION BY symbol, horizon ORDER BY origin_ts
+                                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS oi_usd
+    FROM backtest_windows
+),
+profile AS (        -- at each crossed bucket: realized volume at its distance in the windows before t only
+    SELECT symbol, horizon, origin_ts, side, bucket_index, crossed_share, open_interest_usd,
+           sum(volume_usd) OVER (PARTITION BY symbol, horizon, side, distance_buckets ORDER BY origin_ts, is_event
+                                 ROWS UNBOUNDED PRECEDING) AS earlier_usd, is_event
+    FROM (SELECT symbol, horizon, origin_ts, side, distance_buckets, bucket_index, crossed_share, open_interest_usd,
+                 0 AS volume_usd, 0 AS is_event FROM crossed
+          UNION ALL
+          SELECT symbol, horizon, origin_ts, side, distance_buckets, NULL, NULL, NULL, volume_usd, 1 FROM history)
+),
+nearest AS (
+    SELECT 'nearest_buckets' AS model, p.symbol, p.horizon, p.origin_ts, p.side, p.bucket_index,
+           p.open_interest_usd * p.earlier_usd / nullif(o.oi_usd, 0) * p.crossed_share AS volume_usd
+    FROM profile p JOIN open_interest_before o USING (symbol, horizon, origin_ts)
+    WHERE p.is_event = 0
+),
+other_day AS (      -- each window's partner: half the span of whole days away, wrapping round
+    SELECT w.symbol, w.horizon, w.origin_ts, w.price, o.origin_ts AS other_ts, o.price AS other_price
+    FROM (SELECT *, min(origin_ts) OVER s AS first_ts,
+                 epoch(max(origin_ts) OVER s - min(origin_ts) OVER s)::BIGINT + horizon_s AS period_s
+          FROM backtest_windows WINDOW s AS (PARTITION BY symbol, horizon)) w
+    JOIN backtest_windows o ON o.symbol = w.symbol AND o.horizon = w.horizon
+        AND o.origin_ts = w.first_ts + to_seconds((epoch(w.origin_ts - w.first_ts)::BIGINT
+                                                   + 86400 * greatest(1, w.period_s // 86400 // 2)) % w.period_s)
+),
+shuffled AS (       -- the ensemble's alive levels at the partner window's start, moved to the price at t
+    SELECT 'shuffled' AS model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
+           CASE c.side WHEN 'long' THEN h.long_usd ELSE h.short_usd END * c.crossed_share AS volume_usd
+    FROM (SELECT c.*, d.other_ts - to_seconds(param('time_bucket_s')::BIGINT) AS heatmap_ts,
+                 (c.bucket_index - floor(d.price / param('price_bucket_usd'))::BIGINT
+                  + floor(d.other_price / param('price_bucket_usd'))::BIGINT) * param('price_bucket_usd') AS other_bucket
+          FROM crossed c JOIN other_day d USING (symbol, horizon, origin_ts)) c
+    JOIN heatmap h ON h.model = 'ensemble' AND h.symbol = c.symbol AND h.ts = c.heatmap_ts
+        AND h.price_bucket = c.other_bucket
 )
-SELECT model, symbol, side, metric,
-       CASE WHEN NOT isnan(value) THEN value END AS value,  -- no variance, nothing realized: no score
-       n AS n_periods
-FROM (SELECT * FROM correlations UNION ALL SELECT * FROM calibration UNION ALL SELECT * FROM recall
-      UNION ALL SELECT * FROM precision_)
-ORDER BY symbol, side, metric, model;
+SELECT * FROM model_levels
+UNION ALL SELECT * FROM uniform WHERE volume_usd > 0
+UNION ALL SELECT * FROM nearest WHERE volume_usd > 0
+UNION ALL SELECT * FROM shuffled WHERE volume_usd > 0;
