@@ -4,6 +4,15 @@ A population of leveraged positions drives open interest, funding, trades and pr
 liquidated when the mark price crosses its Binance isolated-margin liquidation price (domain.md 2-3).
 Python steps minutes with heaps (never scanning all positions); DuckDB expands each day into seeded
 background trades and writes aggTrades and the 1m klines aggregated from them (equal by construction).
+
+Every contract has a long and a short side (domain.md 3b). The leveraged speculators' long and short
+books differ (their long share follows sentiment, momentum and funding); unleveraged market makers /
+hedgers hold the difference as one netted inventory (one-way mode nets an account's sides), never
+liquidated, no stop. So open interest = speculator longs + market-maker longs = speculator shorts +
+market-maker shorts, exactly (integers). They make the speculators' taker trades, so they add no
+trades; what they charge for the imbalance is the funding premium. The traders' leverage mix is drawn
+per seed, never the models' default. Output is defined independently of the DuckDB version: md5()
+draws (not hash()), integer ticks / 0.001 coins / sums, text formatted explicitly (DAY_SQL).
 """
 import csv
 import datetime as dt
@@ -26,7 +35,7 @@ import duckdb
 with open(Path(__file__).parent / "sql" / "seeds" / "maintenance_brackets.csv") as _f:
     BRACKETS = [(float(r["notional_cap_usd"]), int(r["max_leverage"]), float(r["maintenance_margin_rate"]),
                  float(r["maintenance_amount_usd"])) for r in csv.DictReader(_f) if r["symbol"] == "BTCUSDT"]
-LEVERAGE_MIX = {5: 0.15, 10: 0.30, 25: 0.25, 50: 0.20, 100: 0.10}  # share of openings per leverage
+LEVERAGES = (2, 3, 5, 10, 12, 20, 25, 50, 75, 100, 125)  # common picks in Binance's 1-125x slider
 PARAMS = {  # every knob; written to simulator/params.json
     "start_price_usd": 60_000, "daily_vol": 0.025,  # BTC daily volatility is typically 2-4 %
     "garch_alpha": 0.03, "garch_beta": 0.966,  # GARCH(1,1) on 1-minute log returns: vol clusters
@@ -44,6 +53,17 @@ PARAMS = {  # every knob; written to simulator/params.json
     "funding_base": 1e-4, "funding_k": 0.002, "funding_cap": 0.0075, "top_trader_quantile": 0.8,
     "min_trades_per_min": 4}  # >= 4: background trades at the open, high, low and close
 Pos = namedtuple("Pos", "pid side lev entry qty lp top")  # side +-1, entry in 0.1 ticks, qty in 0.001
+
+
+def leverage_mix_for_seed(seed):
+    """The traders' share of openings per leverage for one seed: Dirichlet(0.6) weights over LEVERAGES
+    (normalized gamma draws; alpha < 1 leaves some tiers near zero), one mix for both sides. Its own
+    stream (a string seed is hashed with sha512: stable across Python versions), so the market's draws
+    do not move with it, and it never equals the models' default (sql/seeds/leverage_tiers.csv)."""
+    rng = random.Random(f"leverage-mix-{seed}")
+    draws = [rng.gammavariate(0.6, 1) for _ in LEVERAGES]
+    mix = {lev: round(x / sum(draws), 4) for lev, x in zip(LEVERAGES, draws, strict=True)}
+    return {lev: w for lev, w in mix.items() if w > 0}
 
 
 def bracket(notional_usd):
@@ -160,15 +180,30 @@ class Market:
             self._enter(t_ms, lo, h, ev, p_long)
         return bar, mark, ev, liqs
 
+    def open_interest(self):
+        """(open interest, market makers' long, market makers' short) in 0.001 coins: the market makers
+        hold the speculators' imbalance, so both sides sum to the same open interest (module docstring)."""
+        lq, sq = self.book["qty", 1], self.book["qty", -1]
+        return max(lq, sq), max(0, sq - lq), max(0, lq - sq)
+
     def funding_rate(self):
-        """Binance funding = interest (0.01 %) + premium, capped; the premium (mark above index) is
-        modelled as proportional to the long/short current-notional imbalance of the book."""
+        """Binance funding = interest (0.01 %) + premium, capped; the premium (mark above index) is what
+        the market makers charge to hold the speculators' imbalance: proportional to it."""
         lq, sq, cap = self.book["qty", 1], self.book["qty", -1], self.p["funding_cap"]
         return max(-cap, min(cap, self.p["funding_base"] + self.p["funding_k"] * (lq - sq) / max(1, lq + sq)))
 
 
+def _fix(n, unit):
+    """A non-negative integer count of 1/unit (unit 10, 100, 1000, ...) as exact decimal text."""
+    return f"{n // unit}.{n % unit:0{len(str(unit)) - 1}d}"
+
+
 def _px(ticks):
-    return f"{ticks // 10}.{ticks % 10}"
+    return _fix(ticks, 10)
+
+
+def _usd(e4):  # USD x 1e4 (0.001 coins x 0.1 ticks) -> cents, rounded half up
+    return _fix((e4 + 50) // 100, 100)
 
 
 def _utc(ms, fmt="%Y-%m-%d %H:%M:%S"):
@@ -192,6 +227,11 @@ HEADERS = {
                "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio",
     "liquidationSnapshot": "time,side,order_type,time_in_force,original_quantity,price,average_price,order_status,"
                            "last_fill_quantity,accumulated_fill_quantity"}
+TRUTH = {  # simulator/{symbol}-{name}.csv: the speculators' positions (notional at entry), market makers, OI
+    "open-positions-1h": "time,long_notional_usd,short_notional_usd,long_positions,short_positions,long_quantity,"
+                         "short_quantity,market_maker_long_quantity,market_maker_short_quantity,open_interest_quantity",
+    "open-positions-by-leverage-1h": "time,side,leverage,notional_usd",
+    "liquidations": "time,side,leverage,entry_price,quantity,liquidation_price,bankruptcy_price,fill_price"}
 
 
 def publish(out_dir, kind, symbol, date, body):
@@ -218,28 +258,36 @@ def publish(out_dir, kind, symbol, date, body):
 
 # Background trades: the first at the open, the last at the close, one each at the high and the low
 # (so OHLC is the simulated path's), the rest uniform in the range; Pareto(1.5) sizes; the taker side
-# leans with the candle. u() is a hash PRNG in [0, 1), so the SQL part is seeded and set-based too.
+# leans with the candle. Each trade's md5 (a fixed standard, unlike hash(), which changes between
+# DuckDB versions) gives five 24-bit uniforms u(r, 0..4). Prices stay integer ticks p, quantities
+# integer 0.001 coins q, sums integer (exact in any order or thread schedule), text made by fix().
+# Only pow() (libm) is floating point beyond + - * /; floor() of it flips only on exact ties.
 DAY_SQL = """
-CREATE OR REPLACE MACRO u(t, k, i) AS (hash({seed}, t, k, i) >> 11)::DOUBLE / 9007199254740992;
+CREATE OR REPLACE MACRO u(r, i) AS ('0x' || substr(r, 6 * i + 1, 6))::BIGINT::DOUBLE / 16777216;
+CREATE OR REPLACE MACRO fix(x, d) AS
+    (x // d)::VARCHAR || '.' || lpad((x % d)::VARCHAR, (length(d::VARCHAR) - 1)::INTEGER, '0');
 CREATE OR REPLACE TABLE t AS
-WITH m AS (SELECT *, unnest(range(n)) AS k FROM read_csv('{tmp}/m.csv', header = false, columns =
-    {{'t': 'BIGINT', 'o': 'BIGINT', 'h': 'BIGINT', 'l': 'BIGINT', 'c': 'BIGINT', 'n': 'BIGINT'}})),
-x AS (SELECT CASE k WHEN 0 THEN t WHEN n - 1 THEN t + 59999 ELSE t + 1 + floor(u(t, k, 0) * 59998) END AS ts,
+WITH m AS (SELECT *, md5(concat_ws(',', {seed}, t, k)) AS r FROM (SELECT *, unnest(range(n)) AS k FROM read_csv(
+    '{tmp}/m.csv', header = false, columns =
+    {{'t': 'BIGINT', 'o': 'BIGINT', 'h': 'BIGINT', 'l': 'BIGINT', 'c': 'BIGINT', 'n': 'BIGINT'}}))),
+x AS (SELECT CASE k WHEN 0 THEN t WHEN n - 1 THEN t + 59999 ELSE t + 1 + floor(u(r, 0) * 59998) END::BIGINT AS ts,
     CASE k WHEN 0 THEN o WHEN n - 1 THEN c WHEN 1 THEN h WHEN 2 THEN l
-        ELSE l + floor(u(t, k, 1) * (h - l + 1)) END::BIGINT AS p,
-    least(5000, floor(2 * pow(1 - u(t, k, 2), -1 / 1.5))) AS q, u(t, k, 3) >= 0.5 + 0.2 * (c - o) / (h - l + 1) AS ibm,
-    (1 + floor(3 * u(t, k, 4)))::BIGINT AS fills, 0 AS src, k AS seq
+        ELSE l + floor(u(r, 1) * (h - l + 1)) END::BIGINT AS p,
+    least(5000, floor(2 * pow(1 - u(r, 2), -1 / 1.5)))::BIGINT AS q,
+    u(r, 3) >= 0.5 + 0.2 * (c - o)::DOUBLE / (h - l + 1) AS ibm, (1 + floor(3 * u(r, 4)))::BIGINT AS fills,
+    0 AS src, k AS seq
   FROM m UNION ALL SELECT ts, p, q, ibm, fills, 1, seq FROM read_csv('{tmp}/e.csv', header = false, columns =
     {{'ts': 'BIGINT', 'p': 'BIGINT', 'q': 'BIGINT', 'ibm': 'BOOLEAN', 'fills': 'BIGINT', 'seq': 'BIGINT'}}))
-SELECT {agg0} + row_number() OVER w AS agg_trade_id, p * 0.1 AS price, q::BIGINT * 0.001 AS quantity,
+SELECT {agg0} + row_number() OVER w AS agg_trade_id, p, q,
   {trade0} + sum(fills) OVER w - fills + 1 AS first_trade_id, {trade0} + sum(fills) OVER w AS last_trade_id,
-  ts::BIGINT AS transact_time, ibm AS is_buyer_maker
+  ts AS transact_time, ibm AS is_buyer_maker
 FROM x WINDOW w AS (ORDER BY ts, src, seq ROWS UNBOUNDED PRECEDING);
-COPY (FROM t ORDER BY agg_trade_id) TO '{tmp}/a.csv' (HEADER false);
-COPY (SELECT transact_time // 60000 * 60000 AS ot, arg_min(price, agg_trade_id), max(price), min(price),
-    arg_max(price, agg_trade_id), sum(quantity), ot + 59999, sum(price * quantity),
-    sum(last_trade_id - first_trade_id + 1), coalesce(sum(quantity) FILTER (NOT is_buyer_maker), 0),
-    coalesce(sum(price * quantity) FILTER (NOT is_buyer_maker), 0), 0
+COPY (SELECT agg_trade_id, fix(p, 10), fix(q, 1000), first_trade_id, last_trade_id, transact_time, is_buyer_maker
+  FROM t ORDER BY agg_trade_id) TO '{tmp}/a.csv' (HEADER false);
+COPY (SELECT transact_time // 60000 * 60000 AS ot, fix(arg_min(p, agg_trade_id), 10), fix(max(p), 10),
+    fix(min(p), 10), fix(arg_max(p, agg_trade_id), 10), fix(sum(q), 1000), ot + 59999, fix(sum(p * q), 10000),
+    sum(last_trade_id - first_trade_id + 1), fix(coalesce(sum(q) FILTER (NOT is_buyer_maker), 0), 1000),
+    fix(coalesce(sum(p * q) FILTER (NOT is_buyer_maker), 0), 10000), 0
   FROM t GROUP BY ot ORDER BY ot) TO '{tmp}/k.csv' (HEADER false);
 """
 
@@ -254,14 +302,14 @@ def _day_trades(con, tmp, seed, ids, bars, evs, trades_per_day, min_per_min):
     n_agg, ids["trade0"] = con.execute("SELECT count(*), max(last_trade_id) FROM t").fetchone()
     ids["agg0"] += n_agg
     return {lb: (buy, sell) for lb, buy, sell in con.execute(
-        "SELECT (transact_time // 300000 + 1) * 300000, coalesce(sum(quantity::DOUBLE) FILTER (NOT is_buyer_maker), 0),"
-        " coalesce(sum(quantity::DOUBLE) FILTER (is_buyer_maker), 0) FROM t GROUP BY 1").fetchall()}
+        "SELECT (transact_time // 300000 + 1) * 300000, coalesce(sum(q) FILTER (NOT is_buyer_maker), 0),"
+        " coalesce(sum(q) FILTER (is_buyer_maker), 0) FROM t GROUP BY 1").fetchall()}  # integers: exact
 
 
 def simulate(out_dir, days=30, seed=1, symbol="BTCUSDT", trades_per_day=20_000,
              start="2024-09-01", leverage_mix=None, progress=print) -> dict:
     """Simulate `days` UTC days from `start`; write Vision-layout files and ground truth to out_dir."""
-    mix, p, s, tmp_dir = leverage_mix or LEVERAGE_MIX, PARAMS, symbol, tempfile.TemporaryDirectory()
+    mix, p, s, tmp_dir = leverage_mix or leverage_mix_for_seed(seed), PARAMS, symbol, tempfile.TemporaryDirectory()
     mkt, con, tmp = Market(seed, mix, p), duckdb.connect(), Path(tmp_dir.name)
     start_ms = int(dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC).timestamp() * 1000)
     end_ms, files, snaps, taker, funding, hourly, by_lev = start_ms + days * 86_400_000, [], {}, {}, {}, [], []
@@ -278,18 +326,20 @@ def simulate(out_dir, days=30, seed=1, symbol="BTCUSDT", trades_per_day=20_000,
             evs.extend(ev)
             liqs.extend(lq)
         # metrics: label = END of each 5-minute period, D 00:00 .. D+1 00:00 = 289 rows, the last one
-        # repeated in the next file as in the real files. count_toptrader counts positions above the
-        # size distribution's 80th percentile (~ the largest 20 %); sum_toptrader is long / short
-        # current notional of all open positions. The run's first row has no trades before it (1.0).
-        if label % 300_000 == 0:
-            oi = b["qty", 1] + b["qty", -1]  # coins; OI value at the minute's close (last price)
-            snaps[label] = (_utc(label), s, f"{oi / 1000:.3f}", f"{oi * bar[3] / 1e4:.2f}",
+        # repeated in the next file as in the real files. Open interest counts speculators and market
+        # makers (longs = shorts); the ratios describe traders, as Binance's do, so they are the
+        # speculators' alone: count_toptrader counts positions above the size distribution's 80th
+        # percentile (~ the largest 20 %), sum_toptrader is long / short quantity of all speculators'
+        # positions, count_long_short accounts. The run's first row has no trades before it (1.0).
+        oi, mm_long, mm_short = mkt.open_interest()  # 0.001 coins
+        if label % 300_000 == 0:  # OI value at the minute's close (last price)
+            snaps[label] = (_utc(label), s, _fix(oi, 1000), _usd(oi * bar[3]),
                             *(_ratio(b[k, 1], b[k, -1]) for k in ("top", "qty", "n")))
-        if label % 3_600_000 == 0:  # ground truth, notional at entry
+        if label % 3_600_000 == 0:  # ground truth: speculators' notional at entry; quantities
             iso = _utc(label, "%Y-%m-%dT%H:%M:%SZ")
-            hourly.append((iso, f"{b['usd', 1] / 1e4:.2f}", f"{b['usd', -1] / 1e4:.2f}", b["n", 1], b["n", -1]))
-            by_lev += [(iso, "long" if k[1] > 0 else "short", k[2], f"{b[k] / 1e4:.2f}")
-                       for k in sorted(b) if k[0] == "lev"]
+            hourly.append((iso, _usd(b["usd", 1]), _usd(b["usd", -1]), b["n", 1], b["n", -1],
+                           *(_fix(x, 1000) for x in (b["qty", 1], b["qty", -1], mm_long, mm_short, oi))))
+            by_lev += [(iso, "long" if k[1] > 0 else "short", k[2], _usd(b[k])) for k in sorted(b) if k[0] == "lev"]
         if label < end_ms and label % 28_800_000 == 0:  # BTCUSDT funds every 8 h
             funding.setdefault(_utc(label, "%Y-%m"), []).append((label, 8, f"{mkt.funding_rate():.8f}"))
         if label == start_ms or (label - start_ms) % 86_400_000:
@@ -301,11 +351,11 @@ def simulate(out_dir, days=30, seed=1, symbol="BTCUSDT", trades_per_day=20_000,
                 ("aggTrades", tmp / "a.csv"), ("klines", tmp / "k.csv"),
                 ("markPriceKlines", [(t, *map(_px, mk), 0, t + 59999, 0, 0, 0, 0, 0) for t, _, mk in bars]),
                 ("metrics", [(*row, _ratio(*taker.get(lb, (1, 1)))) for lb, row in sorted(snaps.items())]),
-                ("liquidationSnapshot", [(t, "SELL" if pos.side > 0 else "BUY", "LIMIT", "IOC", pos.qty / 1000,
-                                          _px(bp), _px(fill), "FILLED", pos.qty / 1000, pos.qty / 1000)
+                ("liquidationSnapshot", [(t, "SELL" if pos.side > 0 else "BUY", "LIMIT", "IOC", _fix(pos.qty, 1000),
+                                          _px(bp), _px(fill), "FILLED", *[_fix(pos.qty, 1000)] * 2)
                                          for t, pos, bp, fill in liqs])):
             files.append(publish(out_dir, kind, s, day, body))
-        truth += [(t, "long" if pos.side > 0 else "short", pos.lev, _px(pos.entry), pos.qty / 1000, f"{pos.lp:.2f}",
+        truth += [(t, "long" if pos.side > 0 else "short", pos.lev, _px(pos.entry), _fix(pos.qty, 1000), f"{pos.lp:.2f}",
                    _px(bp), _px(fill)) for t, pos, bp, fill in liqs]
         progress(f"simulated {s} {day}: {ids['agg0'] - n_agg} aggTrades, {len(liqs)} liquidations, "
                  f"close {_px(bar[3])}, {len(mkt.open)} open positions")
@@ -313,11 +363,7 @@ def simulate(out_dir, days=30, seed=1, symbol="BTCUSDT", trades_per_day=20_000,
     files += [publish(out_dir, "fundingRate", s, month, rows) for month, rows in funding.items()]
     sim_dir = Path(out_dir, "simulator")
     sim_dir.mkdir(parents=True, exist_ok=True)
-    for name, header, rows in (
-            ("open-positions-1h", "time,long_notional_usd,short_notional_usd,long_positions,short_positions", hourly),
-            ("open-positions-by-leverage-1h", "time,side,leverage,notional_usd", by_lev),
-            ("liquidations", "time,side,leverage,entry_price,quantity,liquidation_price,bankruptcy_price,fill_price",
-             truth)):
+    for (name, header), rows in zip(TRUTH.items(), (hourly, by_lev, truth), strict=True):
         (sim_dir / f"{s}-{name}.csv").write_text(f"{header}\n{_csv(rows)}")
     params = {"seed": seed, "days": days, "start": start, "symbol": s, "trades_per_day": trades_per_day,
               "leverage_mix": {str(k): v for k, v in mix.items()}, "brackets": BRACKETS, **p}

@@ -236,7 +236,10 @@ def test_sql_lifecycle_matches_a_plain_python_reference(demo_db):
 
 
 def test_binance_standard_tracks_the_simulated_open_positions(demo_dir, demo_db, capsys):
-    """With the simulator's own leverage mix, the model's alive volume follows the true positions."""
+    """The model's alive volume follows the leveraged speculators' true books (the simulator's truth columns
+    long/short_notional_usd; the market makers' unleveraged inventory, which holds their imbalance and is never
+    liquidated, is not part of them). The model runs on its default leverage tiers, which are not the
+    simulator's: it draws its traders' mix per seed, so this is tracking under a mis-specified mix."""
     con = duckdb.connect(str(demo_db.with_suffix(".duckdb")), read_only=True)
     truth = str(demo_dir / "simulator" / "BTCUSDT-open-positions-1h.csv")
     rows = con.execute("""
