@@ -7,6 +7,9 @@
 -- bars that opened in the step and had closed by ts, or, when bars are coarser than the step (1-hour
 -- klines against 5-minute open interest), the close of the last bar that had closed by ts. (Taking
 -- the bar that merely *opened* before ts would price the 10:05 step with the whole 10:00-11:00 hour.)
+-- DuckDB plans small-looking ASOF joins as nested loops, and estimates the inputs below at 0 rows:
+-- on 30 days that took seconds instead of 0.15 s (same results). Always use the ASOF operator.
+SET asof_loop_join_threshold = 0;
 CREATE OR REPLACE TABLE oi_steps AS
 WITH oi AS (
     SELECT symbol, ts, open_interest, open_interest_usd, long_short_account_ratio,

@@ -110,8 +110,10 @@ def synthetic_build(oi_changes: list[float], returns: list[float], *params: str)
     return con
 
 
-def scale_lookup(con):
-    rows = con.execute("SELECT ts, log_scale FROM oi_scale ORDER BY ts").fetchall()
+def scale_lookup(con, model: str, side: str):
+    """The scale of a model's alive levels on one side at time t (sql/50_lifecycle.sql, level_scale)."""
+    rows = con.execute("SELECT ts, log_scale FROM level_scale WHERE model = ? AND side = ? ORDER BY ts",
+                       [model, side]).fetchall()
     times = [r[0] for r in rows]
 
     def scale(t):
@@ -126,16 +128,16 @@ def scale_lookup(con):
 def test_volume_is_conserved(oi_changes, drift, wiggle):
     returns = [drift + wiggle * math.sin(i / 3) for i in range(5 * len(oi_changes) + 5)]
     con = synthetic_build([0.02, *oi_changes], returns)  # at least one rise: something to conserve
-    scale = scale_lookup(con)
     last_end = con.execute("SELECT max(end_ts) FROM time_grid").fetchone()[0]
     for model in ("binance_standard", "funding_adjusted", "ensemble"):
         created = closed = 0.0
-        for volume, created_ts, consumed_bar_ts, consumed_end_ts in con.execute(
-                "SELECT volume_usd, created_ts, consumed_bar_ts, consumed_end_ts FROM position_grid "
+        scales = {side: scale_lookup(con, model, side) for side in ("long", "short")}
+        for side, volume, created_ts, consumed_bar_ts, consumed_end_ts in con.execute(
+                "SELECT side, volume_usd, created_ts, consumed_bar_ts, consumed_end_ts FROM position_grid "
                 "WHERE model = ?", [model]).fetchall():
             end_of_life = consumed_bar_ts if consumed_end_ts is not None and consumed_end_ts <= last_end else last_end
             created += volume
-            closed += volume * (1 - scale(end_of_life) / scale(created_ts))
+            closed += volume * (1 - scales[side](end_of_life) / scales[side](created_ts))
         alive = con.execute("SELECT coalesce(sum(alive_volume_usd), 0) FROM alive_cells "
                             "WHERE model = ? AND end_ts = ?", [model, last_end]).fetchone()[0]
         consumed = con.execute("SELECT coalesce(sum(volume_usd), 0) FROM predicted_liquidations WHERE model = ?",
@@ -185,7 +187,11 @@ def test_falling_open_interest_shrinks_alive_levels_in_proportion():
 
 
 def reference_heatmap(con) -> dict[tuple, float]:
-    """binance_standard's lifecycle in plain Python, minute by minute, from the same inputs."""
+    """binance_standard's lifecycle in plain Python, minute by minute, from the same inputs: a level is
+    consumed by the first bar (range widened to the previous close) that crosses its exact liquidation
+    price; an open-interest fall f shrinks what is alive on a side by 1 - max(0, f - c) / (1 - c), c being
+    the share of that side consumed since the last open-interest row (weighed, as the SQL does, with
+    the gross scale: every fall shrinking everything)."""
     bucket_usd = con.execute("SELECT param('price_bucket_usd')").fetchone()[0]
     tiers = con.execute("SELECT leverage, weight, typical_notional_usd, maintenance_margin_rate, "
                         "maintenance_amount_usd FROM tier_brackets").fetchall()
@@ -194,15 +200,23 @@ def reference_heatmap(con) -> dict[tuple, float]:
     bars = con.execute("SELECT ts, interval_s, high, low, close FROM stg_mark_price_klines ORDER BY ts").fetchall()
     grid = [r[0] for r in con.execute("SELECT end_ts FROM time_grid ORDER BY end_ts").fetchall()]
     events = [(ts, 0, step) for ts, *step in steps] + [(ts, 1, None) for ts in grid] + [(b[0], 2, b) for b in bars]
-    alive: list[list] = []  # [side, bucket, volume]
+    alive: list[list] = []  # [side, liquidation price, volume, volume / gross scale at opening]
     cells: dict[tuple, float] = defaultdict(float)
-    previous_close = None
+    consumed = {"long": 0.0, "short": 0.0}  # since the last open-interest row, weighed by the gross scale
+    previous_close, gross = None, 1.0
     for ts, kind, item in sorted(events, key=lambda e: (e[0], e[1])):
         if kind == 0:  # an open-interest row: shrink on a fall, open positions on a rise
             entry, delta, threshold, long_share, oi, previous_oi = item
             if delta < -threshold:
-                for piece in alive:
-                    piece[2] *= oi / previous_oi
+                fall = 1 - oi / previous_oi
+                for side in consumed:
+                    base = consumed[side] + sum(p[3] for p in alive if p[0] == side)
+                    c = consumed[side] / base if base else 0.0
+                    factor = 1 - max(0.0, fall - c) / (1 - c) if c < 1 else 1.0
+                    for piece in alive:
+                        if piece[0] == side:
+                            piece[2] *= factor
+                gross *= oi / previous_oi
             elif delta > threshold:
                 for leverage, weight, notional, mmr, cum in tiers:
                     for side, share in (("long", long_share), ("short", 1 - long_share)):
@@ -210,15 +224,19 @@ def reference_heatmap(con) -> dict[tuple, float]:
                             lp = (entry * (1 - 1 / leverage) - cum * entry / notional) / (1 - mmr)
                         else:
                             lp = (entry * (1 + 1 / leverage) + cum * entry / notional) / (1 + mmr)
-                        alive.append([side, math.floor(lp / bucket_usd), delta * share * weight])
+                        volume = delta * share * weight
+                        alive.append([side, lp, volume, volume / gross])
+            consumed = {"long": 0.0, "short": 0.0}
         elif kind == 1:  # a grid time: record what is alive
-            for side, bucket, volume in alive:
-                cells[(ts, side, bucket)] += volume
-        else:  # a bar: consume every level in the buckets it traded through
+            for side, lp, volume, _ in alive:
+                cells[(ts, side, math.floor(lp / bucket_usd))] += volume
+        else:  # a bar: consume every level whose exact liquidation price it crossed
             _, _, high, low, close = item
             low, high = min(low, previous_close or low), max(high, previous_close or high)
-            touched = range(math.floor(low / bucket_usd), math.floor(high / bucket_usd) + 1)
-            alive = [p for p in alive if p[1] not in touched]
+            crossed = [p for p in alive if (p[1] >= low if p[0] == "long" else p[1] <= high)]
+            for side, _, _, weighed in crossed:
+                consumed[side] += weighed
+            alive = [p for p in alive if p not in crossed]
             previous_close = close
     return {k: v for k, v in cells.items() if v >= 0.01}
 
@@ -265,3 +283,135 @@ def test_binance_standard_tracks_the_simulated_open_positions(demo_dir, demo_db,
               f"mean long-share error {share_error:.3f}, long-share correlation {share_correlation:.2f}")
     assert 0.2 < ratio < 1.2  # it sees net, not gross, openings and nothing opened before the data starts
     assert share_error < 0.1 and share_correlation > 0.5
+
+
+# ------------------------------------------------------------------ the numbers under the backtest
+
+
+def market(bars: list[tuple], metrics: list[tuple], funding: list[tuple] = (), *params: str):
+    """Every SQL layer on hand-made rows: bars (open time, open, high, low, close, interval),
+    5-minute open interest (time, coins) and funding (time, interval hours, rate)."""
+    con = duckdb.connect()
+    build.create_sources(con, build_args(*params))
+    intervals = sorted({b[5] for b in bars})
+    con.executemany("INSERT INTO src_files (file_id, path, symbol, data_type, kline_interval, period, checksum, status) "
+                    "VALUES (?, ?, 'BTCUSDT', ?, ?, '2024-09-01', 'ok', 'loaded')",
+                    [[1, "m", "metrics", None], [2, "f", "fundingRate", None]]
+                    + [[3 + i, f"k{i}", "klines", interval] for i, interval in enumerate(intervals)])
+    ms = lambda t: int(t.replace(tzinfo=dt.UTC).timestamp() * 1000)  # noqa: E731
+    seconds = {"1m": 60, "1h": 3600}
+    con.executemany("INSERT INTO src_klines VALUES (?, ?, ?, ?, ?, 1, ?, ?, 1, 0.5, ?, '0', ?)",
+                    [(ms(t), o, h, lo, c, ms(t) + seconds[i] * 1000 - 1, c, c / 2, 3 + intervals.index(i))
+                     for t, o, h, lo, c, i in bars])
+    con.executemany("INSERT INTO src_metrics VALUES (?, 'BTCUSDT', ?, ?, 1.0, 1.0, 1.0, 1.0, 1)",
+                    [(t, oi, oi * 60_000) for t, oi in metrics])
+    if funding:
+        con.executemany("INSERT INTO src_funding_rate VALUES (?, ?, ?, 2)", [(ms(t), h, r) for t, h, r in funding])
+    build.run_models(con)
+    return con
+
+
+def test_an_entry_price_uses_only_what_was_known_at_its_time():
+    """1-hour bars against 5-minute open interest: the step that ends at 10:05 may not see the 10:00-11:00
+    bar (it closes at 11:00); it is priced at the last close known then, 09:00-10:00's."""
+    hour = dt.timedelta(hours=1)
+    bars = [(T0 + h * hour, 60_000 + 1000 * h, 60_000 + 1000 * h + 500, 60_000 + 1000 * h - 500,
+             60_000 + 1000 * h + 40 * (h + 1), "1h") for h in range(12)]
+    metrics = [(T0 + dt.timedelta(minutes=5 * i), 1000 + i) for i in range(12 * 12)]
+    con = market(bars, metrics)
+    prices = dict(con.execute("SELECT ts, entry_price FROM oi_steps").fetchall())
+    close = {T0 + (h + 1) * hour: c for (t, _, _, _, c, _), h in zip(bars, range(12))}  # known at the bar's end
+    for ts, price in prices.items():
+        known = max(end for end in close if end <= ts)
+        assert price == close[known], ts
+    assert prices[T0 + 10 * hour + dt.timedelta(minutes=5)] == bars[9][4]  # 09:00-10:00's close, not 10:00's hour
+
+
+def test_utc_offsets_are_honoured(macros):
+    got = [macros.execute("SELECT parse_time(?)", [text]).fetchone()[0] for text in (
+        "2024-09-01T10:00:00+08:00", "2024-09-01 10:00:00-0530", "2024-09-01T10:00:00Z", "2024-09-01T10:00:00",
+        "1725184800000", "2024-09-01", "soon")]
+    assert got == [dt.datetime(2024, 9, 1, 2), dt.datetime(2024, 9, 1, 15, 30), dt.datetime(2024, 9, 1, 10),
+                   dt.datetime(2024, 9, 1, 10), dt.datetime(2024, 9, 1, 10), dt.datetime(2024, 9, 1), None]
+
+
+def test_funding_is_compared_per_8_hours():
+    """0.01 % every hour is 0.08 % per 8 h: longs are crowded, far above the neutral 0.01 % per 8 h."""
+    minute = dt.timedelta(minutes=1)
+    bars = [(T0 + i * minute, 60_000, 60_010, 59_990, 60_000, "1m") for i in range(60)]
+    metrics = [(T0 + 5 * i * minute, 1000 * 1.01 ** i) for i in range(12)]
+    hourly = market(bars, metrics, [(T0, 1, 0.0001)])
+    eight_hourly = market(bars, metrics, [(T0, 8, 0.0001)])
+    share = "SELECT avg(long_share) FROM openings_funding_adjusted"
+    tilt = 0.2 * math.tanh((0.0008 - 0.0001) / 0.0005)
+    assert hourly.execute(share).fetchone()[0] == pytest.approx(0.5 + tilt)
+    assert eight_hourly.execute(share).fetchone()[0] == pytest.approx(0.5)  # neutral per 8 h
+
+
+def test_a_level_is_consumed_only_when_its_exact_price_is_crossed():
+    """A bar that enters a long level's price bucket but stays above its liquidation price consumes
+    nothing; the first bar whose low reaches the price does."""
+    minute = dt.timedelta(minutes=1)
+    bars = [(T0 + i * minute, 60_000, 60_010, 59_990, 60_000, "1m") for i in range(10)]
+    metrics = [(T0, 1000), (T0 + 5 * minute, 1100)] + [(T0 + 5 * i * minute, 1100) for i in range(2, 12)]
+    con = market(bars, metrics, (), "oi_noise_threshold_usd=1")
+    lp = con.execute("SELECT liquidation_price FROM pieces WHERE model = 'binance_standard' AND side = 'long' "
+                     "AND leverage = 100").fetchone()[0]
+    bucket_low = math.floor(lp / 100) * 100
+    path = [(60_000, 60_010, 59_990, 60_000)] * 10 + [(60_000, 60_000, lp + 0.2, lp + 0.5)]  # in the bucket
+    path += [(lp + 0.5, lp + 10, lp + 0.2, lp + 5)] * 3 + [(lp + 5, lp + 5, lp - 0.01, lp)]  # then through it
+    path += [(lp, 60_000, lp, 60_000)] * 45
+    bars = [(T0 + i * minute, o, h, lo, c, "1m") for i, (o, h, lo, c) in enumerate(path)]
+    con = market(bars, metrics, (), "oi_noise_threshold_usd=1")
+    consumed = con.execute("SELECT consumed_bar_ts FROM positions WHERE model = 'binance_standard' AND side = 'long' "
+                           "AND leverage = 100").fetchone()[0]
+    assert consumed == T0 + 14 * minute
+    assert bucket_low < lp < bars[10][3] < bucket_low + 100  # the bar at 00:10 reached the bucket, not the price
+
+
+def test_the_sql_finds_the_first_crossing_bar_on_the_demo(demo_db):
+    con = duckdb.connect(str(demo_db.with_suffix(".duckdb")), read_only=True)
+    bars = con.execute("SELECT ts, low, high FROM trigger_bars ORDER BY ts").fetchall()
+    times = [b[0] for b in bars]
+    sample = con.execute("SELECT side, liquidation_price, created_ts, consumed_bar_ts FROM positions "
+                         "WHERE model IN ('binance_standard', 'trade_flow') ORDER BY hash(created_ts, liquidation_price) "
+                         "LIMIT 400").fetchall()
+    for side, lp, created, consumed in sample:
+        later = bars[bisect.bisect_left(times, created):]
+        first = next((t for t, low, high in later if (low <= lp if side == "long" else high >= lp)), None)
+        assert consumed == first
+    assert sum(c is not None for *_, c in sample) > 100
+
+
+def test_an_open_interest_fall_is_netted_of_the_liquidations_in_it():
+    """Open interest rises, then price falls through every 100x and 50x long level while open interest
+    falls by 4 %: the model says more than that share of its long book was liquidated, so what is left
+    of the longs is not shrunk again; the shorts, of which nothing was liquidated, shrink by 4 %."""
+    minute = dt.timedelta(minutes=1)
+    flat = [(60_000, 60_010, 59_990, 60_000)] * 10
+    drop = [(60_000, 60_000, 58_600, 58_700)] + [(58_700, 58_750, 58_650, 58_700)] * 19
+    bars = [(T0 + i * minute, o, h, lo, c, "1m") for i, (o, h, lo, c) in enumerate(flat + drop)]
+    metrics = [(T0, 1000), (T0 + 5 * minute, 1200), (T0 + 10 * minute, 1200), (T0 + 15 * minute, 1152)]
+    metrics += [(T0 + 5 * i * minute, 1152) for i in range(4, 6)]
+    con = market(bars, metrics, (), "oi_noise_threshold_usd=1", "time_bucket_s=300")
+    alive = dict(con.execute("SELECT end_ts || side, sum(alive_volume_usd) FROM alive_cells "
+                             "WHERE model = 'binance_standard' GROUP BY ALL").fetchall())
+    consumed = con.execute("SELECT sum(volume_usd) FROM positions WHERE model = 'binance_standard' AND side = 'long' "
+                           "AND consumed_ts IS NOT NULL").fetchone()[0]
+    opened = con.execute("SELECT sum(volume_usd) FROM positions WHERE model = 'binance_standard' "
+                         "AND side = 'long'").fetchone()[0]
+    assert consumed / opened > 0.04  # the liquidations explain the whole fall on the long side
+    at = lambda minutes, side: alive[f"{T0 + minutes * minute}{side}"]  # noqa: E731
+    assert at(15, "long") == pytest.approx(opened - consumed, rel=1e-9)
+    assert at(15, "short") == pytest.approx(at(10, "short") * 0.96, rel=1e-9)
+
+
+def test_ensemble_weights_are_shares_of_its_volume(demo_db):
+    """trade_flow opens several times what the open-interest models do; in the ensemble it is still
+    its weight's share (0.2) of the volume opened. Its openings are the ones off the 5-minute marks."""
+    con = duckdb.connect(str(demo_db.with_suffix(".duckdb")), read_only=True)
+    totals = dict(con.execute("SELECT model, sum(volume_usd) FROM pieces GROUP BY 1").fetchall())
+    assert totals["trade_flow"] > 2 * totals["binance_standard"]
+    share = con.execute("SELECT sum(volume_usd) FILTER (epoch_ms(created_ts) % 300000 <> 0) / sum(volume_usd) "
+                        "FROM openings_ensemble").fetchone()[0]
+    assert share == pytest.approx(0.2, abs=1e-3)
