@@ -89,15 +89,22 @@ FROM realized_liquidations r JOIN backtest_windows w
     ON r.symbol = w.symbol AND r.ts >= w.origin_ts AND r.ts < w.end_ts
 GROUP BY ALL;
 
+-- Distances in buckets, pooled in bins that double in width (0, 1, 2-3, 4-7, 8-15 ...): a few weeks
+-- of liquidations are too few to learn every single distance, and near the price a bucket matters more.
+CREATE OR REPLACE MACRO distance_bin(d) AS floor(log2(d + 1))::INTEGER;
+
 -- Which baselines there are; every other predictor in forecast_levels is a model.
 CREATE OR REPLACE TABLE backtest_baselines AS
 SELECT * FROM (VALUES
     ('naive_move', 'open interest x the adverse move: open interest spread evenly over price, so the volume crossed '
                    || 'is open interest x (price at t - lowest low) / price for longs (highest high for shorts)'),
+    ('price_move', 'the adverse move alone, without open interest: one unit per price bucket the path crossed '
+                   || '(a level in every bucket, everywhere, always)'),
     ('breakout', 'open interest x how far the path breaks the range of the 24 hours before t: open interest spread '
                  || 'evenly over the prices beyond the prior low (longs) or high (shorts)'),
-    ('nearest_buckets', 'distance only: open interest x the share of open interest liquidated at each distance '
-                        || '(in price buckets) from the price in the windows before t (walk-forward, expanding)'),
+    ('nearest_buckets', 'distance only: open interest x, for each distance (in price buckets) from the price, the '
+                        || 'volume liquidated there per USD of open interest whose path crossed it, in the windows '
+                        || 'before t (walk-forward, expanding)'),
     ('shuffled', 'the ensemble''s levels from another day (half the span away, wrapping round), moved to the '
                  || 'price at t: the same shape of levels at the wrong time')
 ) t(model, description);
@@ -122,45 +129,47 @@ model_levels AS (
 ),
 crossed AS (SELECT c.*, w.price, w.prior_low, w.prior_high, w.open_interest_usd
             FROM backtest_crossed_buckets c JOIN backtest_windows w USING (symbol, horizon, origin_ts)),
-uniform AS (        -- naive_move and breakout: open interest per bucket of price, where each applies
+uniform AS (        -- naive_move, price_move and breakout: even levels over the prices where each applies
     SELECT m.model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
-           c.open_interest_usd / c.price * CASE
-               WHEN m.model = 'naive_move' THEN c.crossed_high - c.crossed_low
+           CASE WHEN m.model = 'price_move' THEN param('price_bucket_usd') ELSE c.open_interest_usd END / c.price * CASE
+               WHEN m.model IN ('naive_move', 'price_move') THEN c.crossed_high - c.crossed_low
                -- breakout: only the crossed prices beyond the prior 24 hours' range
                WHEN c.side = 'long' THEN greatest(0, least(c.crossed_high, c.prior_low) - c.crossed_low)
                ELSE greatest(0, c.crossed_high - greatest(c.crossed_low, c.prior_high))
            END AS volume_usd
-    FROM crossed c CROSS JOIN (VALUES ('naive_move'), ('breakout')) m(model)
+    FROM crossed c CROSS JOIN (VALUES ('naive_move'), ('price_move'), ('breakout')) m(model)
 ),
-history AS (        -- realized volume per distance and open interest, window by window, for nearest_buckets
+history AS (        -- realized volume per distance from the price at t, window by window, for nearest_buckets
     SELECT r.symbol, r.horizon, r.origin_ts, r.side,
-           greatest(0, CASE r.side WHEN 'long' THEN floor(w.price / param('price_bucket_usd'))::BIGINT - r.bucket_index
-                                   ELSE r.bucket_index - floor(w.price / param('price_bucket_usd'))::BIGINT END)
-               AS distance_buckets,
+           distance_bin(greatest(0, CASE r.side WHEN 'long' THEN floor(w.price / param('price_bucket_usd'))::BIGINT
+                                         - r.bucket_index ELSE r.bucket_index - floor(w.price / param('price_bucket_usd'))::BIGINT
+                                    END)) AS distance_bin,
            sum(r.volume_usd) AS volume_usd
     FROM backtest_realized r JOIN backtest_windows w USING (symbol, horizon, origin_ts)
     WHERE r.bucket_index IS NOT NULL GROUP BY ALL
 ),
-open_interest_before AS (   -- open interest summed over the earlier windows: the profile's denominator
-    SELECT symbol, horizon, origin_ts,
-           coalesce(sum(open_interest_usd) OVER (PARTITION BY symbol, horizon ORDER BY origin_ts
-                                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS oi_usd
-    FROM backtest_windows
-),
-profile AS (        -- at each crossed bucket: realized volume at its distance in the windows before t only
-    SELECT symbol, horizon, origin_ts, side, bucket_index, crossed_share, open_interest_usd,
-           sum(volume_usd) OVER (PARTITION BY symbol, horizon, side, distance_buckets ORDER BY origin_ts, is_event
-                                 ROWS UNBOUNDED PRECEDING) AS earlier_usd, is_event
-    FROM (SELECT symbol, horizon, origin_ts, side, distance_buckets, bucket_index, crossed_share, open_interest_usd,
-                 0 AS volume_usd, 0 AS is_event FROM crossed
+profile AS (        -- at each crossed bucket, from the windows before t only: realized volume at its distance, and
+                    -- open interest x crossed share of the windows whose path crossed that distance; the same
+                    -- over all distances, towards which a distance with little history is pulled
+    SELECT *, sum(volume_usd) OVER bin AS bin_usd, sum(exposure_usd) OVER bin AS bin_exposure_usd,
+           sum(volume_usd) OVER all_bins AS all_usd, sum(exposure_usd) OVER all_bins AS all_exposure_usd
+    FROM (SELECT symbol, horizon, origin_ts, side, distance_bin(distance_buckets) AS distance_bin, bucket_index,
+                 crossed_share, open_interest_usd, open_interest_usd * crossed_share AS exposure_usd,
+                 0 AS volume_usd, 0 AS is_event
+          FROM crossed
           UNION ALL
-          SELECT symbol, horizon, origin_ts, side, distance_buckets, NULL, NULL, NULL, volume_usd, 1 FROM history)
+          SELECT symbol, horizon, origin_ts, side, distance_bin, NULL, NULL, NULL, 0, volume_usd, 1 FROM history)
+    WINDOW bin AS (PARTITION BY symbol, horizon, side, distance_bin ORDER BY origin_ts
+                   RANGE BETWEEN UNBOUNDED PRECEDING AND INTERVAL 1 SECOND PRECEDING),
+           all_bins AS (PARTITION BY symbol, horizon, side ORDER BY origin_ts
+                        RANGE BETWEEN UNBOUNDED PRECEDING AND INTERVAL 1 SECOND PRECEDING)
 ),
-nearest AS (
-    SELECT 'nearest_buckets' AS model, p.symbol, p.horizon, p.origin_ts, p.side, p.bucket_index,
-           p.open_interest_usd * p.earlier_usd / nullif(o.oi_usd, 0) * p.crossed_share AS volume_usd
-    FROM profile p JOIN open_interest_before o USING (symbol, horizon, origin_ts)
-    WHERE p.is_event = 0
+nearest AS (        -- USD liquidated per USD of open interest that crossed the distance, times today's: the
+                    -- bin's rate shrunk to the overall rate with one window's open interest as prior weight
+    SELECT 'nearest_buckets' AS model, symbol, horizon, origin_ts, side, bucket_index,
+           exposure_usd * (coalesce(bin_usd, 0) + open_interest_usd * all_usd / nullif(all_exposure_usd, 0))
+               / (coalesce(bin_exposure_usd, 0) + open_interest_usd) AS volume_usd
+    FROM profile WHERE is_event = 0
 ),
 other_day AS (      -- each window's partner: half the span of whole days away, wrapping round
     SELECT w.symbol, w.horizon, w.origin_ts, w.price, o.origin_ts AS other_ts, o.price AS other_price

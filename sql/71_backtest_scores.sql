@@ -134,6 +134,7 @@ CREATE OR REPLACE TABLE backtest_skill AS
 WITH best AS (
     SELECT symbol, side, horizon, metric, arg_max(model, value) AS best_baseline, max(value) AS baseline_value
     FROM backtest_scores WHERE model IN (SELECT model FROM backtest_baselines) AND value IS NOT NULL
+      AND metric <> 'calibration'
     GROUP BY ALL
 )
 SELECT s.model, s.symbol, s.side, s.horizon, s.metric, s.value, b.best_baseline, b.baseline_value,
