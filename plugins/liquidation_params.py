@@ -2,7 +2,8 @@
 
 SQLite cannot raise an error with a message of ours, so the check sits in front of Datasette:
 datasette.yaml's plugins.liquidation_params maps each parameter to a format ('time', 'number') or
-to SQL listing its allowed values. An empty value is always allowed (the query's default)."""
+to SQL listing its allowed values; a key 'query.parameter' overrides it for one query. An empty value
+is always allowed (the query's default)."""
 
 import json
 import re
@@ -18,6 +19,11 @@ FORMATS = {
 QUERY_PATH = re.compile(r"^/(?P<database>[^/]+)/(?P<query>[^/.]+)(\.(?P<format>json|csv))?$")
 
 
+def natural(value: str) -> list:
+    """Sort key that puts 4h before 24h and 5 before 10: digits compare as numbers."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", value))]
+
+
 async def problem_with(datasette, request: Request) -> str | None:
     match = QUERY_PATH.match(request.path)
     queries = (datasette.config or {}).get("databases", {}).get(match["database"] if match else "", {})
@@ -26,7 +32,7 @@ async def problem_with(datasette, request: Request) -> str | None:
         return None
     rules = datasette.plugin_config("liquidation_params") or {}
     for name in query.get("params", []):
-        value, rule = request.args.get(name, ""), rules.get(name)
+        value, rule = request.args.get(name, ""), rules.get(f"{match['query']}.{name}", rules.get(name))
         if not value or rule is None:
             continue
         if rule in FORMATS:
@@ -38,7 +44,7 @@ async def problem_with(datasette, request: Request) -> str | None:
             allowed = [str(row[0]) for row in result.rows]
             if value in allowed:
                 continue
-            expected = "one of " + ", ".join(sorted(allowed)) if allowed else "nothing: this build has none"
+            expected = "one of " + ", ".join(sorted(allowed, key=natural)) if allowed else "nothing: this build has none"
         return f"{match['query']}: {name}={value!r} is not valid; expected {expected}"
     return None
 

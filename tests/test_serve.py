@@ -126,34 +126,77 @@ async def test_levels_liquidation_map_and_compare_queries(datasette):
     assert all(r["ts"] == "2024-09-03T00:00:00Z" and r["long_alive_usd"] > 0 for r in compared)
 
 
-async def test_predicted_vs_realized_and_backtest_queries(datasette, demo_db):
+MODELS = {"binance_standard", "funding_adjusted", "trade_flow", "ensemble"}
+BASELINES = {"naive_move", "breakout", "nearest_buckets", "shuffled"}
+METRICS = {"volume_pearson", "volume_spearman", "location_gain_bits", "precision", "calibration"}
+
+
+async def test_predicted_vs_realized_query_per_horizon(datasette, demo_db):
     found = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard")
     with sqlite3.connect(demo_db) as con:
-        first, last = con.execute("SELECT min(ts), max(ts) FROM realized_liquidations").fetchone()
-        realized = con.execute("SELECT sum(volume_usd) FROM realized_liquidations").fetchone()[0]
-        predicted = con.execute("SELECT sum(volume_usd) FROM predicted_liquidations WHERE model = 'binance_standard' "
-                                "AND ts >= ? AND ts <= ?", [first[:13] + ":00:00Z", last]).fetchone()[0]
-    assert sum(r["predicted_usd"] for r in found) == pytest.approx(predicted, rel=1e-3)
-    assert sum(r["realized_usd"] for r in found) == pytest.approx(realized, rel=1e-3)
-    assert {r["side"] for r in found} == {"long", "short"} and len({r["ts"] for r in found}) > 24
+        expected = con.execute("SELECT count(*), sum(predicted_usd), sum(realized_usd) FROM backtest_series "
+                               "WHERE model = 'binance_standard' AND horizon = '1h'").fetchone()
+    assert {r["horizon"] for r in found} == {"1h"}  # the default
+    assert len(found) == expected[0] and {r["side"] for r in found} == {"long", "short"} and len(found) > 48
+    assert sum(r["predicted_usd"] for r in found) == pytest.approx(expected[1], rel=1e-3)
+    assert sum(r["realized_usd"] for r in found) == pytest.approx(expected[2], rel=1e-3)
+    four = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard&horizon=4h")
+    assert {r["horizon"] for r in four} == {"4h"} and all(int(r["ts"][11:13]) % 4 == 0 for r in four)
+    assert len(four) < len(found) / 3
+    everyone = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h")
+    assert {r["model"] for r in everyone} == MODELS | BASELINES
+
+
+async def test_backtest_query(datasette):
     scores = await rows(datasette, "/liquidations/backtest.json")
-    assert {r["model"] for r in scores} == {"binance_standard", "funding_adjusted", "trade_flow", "ensemble",
-                                           "naive_move", "shuffled"}
-    assert {r["metric"] for r in scores} == {"pearson_1h", "spearman_1h", "calibration", "precision", "recall_top20"}
-    one = await rows(datasette, "/liquidations/backtest.json?model=shuffled")
-    assert one and {r["model"] for r in one} == {"shuffled"}
+    assert {r["model"] for r in scores} == MODELS | BASELINES
+    assert {r["metric"] for r in scores} == METRICS
+    assert list(dict.fromkeys(r["horizon"] for r in scores)) == ["1h", "4h", "24h"]  # shortest first
+    assert all(r["n_periods"] > 0 and r["scored_from"] <= r["scored_to"] and r["fitted_on"] for r in scores)
+    assert {r["fitted_on"] for r in scores if r["model"] in MODELS and r["metric"].startswith("volume_")} == {
+        "nothing fitted to realized data"}
+    one = await rows(datasette, "/liquidations/backtest.json?model=shuffled&horizon=4h&symbol=BTCUSDT")
+    assert one and {(r["model"], r["horizon"]) for r in one} == {("shuffled", "4h")}
+
+
+async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(datasette):
+    verdicts = await rows(datasette, "/liquidations/backtest_verdicts.json")
+    scores = await rows(datasette, "/liquidations/backtest.json")
+    assert {r["model"] for r in verdicts} == MODELS
+    assert {r["metric"] for r in verdicts} == METRICS - {"calibration"}  # no "better" direction
+    assert list(dict.fromkeys(r["horizon"] for r in verdicts)) == ["1h", "4h", "24h"]
+    assert list(dict.fromkeys(r["metric"] for r in verdicts))[:2] == ["volume_pearson", "volume_spearman"]
+    for v in verdicts:
+        same = [s for s in scores if (s["side"], s["horizon"], s["metric"]) == (v["side"], v["horizon"], v["metric"])
+                and s["value"] is not None]
+        best = max(s["value"] for s in same if s["model"] in BASELINES)
+        assert v["baseline_value"] == pytest.approx(best, abs=1e-4)
+        assert v["best_baseline"] in {s["model"] for s in same if s["model"] in BASELINES and s["value"] == best}
+        assert v["value"] == pytest.approx(next(s["value"] for s in same if s["model"] == v["model"]), abs=1e-4)
+        assert v["skill"] == pytest.approx(v["value"] - v["baseline_value"], abs=2e-4)
+        words = f"beats {v['best_baseline']} by " if v["skill"] > 0 else f"no better than {v['best_baseline']} ("
+        assert v["verdict"].startswith(words), v
+    some = await rows(datasette, "/liquidations/backtest_verdicts.json?horizon=24h&model=trade_flow")
+    assert some and {(r["model"], r["horizon"]) for r in some} == {("trade_flow", "24h")}
 
 
 @pytest.mark.parametrize(("path", "message"), [
-    ("heatmap.json?model=best", "model='best' is not valid; expected one of binance_standard, ensemble"),
+    ("heatmap.json?model=best",  # no baselines: they have no heatmap
+     "model='best' is not valid; expected one of binance_standard, ensemble, funding_adjusted, trade_flow"),
     ("heatmap.json?start=last+week", "start='last week' is not valid; expected an ISO-8601"),
     ("heatmap.json?bucket_usd=-5", "bucket_usd='-5' is not valid; expected a positive number"),
     ("levels.json?side=up", "side='up' is not valid; expected one of long, short"),
-    ("levels.json?leverage=7", "leverage='7' is not valid; expected one of 10, 100, 25, 5, 50"),
+    ("levels.json?leverage=7", "leverage='7' is not valid; expected one of 5, 10, 25, 50, 100"),
     ("liquidation_map.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
     ("compare_models.json?at=tomorrow", "at='tomorrow' is not valid"),
     ("data_quality.json?severity=bad", "severity='bad' is not valid; expected one of error, info, warning"),
-    ("backtest.json?model=oracle", "model='oracle' is not valid; expected one of binance_standard, ensemble"),
+    ("backtest.json?model=oracle", "model='oracle' is not valid; expected one of binance_standard, breakout"),
+    ("backtest_verdicts.json?model=shuffled",  # models only
+     "model='shuffled' is not valid; expected one of binance_standard, ensemble, funding_adjusted, trade_flow"),
+    ("predicted_vs_realized.json?model=x", "model='x' is not valid; expected one of binance_standard, breakout"),
+    ("backtest.json?horizon=2h", "backtest: horizon='2h' is not valid; expected one of 1h, 4h, 24h"),
+    ("backtest_verdicts.json?horizon=1d", "backtest_verdicts: horizon='1d' is not valid; expected one of 1h, 4h, 24h"),
+    ("predicted_vs_realized.json?horizon=soon", "horizon='soon' is not valid; expected one of 1h, 4h, 24h"),
 ])
 async def test_bad_parameters_get_a_clear_400(datasette, path, message):
     response = await datasette.client.get(f"/liquidations/{path}")
