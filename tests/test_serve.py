@@ -127,11 +127,19 @@ async def test_levels_liquidation_map_and_compare_queries(datasette):
 
 
 MODELS = {"binance_standard", "funding_adjusted", "trade_flow", "ensemble"}
-BASELINES = {"naive_move", "breakout", "nearest_buckets", "shuffled"}
 METRICS = {"volume_pearson", "volume_spearman", "location_gain_bits", "precision", "calibration"}
 
 
-async def test_predicted_vs_realized_query_per_horizon(datasette, demo_db):
+@pytest.fixture
+def baselines(demo_db) -> set[str]:
+    """The position-free baselines the build scored (every predictor that is not a model)."""
+    with sqlite3.connect(demo_db) as con:
+        found = {m for (m,) in con.execute("SELECT DISTINCT model FROM backtest_scores")} - MODELS
+    assert found >= {"naive_move", "breakout", "nearest_buckets", "shuffled"}
+    return found
+
+
+async def test_predicted_vs_realized_query_per_horizon(datasette, demo_db, baselines):
     found = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard")
     with sqlite3.connect(demo_db) as con:
         expected = con.execute("SELECT count(*), sum(predicted_usd), sum(realized_usd) FROM backtest_series "
@@ -144,12 +152,12 @@ async def test_predicted_vs_realized_query_per_horizon(datasette, demo_db):
     assert {r["horizon"] for r in four} == {"4h"} and all(int(r["ts"][11:13]) % 4 == 0 for r in four)
     assert len(four) < len(found) / 3
     everyone = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h")
-    assert {r["model"] for r in everyone} == MODELS | BASELINES
+    assert {r["model"] for r in everyone} == MODELS | baselines
 
 
-async def test_backtest_query(datasette):
+async def test_backtest_query(datasette, baselines):
     scores = await rows(datasette, "/liquidations/backtest.json")
-    assert {r["model"] for r in scores} == MODELS | BASELINES
+    assert {r["model"] for r in scores} == MODELS | baselines
     assert {r["metric"] for r in scores} == METRICS
     assert list(dict.fromkeys(r["horizon"] for r in scores)) == ["1h", "4h", "24h"]  # shortest first
     assert all(r["n_periods"] > 0 and r["scored_from"] <= r["scored_to"] and r["fitted_on"] for r in scores)
@@ -159,7 +167,7 @@ async def test_backtest_query(datasette):
     assert one and {(r["model"], r["horizon"]) for r in one} == {("shuffled", "4h")}
 
 
-async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(datasette):
+async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(datasette, baselines):
     verdicts = await rows(datasette, "/liquidations/backtest_verdicts.json")
     scores = await rows(datasette, "/liquidations/backtest.json")
     assert {r["model"] for r in verdicts} == MODELS
@@ -169,9 +177,9 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
     for v in verdicts:
         same = [s for s in scores if (s["side"], s["horizon"], s["metric"]) == (v["side"], v["horizon"], v["metric"])
                 and s["value"] is not None]
-        best = max(s["value"] for s in same if s["model"] in BASELINES)
+        best = max(s["value"] for s in same if s["model"] in baselines)
         assert v["baseline_value"] == pytest.approx(best, abs=1e-4)
-        assert v["best_baseline"] in {s["model"] for s in same if s["model"] in BASELINES and s["value"] == best}
+        assert v["best_baseline"] in {s["model"] for s in same if s["model"] in baselines and s["value"] == best}
         assert v["value"] == pytest.approx(next(s["value"] for s in same if s["model"] == v["model"]), abs=1e-4)
         assert v["skill"] == pytest.approx(v["value"] - v["baseline_value"], abs=2e-4)
         words = f"beats {v['best_baseline']} by " if v["skill"] > 0 else f"no better than {v['best_baseline']} ("
