@@ -110,10 +110,12 @@ matches AS (
     LEFT JOIN backtest_realized r USING (symbol, horizon, origin_ts, side, bucket_index)
     WHERE s.scored AND s.scale > 0
 ),
-precision_ AS (
-    SELECT model, symbol, side, horizon, 'precision', sum(matched_usd) / nullif(sum(predicted_usd), 0),
-           count(DISTINCT origin_ts), min(origin_ts), max(origin_ts)
-    FROM matches GROUP BY ALL
+precision_ AS (      -- a row for every predictor, empty where nothing could be scaled or matched
+    SELECT k.model, k.symbol, k.side, k.horizon, 'precision', sum(m.matched_usd) / nullif(sum(m.predicted_usd), 0),
+           count(DISTINCT m.origin_ts), min(m.origin_ts), max(m.origin_ts)
+    FROM (SELECT DISTINCT model, symbol, side, horizon FROM window_totals) k
+    LEFT JOIN matches m USING (model, symbol, side, horizon)
+    GROUP BY ALL
 )
 SELECT model, symbol, side, horizon, metric,
        CASE WHEN NOT isnan(value) THEN value END AS value,  -- no variance, nothing realized: no score

@@ -209,9 +209,9 @@ def reference_heatmap(con) -> dict[tuple, float]:
             entry, delta, threshold, long_share, oi, previous_oi = item
             if delta < -threshold:
                 fall = 1 - oi / previous_oi
-                for side in consumed:
-                    base = consumed[side] + sum(p[3] for p in alive if p[0] == side)
-                    c = consumed[side] / base if base else 0.0
+                for side, weighed in consumed.items():
+                    base = weighed + sum(p[3] for p in alive if p[0] == side)
+                    c = weighed / base if base else 0.0
                     factor = 1 - max(0.0, fall - c) / (1 - c) if c < 1 else 1.0
                     for piece in alive:
                         if piece[0] == side:
@@ -298,7 +298,7 @@ def market(bars: list[tuple], metrics: list[tuple], funding: list[tuple] = (), *
                     "VALUES (?, ?, 'BTCUSDT', ?, ?, '2024-09-01', 'ok', 'loaded')",
                     [[1, "m", "metrics", None], [2, "f", "fundingRate", None]]
                     + [[3 + i, f"k{i}", "klines", interval] for i, interval in enumerate(intervals)])
-    ms = lambda t: int(t.replace(tzinfo=dt.UTC).timestamp() * 1000)  # noqa: E731
+    ms = lambda t: int(t.replace(tzinfo=dt.UTC).timestamp() * 1000)
     seconds = {"1m": 60, "1h": 3600}
     con.executemany("INSERT INTO src_klines VALUES (?, ?, ?, ?, ?, 1, ?, ?, 1, 0.5, ?, '0', ?)",
                     [(ms(t), o, h, lo, c, ms(t) + seconds[i] * 1000 - 1, c, c / 2, 3 + intervals.index(i))
@@ -401,7 +401,7 @@ def test_an_open_interest_fall_is_netted_of_the_liquidations_in_it():
     opened = con.execute("SELECT sum(volume_usd) FROM positions WHERE model = 'binance_standard' "
                          "AND side = 'long'").fetchone()[0]
     assert consumed / opened > 0.04  # the liquidations explain the whole fall on the long side
-    at = lambda minutes, side: alive[f"{T0 + minutes * minute}{side}"]  # noqa: E731
+    at = lambda minutes, side: alive[f"{T0 + minutes * minute}{side}"]
     assert at(15, "long") == pytest.approx(opened - consumed, rel=1e-9)
     assert at(15, "short") == pytest.approx(at(10, "short") * 0.96, rel=1e-9)
 
