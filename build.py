@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -546,6 +547,43 @@ def demo(args) -> None:
     log(f"demo data written to {args.out}: {summary}")
 
 
+REPORT_METRICS = ("volume_pearson", "volume_spearman", "location_gain_bits", "precision")
+README_BLOCK = re.compile(r"(<!-- backtest report: python build.py report --readme -->\n).*?(<!-- end of backtest report -->)",
+                          re.DOTALL)
+
+
+def backtest_report(db_path: Path) -> str:
+    """The backtest as a Markdown table: per horizon, model and side, each metric's score and its skill
+    against the best position-free baseline (the README's table is this, written by `report --readme`)."""
+    with sqlite3.connect(db_path) as db:
+        skill = {tuple(r[:5]): r[5:] for r in db.execute(
+            "SELECT symbol, horizon, model, side, metric, value, skill, best_baseline FROM backtest_skill")}
+        calibration = {(s, h, m, side): v for s, h, m, side, v in db.execute(
+            "SELECT symbol, horizon, model, side, value FROM backtest_scores WHERE metric = 'calibration'")}
+        keys = db.execute("SELECT DISTINCT symbol, horizon, model, side FROM backtest_skill "
+                          "ORDER BY symbol, CAST(rtrim(horizon, 'hdm') AS INTEGER), model, side").fetchall()
+    lines = ["| symbol | horizon | model | side | " + " | ".join(REPORT_METRICS) + " | calibration |",
+             "|---" * (len(REPORT_METRICS) + 5) + "|"]
+    for key in keys:
+        cells = [f"{skill[(*key, m)][0]:.2f} ({skill[(*key, m)][1]:+.2f} vs {skill[(*key, m)][2]})"
+                 if (*key, m) in skill else "" for m in REPORT_METRICS]
+        lines.append("| " + " | ".join([*key, *cells, f"{calibration.get(key) or 0:.1f}"]) + " |")
+    wins = sum(value[1] > 0 for value in skill.values())
+    return "\n".join(lines) + f"\n\n{wins} of {len(skill)} model scores beat the best baseline.\n"
+
+
+def report(args) -> None:
+    text = backtest_report(Path(args.db))
+    if args.readme:
+        readme = ROOT / "README.md"
+        old = readme.read_text()
+        if not README_BLOCK.search(old):
+            raise BuildError("README.md has no backtest report block to replace")
+        readme.write_text(README_BLOCK.sub(lambda m: m[1] + text + m[2], old))
+        log(f"wrote the backtest report of {args.db} into {readme}")
+    print(text, end="")
+
+
 def serve_command(db_path: Path, port: int) -> list[str]:
     plotly_js = Path(__import__("plotly").__file__).parent / "package_data"
     return [sys.executable, "-m", "datasette", "serve", "-i", str(db_path), "--port", str(port),
@@ -608,6 +646,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=4, help="parallel downloads")
     p.add_argument("--retries", type=int, default=4, help="tries per request on timeouts, dropped connections, 5xx")
     p.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled each try")
+    p = commands.add_parser("report", help="print the backtest's scores and skill as a Markdown table")
+    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="built SQLite file")
+    p.add_argument("--readme", action="store_true", help="also write it into README.md's backtest report block")
     p = commands.add_parser("serve", help="run Datasette on the built SQLite file")
     p.add_argument("--db", type=Path, default=DEFAULT_DB)
     p.add_argument("--port", type=int, default=8001)
@@ -617,7 +658,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        {"demo": demo, "build": build, "fetch": fetch, "serve": serve, None: default_run}[args.command](args)
+        {"demo": demo, "build": build, "fetch": fetch, "report": report, "serve": serve,
+         None: default_run}[args.command](args)
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -114,3 +114,15 @@ def chromium_path() -> str | None:
     if path is None and os.environ.get("CI"):
         pytest.fail("chromium is not installed: .ci/run installs Debian's chromium package")
     return path
+
+
+@pytest.fixture(scope="session")
+def month_db(tmp_path_factory) -> Path:
+    """The README's demo exactly: `build.py demo` with its defaults (30 days, seed 1), then a build."""
+    import build
+    out = tmp_path_factory.mktemp("month")
+    build.demo(build.parse_args(["demo", "--out", str(out / "raw")]))
+    db = out / "liquidations.db"
+    result = run_build("--data", str(out / "raw"), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    return db

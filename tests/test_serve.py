@@ -97,14 +97,9 @@ async def test_heatmap_query_is_compact_and_matches_the_table(datasette, demo_db
     assert default[0]["model"] == "ensemble" and default[0]["symbol"] == "BTCUSDT"
 
 
-async def test_thirty_days_of_heatmap_fit_one_response(tmp_path_factory):
-    """30 days at 1 hour x 100 USDT for one model: one untruncated response under 2 MB."""
-    import simulate
-    data = tmp_path_factory.mktemp("month")
-    simulate.simulate(data, days=30, seed=1, trades_per_day=2000, progress=lambda *_: None)
-    db = data / "liquidations.db"
-    assert run_build("--data", str(data), "--db", str(db)).returncode == 0
-    response = await in_process(db).client.get("/liquidations/heatmap.json?model=ensemble")
+async def test_thirty_days_of_heatmap_fit_one_response(month_db):
+    """30 days at 1 hour x 100 USDT for one model (the README's demo): one untruncated response under 2 MB."""
+    response = await in_process(month_db).client.get("/liquidations/heatmap.json?model=ensemble")
     body = response.json()
     assert response.status_code == 200 and body["truncated"] is False and len(body["rows"]) == 30 * 24
     assert len(response.content) < 2_000_000
