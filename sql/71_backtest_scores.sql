@@ -134,7 +134,9 @@ ORDER BY symbol, horizon, side, metric, model;
 -- with no positions at all did as well.
 CREATE OR REPLACE TABLE backtest_skill AS
 WITH best AS (
-    SELECT symbol, side, horizon, metric, arg_max(model, value) AS best_baseline, max(value) AS baseline_value
+    -- baselines that tie (naive_move and price_move place levels alike) are named in alphabetical order
+    SELECT symbol, side, horizon, metric, first(model ORDER BY round(value, 9) DESC, model) AS best_baseline,
+           max(value) AS baseline_value
     FROM backtest_scores WHERE model IN (SELECT model FROM backtest_baselines) AND value IS NOT NULL
       AND metric <> 'calibration'
     GROUP BY ALL
