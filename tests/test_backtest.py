@@ -65,8 +65,8 @@ def test_a_file_that_is_no_liquidation_file_is_refused(demo_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def eight_days(tmp_path_factory):
-    """Two simulated markets (seeds 7 and 8, each with its own leverage mix), each built with the
-    simulator's leverage mix and with two wrong ones; the models' default mix is the simulator's of neither."""
+    """Two simulated markets (seeds 7 and 8, each with its own leverage mix, neither the models' default),
+    each built with the simulator's leverage mix ("true") and with two wrong ones."""
     wrong = {"all_100x": "100,1,100000", "all_20x": "20,1,100000"}
     built = {}
     for seed in (7, 8):
@@ -75,13 +75,10 @@ def eight_days(tmp_path_factory):
         mix = json.loads((data / "simulator" / "params.json").read_text())["leverage_mix"]
         total = sum(mix.values())  # written rounded: renormalise
         tiers = {"true": "\n".join(f"{lev},{weight / total!r},100000" for lev, weight in mix.items()), **wrong}
-        for name, rows in [("default", None), *tiers.items()]:
+        for name, tier_rows in tiers.items():
             db = data / name / "liquidations.db"
-            args = ["--data", str(data), "--db", str(db)]
-            if rows:
-                (data / f"{name}.csv").write_text(f"leverage,weight,typical_notional_usd\n{rows}\n")
-                args += ["--leverage-tiers", str(data / f"{name}.csv")]
-            result = run_build(*args)
+            (data / f"{name}.csv").write_text(f"leverage,weight,typical_notional_usd\n{tier_rows}\n")
+            result = run_build("--data", str(data), "--db", str(db), "--leverage-tiers", str(data / f"{name}.csv"))
             assert result.returncode == 0, result.stderr
             built[seed, name] = db
     return built
@@ -110,7 +107,7 @@ def test_the_true_leverage_mix_scores_clearly_higher(eight_days, capsys):
 
 
 def test_every_predictor_is_scored_on_every_metric_and_horizon(eight_days):
-    db = eight_days[7, "default"]
+    db = eight_days[7, "true"]
     got = rows(db, "SELECT model, count(DISTINCT horizon), count(DISTINCT metric), count(*) FROM backtest_scores "
                    "GROUP BY 1 ORDER BY 1")
     models = ["binance_standard", "breakout", "ensemble", "funding_adjusted", "naive_move", "nearest_buckets",
@@ -144,7 +141,7 @@ def test_every_predictor_is_scored_on_every_metric_and_horizon(eight_days):
 
 def test_shuffled_levels_score_below_the_real_ones(eight_days):
     for seed in (7, 8):
-        db = eight_days[seed, "default"]
+        db = eight_days[seed, "true"]
         shuffled, ensemble = scores_by_horizon(db, "shuffled"), scores_by_horizon(db, "ensemble")
         assert mean(shuffled, "volume_spearman") < mean(ensemble, "volume_spearman") - 0.1
 
@@ -152,7 +149,7 @@ def test_shuffled_levels_score_below_the_real_ones(eight_days):
 def test_volume_is_the_frozen_levels_the_path_crossed(eight_days):
     """The forecast of a window (t, t + h] recomputed from the positions: alive at t (opened by t, not
     consumed by t), with an exact liquidation price the trigger bars of the window crossed."""
-    db = eight_days[7, "default"]
+    db = eight_days[7, "true"]
     con = duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True)
     bars = con.execute("SELECT ts, end_ts, low, high FROM trigger_bars ORDER BY ts").fetchall()
     for t, predicted in con.execute(
@@ -170,7 +167,7 @@ def test_volume_is_the_frozen_levels_the_path_crossed(eight_days):
 def test_location_and_precision_recomputed_from_the_tables(eight_days):
     """The location gain and the precision of one model, recomputed in Python from the crossed buckets,
     the crossed levels and the realized liquidations."""
-    db = eight_days[7, "default"]
+    db = eight_days[7, "true"]
     con = duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True)
     floor = con.execute("SELECT param('location_floor_share')").fetchone()[0]
     scored = {r[0] for r in con.execute("SELECT origin_ts FROM backtest_windows WHERE horizon = '1h' AND scored"
@@ -256,7 +253,7 @@ def test_trivial_predictors_show_no_skill(eight_days, tmp_path):
     squared differs by about 0.01 over a week of hourly windows)."""
     for seed in (7, 8):
         copy = tmp_path / f"{seed}.duckdb"
-        shutil.copy(eight_days[seed, "default"].with_suffix(".duckdb"), copy)
+        shutil.copy(eight_days[seed, "true"].with_suffix(".duckdb"), copy)
         con = duckdb.connect(str(copy))
         con.execute(TRIVIAL_PREDICTORS)
         con.execute((ROOT / "sql" / "71_backtest_scores.sql").read_text())
@@ -273,16 +270,16 @@ def test_walk_forward_never_reads_its_own_window(eight_days, tmp_path):
     window uses earlier windows only: remove the realized data of the last days, and every forecast and
     score of the windows before them is unchanged."""
     data = tmp_path / "data"
-    shutil.copytree(eight_days[7, "default"].parent.parent, data, ignore=shutil.ignore_patterns("*.db", "*.duckdb"))
+    shutil.copytree(eight_days[7, "true"].parent.parent, data, ignore=shutil.ignore_patterns("*.db", "*.duckdb"))
     for path in (data / "data/futures/um/daily/liquidationSnapshot/BTCUSDT").glob("*-2024-09-0[78].zip"):
         remove(path)
     db = tmp_path / "cut.db"
-    assert run_build("--data", str(data), "--db", str(db)).returncode == 0
+    assert run_build("--data", str(data), "--db", str(db), "--leverage-tiers", str(data / "true.csv")).returncode == 0
     # (shuffled is left out: its partner window is half the covered span away, and the span is shorter)
     query = ("SELECT model, horizon, origin_ts, side, bucket_index, volume_usd FROM forecast_levels "
              "WHERE origin_ts + INTERVAL 1 DAY <= TIMESTAMP '2024-09-07' AND model <> 'shuffled' ORDER BY ALL")
     cut = duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True).execute(query).fetchall()
-    full = duckdb.connect(str(eight_days[7, "default"].with_suffix(".duckdb")), read_only=True).execute(query).fetchall()
+    full = duckdb.connect(str(eight_days[7, "true"].with_suffix(".duckdb")), read_only=True).execute(query).fetchall()
     assert [r[:5] for r in cut] == [r[:5] for r in full] and any(r[0] == "nearest_buckets" for r in cut)
     assert [r[5] for r in cut] == pytest.approx([r[5] for r in full], rel=1e-9)  # sums in another order
 
