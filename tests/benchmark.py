@@ -7,7 +7,7 @@ files and the same machine, (a) the fastest possible pass over them: DuckDB read
 aggTrades CSVs once, and (b) the whole `build.py build`, with its peak memory. Machines here are
 shared and noisy, so only the ratios mean much. The targets guard against regressions: the build
 does far more than one pass (staging, four models, data quality, the backtest, the SQLite export),
-and measured 27x the raw pass and 7.9x the CSV bytes on 2026-11-24 (1 day, 2.5 M trades, 2 cores).
+and measured 23x the raw pass and 8.2x the CSV bytes on 2026-11-24 (1 day, 2.5 M trades, 2 cores).
 Not a test: run it by hand when the loader or the models change.
 """
 
