@@ -561,7 +561,7 @@ def backtest_report(db_path: Path) -> str:
         calibration = {(s, h, m, side): v for s, h, m, side, v in db.execute(
             "SELECT symbol, horizon, model, side, value FROM backtest_scores WHERE metric = 'calibration'")}
         keys = db.execute("SELECT DISTINCT symbol, horizon, model, side FROM backtest_skill "
-                          "ORDER BY symbol, CAST(rtrim(horizon, 'hdm') AS INTEGER), model, side").fetchall()
+                          "ORDER BY symbol, horizon_s, model, side").fetchall()
     lines = ["| symbol | horizon | model | side | " + " | ".join(REPORT_METRICS) + " | calibration |",
              "|---" * (len(REPORT_METRICS) + 5) + "|"]
     for key in keys:

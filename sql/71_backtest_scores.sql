@@ -117,7 +117,7 @@ precision_ AS (      -- a row for every predictor, empty where nothing could be 
     LEFT JOIN matches m USING (model, symbol, side, horizon)
     GROUP BY ALL
 )
-SELECT model, symbol, side, horizon, metric,
+SELECT model, symbol, side, horizon, h.horizon_s, metric,
        CASE WHEN NOT isnan(value) THEN value END AS value,  -- no variance, nothing realized: no score
        n AS n_periods, first_ts AS scored_from, last_ts AS scored_to,
        CASE WHEN model = 'nearest_buckets' OR metric = 'location_gain_bits'
@@ -127,7 +127,8 @@ SELECT model, symbol, side, horizon, metric,
        || CASE WHEN metric = 'precision' AND model = 'nearest_buckets' THEN '; volume scale likewise' ELSE '' END
            AS fitted_on
 FROM (SELECT * FROM volume UNION ALL SELECT * FROM location UNION ALL SELECT * FROM precision_)
-ORDER BY symbol, horizon, side, metric, model;
+JOIN backtest_horizons h USING (horizon)
+ORDER BY symbol, horizon_s, side, metric, model;
 
 -- Skill: each model's score minus the best baseline's on the same symbol, side, horizon and metric
 -- (calibration has no "better" direction and is left out). A skill of 0 or less means a predictor
@@ -141,7 +142,7 @@ WITH best AS (
       AND metric <> 'calibration'
     GROUP BY ALL
 )
-SELECT s.model, s.symbol, s.side, s.horizon, s.metric, s.value, b.best_baseline, b.baseline_value,
+SELECT s.model, s.symbol, s.side, s.horizon, s.horizon_s, s.metric, s.value, b.best_baseline, b.baseline_value,
        s.value - b.baseline_value AS skill,
        CASE WHEN s.value > b.baseline_value THEN 'beats ' || b.best_baseline || ' by ' || printf('%.3f', s.value - b.baseline_value)
             ELSE 'no better than ' || b.best_baseline || ' (' || printf('%+.3f', s.value - b.baseline_value) || ')' END
@@ -149,4 +150,4 @@ SELECT s.model, s.symbol, s.side, s.horizon, s.metric, s.value, b.best_baseline,
        s.n_periods, s.scored_from, s.scored_to
 FROM backtest_scores s JOIN best b USING (symbol, side, horizon, metric)
 WHERE s.model NOT IN (SELECT model FROM backtest_baselines) AND s.value IS NOT NULL
-ORDER BY s.symbol, s.horizon, s.metric, s.side, s.model;
+ORDER BY s.symbol, s.horizon_s, s.metric, s.side, s.model;
