@@ -1,6 +1,6 @@
 -- Layer 3c: what every model reads. Open-interest steps with their entry price and long/short
--- split, the open-interest scale that shrinks alive positions, and the price buckets each bar
--- traded through (what consumes levels).
+-- split, the open-interest falls that shrink alive positions, and the trigger bars with a sparse table
+-- of their extremes (what consumes levels).
 
 -- Each 5-minute open-interest row against the previous one. A rise is new positions opened during
 -- (previous_ts, ts], priced with what was known at ts and nothing later: the VWAP of the trade-price
@@ -80,13 +80,15 @@ FROM bars WINDOW w AS (PARTITION BY symbol ORDER BY ts);
 -- k = 0 .. log2(bars)). With it the first bar after a position opened that crosses its exact
 -- liquidation price is found in log2(bars) lookups (sql/50_lifecycle.sql), instead of scanning bars.
 -- range_key packs (k, symbol, bar) into one integer so each lookup is a single-column hash join.
+-- top_range_level is the largest k: runs of 2^k bars cover the longest symbol's bars.
 CREATE OR REPLACE MACRO range_key(k, symbol_id, bar_index) AS
     (k::BIGINT << 48) + (symbol_id::BIGINT << 32) + bar_index::BIGINT;
+CREATE OR REPLACE MACRO top_range_level() AS
+    (SELECT ceil(log2(greatest(2, max(bar_index) + 1)))::BIGINT FROM trigger_bars);
 CREATE OR REPLACE TABLE trigger_ranges AS
 SELECT range_key(k, symbol_id, bar_index) AS range_key,
        min(low) OVER w AS low, max(high) OVER w AS high
-FROM trigger_bars
-CROSS JOIN range(0, (SELECT ceil(log2(greatest(2, max(bar_index) + 1)))::BIGINT + 1 FROM trigger_bars)) r(k)
+FROM trigger_bars CROSS JOIN (SELECT unnest(range(0, top_range_level() + 1)) AS k)
 WINDOW w AS (PARTITION BY symbol_id, k ORDER BY bar_index ROWS BETWEEN CURRENT ROW AND (1::BIGINT << k) - 1 FOLLOWING);
 
 -- The heatmap's time grid per symbol: the ends of whole time buckets covered by trigger bars.

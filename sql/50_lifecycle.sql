@@ -11,15 +11,16 @@ WITH openings AS (
     UNION ALL SELECT * FROM openings_trade_flow
     UNION ALL SELECT * FROM openings_ensemble
 )
-SELECT o.model, o.symbol, o.created_ts, s.side, t.leverage, o.entry_price,
-       o.volume_usd * t.weight * CASE s.side WHEN 'long' THEN o.long_share ELSE 1 - o.long_share END AS volume_usd,
-       -- a tier's bracket comes from its typical position's notional, not from open interest
-       liquidation_price_in_bracket(s.side, o.entry_price, t.leverage, t.typical_notional_usd,
-                                    t.maintenance_margin_rate, t.maintenance_amount_usd) AS liquidation_price
-FROM openings o
-CROSS JOIN (VALUES ('long'), ('short')) s(side)
-JOIN tier_brackets t USING (symbol)
-WHERE o.volume_usd * t.weight * CASE s.side WHEN 'long' THEN o.long_share ELSE 1 - o.long_share END > 0;
+SELECT * FROM (
+    SELECT o.model, o.symbol, o.created_ts, s.side, t.leverage, o.entry_price,
+           o.volume_usd * t.weight * CASE s.side WHEN 'long' THEN o.long_share ELSE 1 - o.long_share END AS volume_usd,
+           -- a tier's bracket comes from its typical position's notional, not from open interest
+           liquidation_price_in_bracket(s.side, o.entry_price, t.leverage, t.typical_notional_usd,
+                                        t.maintenance_margin_rate, t.maintenance_amount_usd) AS liquidation_price
+    FROM openings o
+    CROSS JOIN (VALUES ('long'), ('short')) s(side)
+    JOIN tier_brackets t USING (symbol)
+) WHERE volume_usd > 0;
 
 -- When each liquidation price is first crossed: a long at LP by the first trigger bar at or after it
 -- opened whose low is at or below LP, a short by the first whose high is at or above LP. Binary descent
@@ -34,9 +35,7 @@ WITH RECURSIVE triggers AS (
     ASOF LEFT JOIN trigger_bars b ON k.symbol = b.symbol AND k.created_ts <= b.ts
 ),
 descent(trigger_id, symbol_id, side, liquidation_price, bar_index, k) USING KEY (trigger_id) AS (
-    SELECT trigger_id, symbol_id, side, liquidation_price, first_bar,
-           (SELECT ceil(log2(greatest(2, max(bar_index) + 1)))::BIGINT FROM trigger_bars)
-    FROM triggers
+    SELECT trigger_id, symbol_id, side, liquidation_price, first_bar, top_range_level() FROM triggers
     UNION
     SELECT d.trigger_id, d.symbol_id, d.side, d.liquidation_price,
            d.bar_index + CASE WHEN d.side = 'long' AND r.low > d.liquidation_price

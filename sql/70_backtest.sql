@@ -52,7 +52,8 @@ prior AS (          -- the range of the 24 hours before each time bucket, and it
 )
 SELECT o.symbol, o.horizon, o.horizon_s, o.origin_ts, o.origin_ts + to_seconds(o.horizon_s) AS end_ts,
        o.origin_ts >= c.first_day + to_seconds(param('backtest_warmup_s')::BIGINT) AS scored,
-       p.price, least(o.path_low, p.price) AS path_low, greatest(o.path_high, p.price) AS path_high,
+       p.price, floor(p.price / param('price_bucket_usd'))::BIGINT AS price_bucket_index,
+       least(o.path_low, p.price) AS path_low, greatest(o.path_high, p.price) AS path_high,
        p.prior_low, p.prior_high, oi.open_interest_usd
 FROM origins o
 JOIN coverage c ON c.symbol = o.symbol AND o.origin_ts >= c.first_day AND o.origin_ts + to_seconds(o.horizon_s) <= c.end_day
@@ -75,7 +76,7 @@ buckets AS (
     FROM ranges WHERE range_high > range_low
 )
 SELECT symbol, horizon, origin_ts, side, bucket_index,
-       abs(bucket_index - floor(price / usd)::BIGINT) AS distance_buckets,
+       abs(bucket_index - price_bucket_index) AS distance_buckets,
        greatest(range_low, bucket_index * usd) AS crossed_low,       -- the crossed part of the bucket
        least(range_high, (bucket_index + 1) * usd) AS crossed_high,
        (least(range_high, (bucket_index + 1) * usd) - greatest(range_low, bucket_index * usd)) / usd AS crossed_share
@@ -141,9 +142,8 @@ uniform AS (        -- naive_move, price_move and breakout: even levels over the
 ),
 history AS (        -- realized volume per distance from the price at t, window by window, for nearest_buckets
     SELECT r.symbol, r.horizon, r.origin_ts, r.side,
-           distance_bin(greatest(0, CASE r.side WHEN 'long' THEN floor(w.price / param('price_bucket_usd'))::BIGINT
-                                         - r.bucket_index ELSE r.bucket_index - floor(w.price / param('price_bucket_usd'))::BIGINT
-                                    END)) AS distance_bin,
+           distance_bin(greatest(0, CASE r.side WHEN 'long' THEN w.price_bucket_index - r.bucket_index
+                                                ELSE r.bucket_index - w.price_bucket_index END)) AS distance_bin,
            sum(r.volume_usd) AS volume_usd
     FROM backtest_realized r JOIN backtest_windows w USING (symbol, horizon, origin_ts)
     WHERE r.bucket_index IS NOT NULL GROUP BY ALL
@@ -172,7 +172,8 @@ nearest AS (        -- USD liquidated per USD of open interest that crossed the 
     FROM profile WHERE is_event = 0
 ),
 other_day AS (      -- each window's partner: half the span of whole days away, wrapping round
-    SELECT w.symbol, w.horizon, w.origin_ts, w.price, o.origin_ts AS other_ts, o.price AS other_price
+    SELECT w.symbol, w.horizon, w.origin_ts, w.price_bucket_index, o.origin_ts AS other_ts,
+           o.price_bucket_index AS other_price_bucket_index
     FROM (SELECT *, min(origin_ts) OVER s AS first_ts,
                  epoch(max(origin_ts) OVER s - min(origin_ts) OVER s)::BIGINT + horizon_s AS period_s
           FROM backtest_windows WINDOW s AS (PARTITION BY symbol, horizon)) w
@@ -184,8 +185,8 @@ shuffled AS (       -- the ensemble's alive levels at the partner window's start
     SELECT 'shuffled' AS model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
            CASE c.side WHEN 'long' THEN h.long_usd ELSE h.short_usd END * c.crossed_share AS volume_usd
     FROM (SELECT c.*, d.other_ts - to_seconds(param('time_bucket_s')::BIGINT) AS heatmap_ts,
-                 (c.bucket_index - floor(d.price / param('price_bucket_usd'))::BIGINT
-                  + floor(d.other_price / param('price_bucket_usd'))::BIGINT) * param('price_bucket_usd') AS other_bucket
+                 (c.bucket_index - d.price_bucket_index + d.other_price_bucket_index) * param('price_bucket_usd')
+                     AS other_bucket
           FROM crossed c JOIN other_day d USING (symbol, horizon, origin_ts)) c
     JOIN heatmap h ON h.model = 'ensemble' AND h.symbol = c.symbol AND h.ts = c.heatmap_ts
         AND h.price_bucket = c.other_bucket
