@@ -1,6 +1,7 @@
--- Layer 3c: what every model reads. Open-interest steps with their entry price and long/short
--- split, the open-interest falls that shrink alive positions, and the trigger bars with a sparse table
--- of their extremes (what consumes levels).
+-- Layer 3c: what every model reads. Open-interest steps with their entry price, the volume they open
+-- (a rise, plus the churn that reopens what fades) and the signals of which side is levered; the
+-- positions opened before the data (the warm start); the open-interest falls that shrink alive levels;
+-- and the trigger bars with a sparse table of their extremes (what consumes levels).
 
 -- Each 5-minute open-interest row against the previous one. A rise is new positions opened during
 -- (previous_ts, ts], priced with what was known at ts and nothing later: the VWAP of the trade-price
@@ -12,23 +13,24 @@
 SET asof_loop_join_threshold = 0;
 CREATE OR REPLACE TABLE oi_steps AS
 WITH oi AS (
-    SELECT symbol, ts, open_interest, open_interest_usd, long_short_account_ratio,
+    SELECT symbol, ts, open_interest, open_interest_usd, long_short_account_ratio, top_trader_position_ratio,
            lag(ts) OVER w AS previous_ts, lag(open_interest) OVER w AS previous_open_interest
     FROM stg_open_interest WINDOW w AS (PARTITION BY symbol ORDER BY ts)
 ),
 bars AS (SELECT *, ts + to_seconds(interval_s) AS end_ts FROM stg_price_klines),
 bars_in_step AS (   -- every bar belongs to the first open-interest row at or after its close
-    SELECT o.symbol, o.ts, sum(k.quote_volume_usd) / nullif(sum(k.volume), 0) AS vwap, avg(k.close) AS mean_close
+    SELECT o.symbol, o.ts, sum(k.quote_volume_usd) / nullif(sum(k.volume), 0) AS vwap, avg(k.close) AS mean_close,
+           sum(k.taker_buy_volume) / nullif(sum(k.volume), 0) AS taker_buy_share
     FROM bars k ASOF JOIN oi o ON k.symbol = o.symbol AND k.end_ts <= o.ts
     WHERE k.ts >= o.previous_ts
     GROUP BY ALL
 ),
 priced AS (
-    SELECT o.*, coalesce(b.vwap, b.mean_close) AS step_price
+    SELECT o.*, coalesce(b.vwap, b.mean_close) AS step_price, b.taker_buy_share
     FROM oi o LEFT JOIN bars_in_step b USING (symbol, ts)
 ),
 last_close AS (     -- the last bar closed by the open-interest row's time
-    SELECT p.symbol, p.ts, k.close
+    SELECT p.symbol, p.ts, k.close, k.taker_buy_volume / nullif(k.volume, 0) AS taker_buy_share
     FROM priced p ASOF JOIN bars k ON p.symbol = k.symbol AND p.ts >= k.end_ts
 ),
 funding AS (        -- the last funding rate published by then, and its interval
@@ -41,8 +43,18 @@ SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
        -- Below the noise threshold a change opens or closes nothing: max(25k USD, 0.002 % of OI).
        greatest(param('oi_noise_threshold_usd'), param('oi_noise_threshold_share') * p.open_interest_usd)
            AS noise_threshold_usd,
+       -- Churn: positions close at a constant rate whatever open interest does (one trader closes, another
+       -- opens; Binance's daily volume is several times its open interest). Alive levels fade at that rate
+       -- (sql/50_lifecycle.sql) and, open interest being what it is, as much is reopened at this step's
+       -- price: previous open interest x (1 - 2^(-step / half-life)).
+       p.previous_open_interest * coalesce(p.step_price, c.close)
+           * (1 - exp(-ln(2) * epoch(p.ts - p.previous_ts) / (3600 * param('fade_half_life_h')))) AS churn_usd,
        -- Account long/short ratio r = longs / shorts -> long share r / (1 + r); 50/50 without it.
        coalesce(p.long_short_account_ratio / (1 + p.long_short_account_ratio), 0.5) AS account_long_share,
+       -- The top traders' position ratio, as a long share of their positions: the large accounts.
+       coalesce(p.top_trader_position_ratio / (1 + p.top_trader_position_ratio), 0.5) AS top_trader_long_share,
+       -- Who opened aggressively in the step: taker buys minus taker sells, as a share of the volume.
+       2 * coalesce(p.taker_buy_share, c.taker_buy_share, 0.5) - 1 AS taker_imbalance,
        f.funding_rate,
        -- Binance funds every 8 h for most symbols but every 4 h or 1 h for others: the rate per 8 h
        -- makes them comparable with the neutral rate (0.01 % per 8 h). A missing interval is 8 h.
@@ -51,6 +63,20 @@ FROM priced p
 LEFT JOIN last_close c USING (symbol, ts)
 LEFT JOIN funding f USING (symbol, ts)
 WHERE p.previous_ts IS NOT NULL AND coalesce(p.step_price, c.close) IS NOT NULL;
+
+-- The warm start. Most open interest at any moment was opened before: at the first step, the open
+-- interest already there is taken as positions opened at entry prices spread lognormally around the
+-- first price (warm_start_share of it; prior_entry_spread; nine equal-mass quantiles, z = Phi^-1((i - 0.5) / 9)). Without it the
+-- models start empty and a small move crosses nothing. Positions whose liquidation price is already on
+-- the wrong side of the first price cannot still be open: sql/40_pieces.sql drops them (survivorship),
+-- so the prior holds less than the first open interest. Every model starts from the same prior.
+CREATE OR REPLACE TABLE prior_openings AS
+SELECT symbol, ts AS created_ts, entry_price * exp(param('prior_entry_spread') * z) AS entry_price,
+       entry_price AS reference_price,
+       param('warm_start_share') * previous_open_interest * entry_price / 9 AS volume_usd
+FROM (SELECT * FROM oi_steps QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY ts) = 1)
+CROSS JOIN (VALUES (-1.5932), (-0.9674), (-0.5894), (-0.2822), (0.0), (0.2822), (0.5894), (0.9674), (1.5932)) q(z)
+WHERE param('warm_start_share') > 0;
 
 -- Open-interest falls: the share of open interest closed in each step, where the fall is more than
 -- noise. Which part of it the models' alive levels lose depends on what they say was liquidated in

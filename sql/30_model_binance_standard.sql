@@ -1,13 +1,22 @@
--- Model binance_standard: new open interest is new positions.
--- Assumes: every rise in open interest above the noise threshold is positions opened during that
--- interval at its price (VWAP of the finest klines, or the last close when bars are coarser), split
--- long/short by Binance's account long/short ratio r (long share r / (1 + r); 50/50 without it),
--- and spread over the leverage tiers by their weights (sql/seeds/leverage_tiers.csv).
--- Source of the idea: open-interest-delta estimators (domain.md §4; this project's seed plan).
--- Every model yields "openings": volume opened at a time and price with a long share; the shared
--- lifecycle (sql/50_lifecycle.sql) turns them into leveraged positions, levels and their fate.
+-- Model binance_standard: new open interest is new positions, on both sides.
+-- Assumes:
+--  * Every contract has a long and a short: a rise of X in open interest (above the noise threshold)
+--    opens X of longs and X of shorts, at the step's price (VWAP of the finest klines that closed in the
+--    step, or the last close when bars are coarser). What differs between the sides is leverage.
+--  * The side that opened aggressively holds more leverage: the signal is the step's taker imbalance
+--    (klines' taker_buy_volume against volume), s = tanh(imbalance / taker_imbalance_scale); s > 0 tilts
+--    the longs' leverage mix up and the shorts' down (side_leverage_tilt, sql/40_pieces.sql).
+--  * Churn: as much as fades from the alive levels is reopened at the step's price (oi_steps.churn_usd).
+--  * Warm start: the open interest at the first row, spread around the first price (prior_openings).
+-- Source: open-interest-delta estimators (domain.md §4; Coinglass / Hyblock describe the same idea),
+-- with the two-sided contract from the exchange's own accounting (open interest = longs = shorts).
+-- Every model yields "openings": volume opened on each side at a time and price, with a signal of
+-- which side is levered; the shared lifecycle (sql/40_pieces.sql, sql/50_lifecycle.sql) turns them
+-- into leveraged positions, levels and their fate.
 CREATE OR REPLACE VIEW openings_binance_standard AS
-SELECT 'binance_standard' AS model, symbol, ts AS created_ts, entry_price, delta_usd AS volume_usd,
-       account_long_share AS long_share
+SELECT 'binance_standard' AS model, symbol, ts AS created_ts, entry_price, entry_price AS reference_price,
+       greatest(delta_usd, 0) * (delta_usd > noise_threshold_usd)::INTEGER + churn_usd AS volume_usd,
+       tanh(taker_imbalance / param('taker_imbalance_scale')) AS signal
 FROM oi_steps
-WHERE delta_usd > noise_threshold_usd;
+UNION ALL
+SELECT 'binance_standard', symbol, created_ts, entry_price, reference_price, volume_usd, 0 FROM prior_openings;

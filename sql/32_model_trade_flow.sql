@@ -1,6 +1,11 @@
 -- Model trade_flow, in the manner of py-liquidation-map (aoki-h-jp; domain.md §4).
 -- Assumes: a large taker trade opens a position on the taker's side (taker buy = long opened,
--- taker sell = short opened) at the trade price. Its three filters, per side and time bucket:
+-- taker sell = short opened) at the trade price, and, every contract having two sides, as much on the
+-- maker's side: the taker is the levered side (signal +1 for a taker buy, -1 for a sell), the maker the
+-- less levered (side_leverage_tilt). py-liquidation-map opens the taker's side only.
+-- The large trades of one side in one trade_flow_bucket_s (5 minutes, open interest's cadence) are one
+-- opening at their VWAP, timed at the last of them: price moves about 0.1 % in 5 minutes, under a price
+-- bucket, and real days hold tens of thousands of large trades. Its three filters, per side and time bucket:
 -- trade value >= trade_flow_min_notional_usd ("gross_value"), only the trade_flow_top_n largest
 -- ("top_n", 0 = off), only the top trade_flow_portion share of trades by value ("portion", 0 = off).
 -- Unlike py-liquidation-map, each trade's value is spread over the leverage tiers by weight (it
@@ -32,9 +37,15 @@ counts AS (  -- all trades per side and time bucket, for the "portion" filter
     WHERE param('trade_flow_portion') > 0
     GROUP BY ALL
 )
-SELECT 'trade_flow' AS model, r.symbol, r.ts AS created_ts, r.price AS entry_price, r.notional_usd AS volume_usd,
-       CASE r.taker_side WHEN 'buy' THEN 1.0 ELSE 0.0 END AS long_share
+SELECT 'trade_flow' AS model, r.symbol, max(r.ts) AS created_ts,
+       sum(r.notional_usd) / sum(r.notional_usd / r.price) AS entry_price,
+       sum(r.notional_usd) / sum(r.notional_usd / r.price) AS reference_price,
+       sum(r.notional_usd) AS volume_usd, CASE r.taker_side WHEN 'buy' THEN 1.0 ELSE -1.0 END AS signal
 FROM ranked r LEFT JOIN counts c USING (symbol, taker_side, time_bucket_start)
 WHERE (param('trade_flow_top_n') <= 0 OR r.size_rank <= param('trade_flow_top_n'))
   -- the large trades are the head of the ranking of all trades, so a rank among them is a rank among all
-  AND (param('trade_flow_portion') <= 0 OR r.size_rank <= ceil(param('trade_flow_portion') * c.trades));
+  AND (param('trade_flow_portion') <= 0 OR r.size_rank <= ceil(param('trade_flow_portion') * c.trades))
+GROUP BY r.symbol, r.taker_side, time_bucket(to_seconds(param('trade_flow_bucket_s')::BIGINT), r.ts)
+UNION ALL   -- the warm start (sql/20_model_inputs.sql); trades then churn the book, and levels fade
+SELECT 'trade_flow', symbol, created_ts, entry_price, reference_price, volume_usd, 0 FROM prior_openings
+WHERE symbol IN (SELECT symbol FROM source);   -- no trades, no trade_flow

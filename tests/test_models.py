@@ -82,12 +82,16 @@ def test_parameters_are_data_and_can_be_overridden(demo_dir, tmp_path):
 # ------------------------------------------------------------------ synthetic markets
 
 T0 = dt.datetime(2024, 9, 1)
+# The lifecycle's mechanics alone: no churn, no warm start, no stop-losses, no side tilt (tests that are
+# about those turn them back on).
+PLAIN = ("fade_half_life_h=inf", "warm_start_share=0", "stop_loss_share=0", "side_leverage_tilt=0")
 
 
 def synthetic_build(oi_changes: list[float], returns: list[float], *params: str) -> duckdb.DuckDBPyConnection:
-    """Run every SQL layer on a made-up market: 5-minute open interest and 1-minute bars."""
+    """Run every SQL layer on a made-up market: 5-minute open interest and 1-minute bars. The lifecycle's
+    mechanics are tested alone (PLAIN) unless params turn them back on."""
     con = duckdb.connect()
-    build.create_sources(con, build_args("time_bucket_s=600", *params))
+    build.create_sources(con, build_args("time_bucket_s=600", *PLAIN, *params))
     con.execute("INSERT INTO src_files (file_id, path, symbol, data_type, kline_interval, period, checksum, status) "
                 "VALUES (1, 'm', 'BTCUSDT', 'metrics', NULL, '2024-09-01', 'ok', 'loaded'), "
                 "(2, 'k', 'BTCUSDT', 'klines', '1m', '2024-09-01', 'ok', 'loaded')")
@@ -163,16 +167,16 @@ def test_ensemble_is_the_weighted_mix_renormalised_without_trades():
 
 
 def test_levels_are_consumed_when_price_trades_through():
-    # open interest rises once, then the price falls 30 % in a straight line: every long level
-    # (5x .. 100x, all within 20 % of the entry) is consumed, no short level is
+    # open interest rises once, then the price falls 30 % in a straight line: every long level but 2x's
+    # (5x .. 125x, all within 20 % of the entry) is consumed, no short level is
     con = synthetic_build([0.05] + [0.0] * 29, [-0.0025] * 155)
-    assert con.execute("SELECT count(*) FROM levels WHERE model = 'binance_standard' AND side = 'long'"
-                       ).fetchone()[0] == 0
+    assert con.execute("SELECT list(DISTINCT leverage) FROM levels WHERE model = 'binance_standard' AND side = 'long'"
+                       ).fetchone()[0] == [2]
     consumed = dict(con.execute("SELECT leverage, max(consumed_bar_ts) FROM positions WHERE side = 'long' "
                                 "AND model = 'binance_standard' GROUP BY 1").fetchall())
-    assert consumed[100] < consumed[50] < consumed[25] < consumed[10] < consumed[5]  # nearest first
+    assert consumed[125] <= consumed[100] < consumed[50] < consumed[20] < consumed[10] < consumed[5]  # nearest first
     assert con.execute("SELECT count(*) FROM levels WHERE model = 'binance_standard' AND side = 'short'"
-                       ).fetchone()[0] == 5
+                       ).fetchone()[0] == 7
 
 
 def test_falling_open_interest_shrinks_alive_levels_in_proportion():
@@ -187,16 +191,20 @@ def test_falling_open_interest_shrinks_alive_levels_in_proportion():
 
 
 def reference_heatmap(con) -> dict[tuple, float]:
-    """binance_standard's lifecycle in plain Python, minute by minute, from the same inputs: a level is
-    consumed by the first bar (range widened to the previous close) that crosses its exact liquidation
-    price; an open-interest fall f shrinks what is alive on a side by 1 - max(0, f - c) / (1 - c), c being
-    the share of that side consumed since the last open-interest row (weighed, as the SQL does, with
-    the gross scale: every fall shrinking everything)."""
-    bucket_usd = con.execute("SELECT param('price_bucket_usd')").fetchone()[0]
+    """binance_standard's lifecycle in plain Python, minute by minute, from the same inputs. At every
+    open-interest row: every alive level fades (half-life), and on a fall f shrinks on each side by
+    1 - max(0, f - c) / (1 - c), c being the share of that side consumed since the last row (weighed, as
+    the SQL does, with the gross scale: every fall and the fade shrinking everything); then the rise and
+    the churn open as much on both sides, the tiers tilted by the taker signal, less the stop-loss share
+    (the first row also opens the warm start, less what is already past the first price). A level is
+    consumed by the first bar (range widened to the previous close) that crosses its exact price."""
+    param = dict(con.execute("SELECT name, value FROM model_parameters").fetchall())
     tiers = con.execute("SELECT leverage, weight, typical_notional_usd, maintenance_margin_rate, "
                         "maintenance_amount_usd FROM tier_brackets").fetchall()
-    steps = con.execute("SELECT ts, entry_price, delta_usd, noise_threshold_usd, account_long_share, open_interest, "
-                        "previous_open_interest FROM oi_steps ORDER BY ts").fetchall()
+    steps = con.execute("SELECT ts, entry_price, delta_usd, noise_threshold_usd, churn_usd, taker_imbalance, "
+                        "open_interest, previous_open_interest, epoch(ts - previous_ts) FROM oi_steps ORDER BY ts"
+                        ).fetchall()
+    prior = con.execute("SELECT entry_price, reference_price, volume_usd FROM prior_openings").fetchall()
     bars = con.execute("SELECT ts, interval_s, high, low, close FROM stg_mark_price_klines ORDER BY ts").fetchall()
     grid = [r[0] for r in con.execute("SELECT end_ts FROM time_grid ORDER BY end_ts").fetchall()]
     events = [(ts, 0, step) for ts, *step in steps] + [(ts, 1, None) for ts in grid] + [(b[0], 2, b) for b in bars]
@@ -204,32 +212,41 @@ def reference_heatmap(con) -> dict[tuple, float]:
     cells: dict[tuple, float] = defaultdict(float)
     consumed = {"long": 0.0, "short": 0.0}  # since the last open-interest row, weighed by the gross scale
     previous_close, gross = None, 1.0
+
+    def open_positions(entry, reference, volume, signal):
+        for side, sign in (("long", 1), ("short", -1)):
+            weights = [w * lev ** (param["side_leverage_tilt"] * sign * signal) for lev, w, *_ in tiers]
+            for (leverage, _, notional, mmr, cum), weight in zip(tiers, weights, strict=True):
+                if side == "long":
+                    lp = (entry * (1 - 1 / leverage) - cum * entry / notional) / (1 - mmr)
+                else:
+                    lp = (entry * (1 + 1 / leverage) + cum * entry / notional) / (1 + mmr)
+                piece = volume * (1 - param["stop_loss_share"]) * weight / sum(weights)
+                if piece > 0 and (lp < reference if side == "long" else lp > reference):
+                    alive.append([side, lp, piece, piece / gross])
+
     for ts, kind, item in sorted(events, key=lambda e: (e[0], e[1])):
-        if kind == 0:  # an open-interest row: shrink on a fall, open positions on a rise
-            entry, delta, threshold, long_share, oi, previous_oi = item
-            if delta < -threshold:
-                fall = 1 - oi / previous_oi
-                for side, weighed in consumed.items():
-                    base = weighed + sum(p[3] for p in alive if p[0] == side)
-                    c = weighed / base if base else 0.0
-                    factor = 1 - max(0.0, fall - c) / (1 - c) if c < 1 else 1.0
-                    for piece in alive:
-                        if piece[0] == side:
-                            piece[2] *= factor
-                gross *= oi / previous_oi
-            elif delta > threshold:
-                for leverage, weight, notional, mmr, cum in tiers:
-                    for side, share in (("long", long_share), ("short", 1 - long_share)):
-                        if side == "long":
-                            lp = (entry * (1 - 1 / leverage) - cum * entry / notional) / (1 - mmr)
-                        else:
-                            lp = (entry * (1 + 1 / leverage) + cum * entry / notional) / (1 + mmr)
-                        volume = delta * share * weight
-                        alive.append([side, lp, volume, volume / gross])
+        if kind == 0:  # an open-interest row: fade and shrink, then open
+            entry, delta, threshold, churn, imbalance, oi, previous_oi, step_s = item
+            fade = math.exp(-math.log(2) * step_s / (3600 * param["fade_half_life_h"]))
+            fall = 1 - oi / previous_oi if delta < -threshold else 0.0
+            for side, weighed in consumed.items():
+                base = weighed + sum(p[3] for p in alive if p[0] == side)
+                c = weighed / base if base else 0.0
+                factor = (1 - max(0.0, fall - c) / (1 - c) if c < 1 else 1.0) * fade
+                for piece in alive:
+                    if piece[0] == side:
+                        piece[2] *= factor
+            gross *= (1 - fall) * fade
+            if ts == steps[0][0]:
+                for prior_entry, reference, volume in prior:
+                    open_positions(prior_entry, reference, volume, 0.0)
+            rise = delta if delta > threshold else 0.0
+            open_positions(entry, entry, rise + churn, math.tanh(imbalance / param["taker_imbalance_scale"]))
             consumed = {"long": 0.0, "short": 0.0}
         elif kind == 1:  # a grid time: record what is alive
             for side, lp, volume, _ in alive:
-                cells[(ts, side, math.floor(lp / bucket_usd))] += volume
+                cells[(ts, side, math.floor(lp / param["price_bucket_usd"]))] += volume
         else:  # a bar: consume every level whose exact liquidation price it crossed
             _, _, high, low, close = item
             low, high = min(low, previous_close or low), max(high, previous_close or high)
@@ -292,7 +309,7 @@ def market(bars: list[tuple], metrics: list[tuple], funding: list[tuple] = (), *
     """Every SQL layer on hand-made rows: bars (open time, open, high, low, close, interval),
     5-minute open interest (time, coins) and funding (time, interval hours, rate)."""
     con = duckdb.connect()
-    build.create_sources(con, build_args(*params))
+    build.create_sources(con, build_args(*PLAIN, *params))
     intervals = sorted({b[5] for b in bars})
     con.executemany("INSERT INTO src_files (file_id, path, symbol, data_type, kline_interval, period, checksum, status) "
                     "VALUES (?, ?, 'BTCUSDT', ?, ?, '2024-09-01', 'ok', 'loaded')",
@@ -342,10 +359,25 @@ def test_funding_is_compared_per_8_hours():
     metrics = [(T0 + 5 * i * minute, 1000 * 1.01 ** i) for i in range(12)]
     hourly = market(bars, metrics, [(T0, 1, 0.0001)])
     eight_hourly = market(bars, metrics, [(T0, 8, 0.0001)])
-    share = "SELECT avg(long_share) FROM openings_funding_adjusted"
-    tilt = 0.2 * math.tanh((0.0008 - 0.0001) / 0.0005)
-    assert hourly.execute(share).fetchone()[0] == pytest.approx(0.5 + tilt)
-    assert eight_hourly.execute(share).fetchone()[0] == pytest.approx(0.5)  # neutral per 8 h
+    signal = "SELECT avg(signal) FROM openings_funding_adjusted"
+    assert hourly.execute(signal).fetchone()[0] == pytest.approx(math.tanh((0.0008 - 0.0001) / 0.0005))
+    assert eight_hourly.execute(signal).fetchone()[0] == pytest.approx(0)  # neutral per 8 h
+
+
+def test_funding_changes_which_side_is_levered():
+    """funding_adjusted opens the same volume as binance_standard on each side, but with longs crowded
+    (funding far above neutral) its longs hold more of the high leverage, so their levels sit nearer."""
+    minute = dt.timedelta(minutes=1)
+    bars = [(T0 + i * minute, 60_000, 60_010, 59_990, 60_000, "1m") for i in range(60)]
+    metrics = [(T0 + 5 * i * minute, 1000 * 1.01 ** i) for i in range(12)]
+    con = market(bars, metrics, [(T0, 1, 0.001)], "side_leverage_tilt=0.5")
+    volume = dict(con.execute("SELECT model || side, sum(volume_usd) FROM pieces GROUP BY 1").fetchall())
+    assert volume["funding_adjustedlong"] == pytest.approx(volume["funding_adjustedshort"], rel=1e-9)
+    assert volume["funding_adjustedlong"] == pytest.approx(volume["binance_standardlong"], rel=1e-9)
+    mean = dict(con.execute("SELECT model || side, sum(volume_usd * leverage) / sum(volume_usd) FROM pieces "
+                            "GROUP BY 1").fetchall())
+    assert mean["funding_adjustedlong"] > 1.5 * mean["funding_adjustedshort"]
+    assert mean["binance_standardlong"] == pytest.approx(mean["binance_standardshort"])  # no taker imbalance
 
 
 def test_a_level_is_consumed_only_when_its_exact_price_is_crossed():
@@ -407,11 +439,15 @@ def test_an_open_interest_fall_is_netted_of_the_liquidations_in_it():
 
 
 def test_ensemble_weights_are_shares_of_its_volume(demo_db):
-    """trade_flow opens several times what the open-interest models do; in the ensemble it is still
-    its weight's share (0.2) of the volume opened. Its openings are the ones off the 5-minute marks."""
+    """trade_flow opens several times what the open-interest models do; before any fit, the ensemble
+    still holds its weight's share (0.2) of the volume opened on the first day."""
     con = duckdb.connect(str(demo_db.with_suffix(".duckdb")), read_only=True)
-    totals = dict(con.execute("SELECT model, sum(volume_usd) FROM pieces GROUP BY 1").fetchall())
+    first = "created_ts < (SELECT min(created_ts) FROM pieces) + INTERVAL 1 DAY"
+    totals = dict(con.execute(f"SELECT model, sum(volume_usd) FROM pieces WHERE {first} GROUP BY 1").fetchall())
     assert totals["trade_flow"] > 2 * totals["binance_standard"]
-    share = con.execute("SELECT sum(volume_usd) FILTER (epoch_ms(created_ts) % 300000 <> 0) / sum(volume_usd) "
-                        "FROM openings_ensemble").fetchone()[0]
-    assert share == pytest.approx(0.2, abs=1e-3)
+    share = dict(con.execute(f"""SELECT p.model, sum(p.volume_usd * b.factor) FROM pieces p JOIN ensemble_base b
+                                 USING (symbol, model) WHERE {first} GROUP BY 1""").fetchall())
+    assert share["trade_flow"] / sum(share.values()) == pytest.approx(0.2, abs=1e-9)
+    # the ensemble's own pieces are those, reweighted by the fit in force (none on the first days)
+    ensemble = con.execute(f"SELECT sum(volume_usd) FROM pieces WHERE model = 'ensemble' AND {first}").fetchone()[0]
+    assert ensemble == pytest.approx(sum(share.values()), rel=1e-9)

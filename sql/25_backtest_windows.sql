@@ -1,0 +1,92 @@
+-- Layer 3e: what the backtest and the walk-forward fit are scored on. Realized liquidations; the
+-- forecast windows (t, t + h] per horizon, with what the price path did in each; the price buckets the
+-- path crossed; and the realized volume per window. The fit (sql/45_calibration.sql) and the
+-- backtest (sql/70_backtest.sql) both read these, so both see the same windows.
+
+-- Realized liquidations, one row per event (or per period and side for aggregated exports).
+CREATE OR REPLACE TABLE realized_liquidations AS
+SELECT symbol, ts, side, price, volume_usd, source FROM stg_realized_liquidations ORDER BY symbol, ts;
+
+-- The horizons, from build.py --horizons (default 1h,4h,24h). Levels at t come from the heatmap's
+-- time grid, so a horizon must be a whole number of its time buckets.
+CREATE OR REPLACE TABLE backtest_horizons AS
+SELECT trim(h) AS horizon, interval_seconds(trim(h)) AS horizon_s
+FROM unnest(string_split(coalesce(getvariable('backtest_horizons'), '1h,4h,24h'), ',')) t(h);
+SELECT CASE WHEN (SELECT count(*) FROM backtest_horizons WHERE horizon_s IS NULL OR horizon_s <= 0
+                  OR horizon_s % param('time_bucket_s')::BIGINT <> 0) > 0
+    THEN error('--horizons: each horizon must be a Binance interval (1h, 4h, 1d ...) that is a whole number of '
+               || 'time buckets (time_bucket_s = ' || param('time_bucket_s')::BIGINT || ' s); got '
+               || getvariable('backtest_horizons')) END;
+
+-- Trigger bars per whole time bucket: the price path at the grid's resolution.
+CREATE OR REPLACE TABLE trigger_buckets AS
+SELECT symbol, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), ts) AS ts,
+       min(low) AS low, max(high) AS high, arg_max(close, ts) AS close, max(end_ts) AS end_ts
+FROM trigger_bars GROUP BY ALL;
+
+-- Every forecast window (t, t + h] that trigger bars and realized liquidations both cover, with the
+-- price at t (the last trigger close), what the path did in the window (its lowest low, highest high),
+-- the range of the 24 hours before t (for breakout) and open interest at t. The first
+-- backtest_warmup_s of the realized data are not scored: the models start with no positions, and
+-- what is fitted walk-forward needs some history. They are still history for the later windows.
+CREATE OR REPLACE TABLE backtest_windows AS
+WITH coverage AS (
+    SELECT symbol, time_bucket(INTERVAL 1 DAY, min(ts)) AS first_day,
+           time_bucket(INTERVAL 1 DAY, max(ts)) + INTERVAL 1 DAY AS end_day
+    FROM realized_liquidations GROUP BY symbol
+),
+origins AS (
+    SELECT h.horizon, h.horizon_s, b.symbol, time_bucket(to_seconds(h.horizon_s), b.ts) AS origin_ts,
+           min(b.low) AS path_low, max(b.high) AS path_high, max(b.end_ts) AS last_end_ts
+    FROM trigger_buckets b CROSS JOIN backtest_horizons h GROUP BY ALL
+),
+prior AS (          -- the range of the 24 hours before each time bucket, and its last close
+    SELECT symbol, ts + to_seconds(param('time_bucket_s')::BIGINT) AS origin_ts, close AS price,
+           min(low) OVER w AS prior_low, max(high) OVER w AS prior_high
+    FROM trigger_buckets
+    WINDOW w AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL 24 HOURS - to_seconds(param('time_bucket_s')::BIGINT)
+                 PRECEDING AND CURRENT ROW)
+)
+SELECT o.symbol, o.horizon, o.horizon_s, o.origin_ts, o.origin_ts + to_seconds(o.horizon_s) AS end_ts,
+       o.origin_ts >= c.first_day + to_seconds(param('backtest_warmup_s')::BIGINT) AS scored,
+       p.price, floor(p.price / param('price_bucket_usd'))::BIGINT AS price_bucket_index,
+       least(o.path_low, p.price) AS path_low, greatest(o.path_high, p.price) AS path_high,
+       p.prior_low, p.prior_high, oi.open_interest_usd
+FROM origins o
+JOIN coverage c ON c.symbol = o.symbol AND o.origin_ts >= c.first_day AND o.origin_ts + to_seconds(o.horizon_s) <= c.end_day
+JOIN prior p ON p.symbol = o.symbol AND p.origin_ts = o.origin_ts
+ASOF JOIN stg_open_interest oi ON oi.symbol = o.symbol AND o.origin_ts >= oi.ts
+WHERE o.last_end_ts = o.origin_ts + to_seconds(o.horizon_s);   -- whole windows only
+
+-- The price buckets each window's path crossed on each side (longs: from the price at t down to the
+-- lowest low; shorts: up to the highest high), with the crossed share of each bucket and its distance
+-- from the price's bucket at t, in buckets.
+CREATE OR REPLACE TABLE backtest_crossed_buckets AS
+WITH ranges AS (
+    SELECT w.*, s.side, CASE s.side WHEN 'long' THEN w.path_low ELSE w.price END AS range_low,
+           CASE s.side WHEN 'long' THEN w.price ELSE w.path_high END AS range_high,
+           param('price_bucket_usd') AS usd
+    FROM backtest_windows w CROSS JOIN (VALUES ('long'), ('short')) s(side)
+),
+buckets AS (
+    SELECT *, unnest(generate_series(floor(range_low / usd)::BIGINT, floor(range_high / usd)::BIGINT)) AS bucket_index
+    FROM ranges WHERE range_high > range_low
+)
+SELECT symbol, horizon, origin_ts, side, bucket_index,
+       abs(bucket_index - price_bucket_index) AS distance_buckets,
+       greatest(range_low, bucket_index * usd) AS crossed_low,       -- the crossed part of the bucket
+       least(range_high, (bucket_index + 1) * usd) AS crossed_high,
+       (least(range_high, (bucket_index + 1) * usd) - greatest(range_low, bucket_index * usd)) / usd AS crossed_share
+FROM buckets WHERE least(range_high, (bucket_index + 1) * usd) > greatest(range_low, bucket_index * usd);
+
+-- Realized volume per window and side, and per price bucket where the events carry prices.
+CREATE OR REPLACE TABLE backtest_realized AS
+SELECT w.symbol, w.horizon, w.origin_ts, r.side, floor(r.price / param('price_bucket_usd'))::BIGINT AS bucket_index,
+       sum(r.volume_usd) AS volume_usd
+FROM realized_liquidations r JOIN backtest_windows w
+    ON r.symbol = w.symbol AND r.ts >= w.origin_ts AND r.ts < w.end_ts
+GROUP BY ALL;
+
+-- Distances in buckets, pooled in bins that double in width (0, 1, 2-3, 4-7, 8-15 ...): a few weeks
+-- of liquidations are too few to learn every single distance, and near the price a bucket matters more.
+CREATE OR REPLACE MACRO distance_bin(d) AS floor(log2(d + 1))::INTEGER;

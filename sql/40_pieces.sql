@@ -1,0 +1,66 @@
+-- Layer 3d: positions from openings, shared by every model. Each opening opens its volume on both
+-- sides (every contract has a long and a short) and spreads each side over the leverage tiers. The
+-- sides differ in leverage only: the side the model's signal s (-1 .. 1) says is levered gets the tier
+-- weights w(L) x L^(tilt x s), the other side w(L) x L^(-tilt x s), each renormalised to the opening's
+-- volume, so the volume on each side is conserved. stop_loss_share of every piece is closed before
+-- price reaches its liquidation price (stop-losses, closes by hand): only the rest is a level.
+-- Each piece gets its exact liquidation price; then its first crossing by the trigger path.
+
+CREATE OR REPLACE TABLE pieces AS
+WITH openings AS (
+    SELECT row_number() OVER () AS opening_id, * FROM (
+        SELECT * FROM openings_binance_standard
+        UNION ALL SELECT * FROM openings_funding_adjusted
+        UNION ALL SELECT * FROM openings_trade_flow)
+    WHERE volume_usd > 0
+),
+tiered AS (
+    SELECT o.*, s.side, s.sign, t.leverage,
+           t.weight * power(t.leverage, param('side_leverage_tilt') * s.sign * o.signal) AS tier_weight,
+           -- a tier's bracket comes from its typical position's notional, not from open interest
+           liquidation_price_in_bracket(s.side, o.entry_price, t.leverage, t.typical_notional_usd,
+                                        t.maintenance_margin_rate, t.maintenance_amount_usd) AS liquidation_price
+    FROM openings o
+    CROSS JOIN (VALUES ('long', 1), ('short', -1)) s(side, sign)
+    JOIN tier_brackets t USING (symbol)
+),
+shared AS (
+    SELECT *, volume_usd * (1 - param('stop_loss_share')) * tier_weight
+              / sum(tier_weight) OVER (PARTITION BY opening_id, side) AS piece_usd
+    FROM tiered
+)
+SELECT model, symbol, created_ts, side, leverage, entry_price, liquidation_price, piece_usd AS volume_usd,
+       -- which side the signal called levered: the walk-forward fit scales the two roles apart
+       CASE WHEN sign * signal > 0 THEN 'levered' ELSE 'other' END AS side_role
+FROM shared
+-- positions of the warm start whose liquidation price is past the first price were liquidated already
+WHERE piece_usd > 0 AND CASE side WHEN 'long' THEN liquidation_price < reference_price
+                                  ELSE liquidation_price > reference_price END;
+
+-- When each liquidation price is first crossed: a long at LP by the first trigger bar at or after it
+-- opened whose low is at or below LP, a short by the first whose high is at or above LP. Binary descent
+-- over the sparse table of bar extremes (sql/20_model_inputs.sql, trigger_ranges): from the largest run
+-- of bars down to one bar, skip a run whenever it stays entirely on the safe side of LP. What is left
+-- is the first crossing bar, exactly (a position past the last bar was never crossed). Pieces of
+-- different models that share (symbol, side, open time, LP) share the answer, so it is asked once;
+-- the ensemble's pieces (sql/46_model_ensemble.sql) are the components' pieces reweighted, so their
+-- crossings are among these.
+CREATE OR REPLACE TABLE crossings AS
+WITH RECURSIVE triggers AS (
+    SELECT row_number() OVER () AS trigger_id, k.*, b.symbol_id, b.bar_index AS first_bar
+    FROM (SELECT DISTINCT symbol, side, created_ts, liquidation_price FROM pieces) k
+    ASOF LEFT JOIN trigger_bars b ON k.symbol = b.symbol AND k.created_ts <= b.ts
+),
+descent(trigger_id, symbol_id, side, liquidation_price, bar_index, k) USING KEY (trigger_id) AS (
+    SELECT trigger_id, symbol_id, side, liquidation_price, first_bar, top_range_level() FROM triggers
+    UNION
+    SELECT d.trigger_id, d.symbol_id, d.side, d.liquidation_price,
+           d.bar_index + CASE WHEN d.side = 'long' AND r.low > d.liquidation_price
+                               OR d.side = 'short' AND r.high < d.liquidation_price THEN 1::BIGINT << d.k ELSE 0 END,
+           d.k - 1
+    FROM descent d JOIN trigger_ranges r ON r.range_key = range_key(d.k, d.symbol_id, d.bar_index)
+    WHERE d.k >= 0
+)
+SELECT t.symbol, t.side, t.created_ts, t.liquidation_price, b.ts AS consumed_bar_ts, b.end_ts AS consumed_ts
+FROM triggers t JOIN descent d USING (trigger_id)
+LEFT JOIN trigger_bars b ON b.symbol_id = d.symbol_id AND b.bar_index = d.bar_index;

@@ -1,0 +1,259 @@
+-- Layer 3f: the walk-forward fit. Where realized liquidations exist, the ensemble's parameters are
+-- fitted to them: the leverage mix, the fade rate, how much more the levered side liquidates than the
+-- other (the side split's sensitivity), the models' weights, and with them the share of levels that
+-- stop-losses take. Each fit uses the days before its refit date only (calibration_train_days) and is
+-- used for the next calibration_refit_days only: no fit ever reads realized data from the period it is
+-- used in. Without realized data there is no fit and the defaults stay (sql/seeds/model_parameters.csv).
+--
+-- What is fitted: the volume the ensemble predicts for a window is linear in its pieces' volumes, so
+-- the crossed volume of each group of pieces (model x levered/other side x leverage tier) is a
+-- regressor of the realized volume (1-hour windows: the shortest horizon). The ensemble's weight on a
+-- group is a_model x s_role x q_tier, fitted by non-negative least squares in three stages: the tiers
+-- q (for each candidate fade half-life: the half-life with the least error wins), then the two side
+-- roles s with q fixed, then the models a with q and s fixed. Each stage is pulled towards a common
+-- scale by a ridge (calibration_ridge), so a tier that no window crossed keeps the scale of the rest.
+-- The regressors are valued with the open-interest falls but not the models' own netting
+-- (sql/50_lifecycle.sql): a first-order stand-in that keeps the fit one pass.
+
+-- Non-negative least squares, min |X w - y|^2 + alpha |w - center|^2 with w >= 0, from the Gram matrix
+-- g = X'X and b = X'y, by multiplicative updates (Lee & Seung 2001, "Algorithms for non-negative
+-- matrix factorization"; with X, y >= 0 every update keeps w >= 0 and lowers the error):
+--     w_i <- w_i (b_i + alpha center) / ((g w)_i + alpha w_i)
+CREATE OR REPLACE MACRO nnls_step(g, b, w, alpha, center) AS
+    list_transform(w, lambda wi, i: coalesce(wi * (b[i] + alpha * center) / nullif(list_dot_product(g[i], w) + alpha * wi, 0), 0));
+
+-- The problems of one stage, from a design table (problem_id, origin_ts, side, j, x, y): one row each
+-- with g, b, the start and ridge centre (the least-squares scale of all features weighed 1) and alpha.
+CREATE OR REPLACE MACRO nnls_problems(design) AS TABLE
+WITH pairs AS (
+    SELECT a.problem_id, a.j, b.j AS k, sum(a.x * b.x) AS g
+    FROM query_table(design) a JOIN query_table(design) b USING (problem_id, origin_ts, side) GROUP BY ALL
+),
+rows AS (SELECT problem_id, j, list(g ORDER BY k) AS g_row FROM pairs GROUP BY ALL),
+rhs AS (SELECT problem_id, j, sum(x * y) AS b FROM query_table(design) GROUP BY ALL),
+problems AS (
+    SELECT problem_id, list(g_row ORDER BY j) AS g, list(b ORDER BY j) AS b
+    FROM rows JOIN rhs USING (problem_id, j) GROUP BY ALL
+)
+SELECT problem_id, g, b,
+       coalesce(list_sum(b) / nullif(list_sum(list_transform(g, lambda r: list_sum(r))), 0), 0) AS center,
+       param('calibration_ridge') * list_sum(list_transform(g, lambda r, i: r[i])) / len(g) AS alpha
+FROM problems;
+
+-- Solve them: a fixed number of updates from the centre, then the training error |X w - y|^2 - |y|^2.
+CREATE OR REPLACE MACRO nnls(problems) AS TABLE
+WITH RECURSIVE solve(problem_id, w, step) USING KEY (problem_id) AS (
+    SELECT problem_id, list_transform(b, lambda x: center), 0 FROM query_table(problems)
+    UNION
+    SELECT s.problem_id, nnls_step(p.g, p.b, s.w, p.alpha, p.center), s.step + 1
+    FROM solve s JOIN query_table(problems) p USING (problem_id) WHERE s.step < 1000 AND p.alpha > 0
+)
+SELECT s.problem_id, s.w,
+       list_dot_product(s.w, list_transform(p.g, lambda r: list_dot_product(r, s.w))) - 2 * list_dot_product(s.w, p.b)
+           AS error
+FROM solve s JOIN query_table(problems) p USING (problem_id);
+
+-- The fit's windows: the shortest horizon's, and what was realized in each, per side.
+CREATE OR REPLACE TABLE calibration_observations AS
+SELECT w.symbol, w.origin_ts, w.end_ts, s.side, coalesce(sum(r.volume_usd), 0) AS realized_usd
+FROM backtest_windows w CROSS JOIN (VALUES ('long'), ('short')) s(side)
+LEFT JOIN backtest_realized r ON r.symbol = w.symbol AND r.horizon = w.horizon AND r.origin_ts = w.origin_ts AND r.side = s.side
+WHERE w.horizon_s = (SELECT min(horizon_s) FROM backtest_horizons)
+GROUP BY ALL;
+
+-- The candidate half-lives of the fade, in hours: half a day to a month, and the default.
+CREATE OR REPLACE TABLE fade_candidates AS
+SELECT DISTINCT half_life_h FROM (VALUES (12.0), (168.0), (720.0), (param('fade_half_life_h'))) t(half_life_h);
+
+-- The ensemble's default weight per model (sql/46_model_ensemble.sql explains it): the share of its
+-- weight, per unit of the model's volume, so each model opens weight x the models' mean volume.
+-- Measured on the first day of openings only (no look-ahead beyond it; no realized data).
+CREATE OR REPLACE TABLE ensemble_base AS
+WITH first_day AS (SELECT symbol, min(created_ts) + INTERVAL 1 DAY AS until FROM pieces GROUP BY symbol),
+totals AS (
+    SELECT p.symbol, p.model, sum(p.volume_usd) AS opened_usd, param('weight_' || p.model) AS weight
+    FROM pieces p JOIN first_day f ON p.symbol = f.symbol AND p.created_ts < f.until GROUP BY ALL
+)
+SELECT symbol, model, weight / sum(weight) OVER (PARTITION BY symbol)
+                      * avg(opened_usd) OVER (PARTITION BY symbol) / opened_usd AS factor
+FROM totals WHERE opened_usd > 0 AND weight > 0;
+
+-- Regressors: per window and side, the volume of each group of the ensemble's default pieces that was
+-- alive at the window's start and whose liquidation price the path crossed in it, under each
+-- candidate fade (valued at the start with the open-interest falls since the piece opened).
+CREATE OR REPLACE TABLE calibration_regressors AS
+WITH falls AS (
+    SELECT symbol, ts, sum(ln(1 - closed_share)) OVER (PARTITION BY symbol ORDER BY ts) AS log_scale FROM oi_falls
+),
+crossed AS (
+    SELECT p.model, p.symbol, p.side, p.side_role, p.leverage, p.created_ts, p.volume_usd * e.factor AS volume_usd,
+           o.origin_ts
+    FROM pieces p
+    JOIN ensemble_base e USING (symbol, model)
+    JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
+    JOIN calibration_observations o ON o.symbol = p.symbol AND o.side = p.side
+        AND c.consumed_ts > o.origin_ts AND c.consumed_ts <= o.end_ts AND p.created_ts <= o.origin_ts
+),
+valued AS (
+    SELECT c.*, exp(coalesce(fo.log_scale, 0) - coalesce(fc.log_scale, 0)) AS fall_scale
+    FROM crossed c
+    ASOF LEFT JOIN falls fc ON fc.symbol = c.symbol AND c.created_ts >= fc.ts
+    ASOF LEFT JOIN falls fo ON fo.symbol = c.symbol AND c.origin_ts >= fo.ts
+)
+SELECT v.symbol, v.origin_ts, v.side, f.half_life_h, v.model, v.side_role, v.leverage,
+       sum(v.volume_usd * v.fall_scale * exp(-ln(2) * epoch(v.origin_ts - v.created_ts) / (3600 * f.half_life_h)))
+           AS crossed_usd
+FROM valued v CROSS JOIN fade_candidates f
+GROUP BY ALL;
+
+-- The refits: every calibration_refit_days from the UTC day after the first window's, each trained on the
+-- calibration_train_days before it and used until the next. The last one is the fit for what comes
+-- after the data (applies_to NULL): the heatmap's latest levels are opened with it.
+CREATE OR REPLACE TABLE calibration_fits AS
+WITH span AS (SELECT symbol, min(origin_ts) AS first_ts, max(end_ts) AS last_ts FROM calibration_observations GROUP BY symbol),
+dates AS (
+    SELECT symbol, first_ts, last_ts,
+           unnest(generate_series(time_bucket(INTERVAL 1 DAY, first_ts) + to_seconds(86400 * param('calibration_refit_days')::BIGINT), last_ts,
+                                  to_seconds(86400 * param('calibration_refit_days')::BIGINT))) AS applies_from
+    FROM span
+)
+SELECT row_number() OVER (ORDER BY symbol, applies_from) AS fit_id, symbol,
+       greatest(first_ts, applies_from - to_seconds(86400 * param('calibration_train_days')::BIGINT)) AS train_from,
+       applies_from AS train_to, applies_from,
+       CASE WHEN applies_from < last_ts
+            THEN least(last_ts, applies_from + to_seconds(86400 * param('calibration_refit_days')::BIGINT)) END AS applies_to
+FROM dates
+-- a fit needs three days of history at least: before that the defaults stay
+WHERE applies_from >= time_bucket(INTERVAL 1 DAY, first_ts) + INTERVAL 3 DAY;
+
+-- Each fit's training observations (windows that ended by its refit date) with their regressors.
+CREATE OR REPLACE TABLE calibration_training AS
+SELECT f.fit_id, o.symbol, o.origin_ts, o.side, o.realized_usd AS y, c.half_life_h, r.model, r.side_role, r.leverage,
+       coalesce(r.crossed_usd, 0) AS x
+FROM calibration_fits f
+JOIN calibration_observations o ON o.symbol = f.symbol AND o.origin_ts >= f.train_from AND o.end_ts <= f.train_to
+CROSS JOIN fade_candidates c
+LEFT JOIN calibration_regressors r ON r.symbol = o.symbol AND r.origin_ts = o.origin_ts AND r.side = o.side
+    AND r.half_life_h = c.half_life_h;
+
+-- The features of the three stages, numbered in a fixed order.
+CREATE OR REPLACE TABLE calibration_features AS
+SELECT 'tier' AS stage, row_number() OVER (ORDER BY leverage) AS j, leverage::VARCHAR AS feature FROM leverage_tiers
+UNION ALL SELECT 'role', 1, 'levered' UNION ALL SELECT 'role', 2, 'other'
+UNION ALL SELECT 'model', row_number() OVER (ORDER BY model), model FROM (SELECT DISTINCT model FROM ensemble_base);
+
+-- A stage's design: every training window and side of a problem, with each feature's regressor weighed
+-- by what the earlier stages fitted (weight), zero where nothing of it was crossed.
+CREATE OR REPLACE MACRO calibration_design(stage_name, weighed) AS TABLE
+WITH rows AS (SELECT * FROM query_table(weighed)),
+obs AS (SELECT DISTINCT problem_id, origin_ts, side, y FROM rows)
+SELECT o.problem_id, o.origin_ts, o.side, f.j, o.y, coalesce(sum(r.weight * r.x), 0) AS x
+FROM obs o CROSS JOIN (SELECT * FROM calibration_features WHERE stage = stage_name) f
+LEFT JOIN rows r ON r.problem_id = o.problem_id AND r.origin_ts = o.origin_ts AND r.side = o.side AND r.feature = f.feature
+GROUP BY ALL;
+
+-- Stage 1: the tiers, for each candidate half-life (one problem per fit and half-life); the half-life
+-- with the least training error wins.
+CREATE OR REPLACE TABLE calibration_stage_rows AS
+SELECT dense_rank() OVER (ORDER BY fit_id, half_life_h) AS problem_id, *, leverage::VARCHAR AS feature, 1.0 AS weight
+FROM calibration_training;
+CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('tier', 'calibration_stage_rows');
+CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
+CREATE OR REPLACE TABLE calibration_tier_fit AS
+SELECT k.fit_id, k.half_life_h, s.w AS tier_weights, s.error
+FROM nnls('calibration_problems') s
+JOIN (SELECT DISTINCT problem_id, fit_id, half_life_h FROM calibration_stage_rows) k USING (problem_id)
+QUALIFY row_number() OVER (PARTITION BY k.fit_id ORDER BY s.error, k.half_life_h) = 1;
+
+-- The training rows at each fit's half-life, with the fitted tier weight q.
+CREATE OR REPLACE TABLE calibration_chosen AS
+SELECT c.*, f.tier_weights[t.j] AS q
+FROM calibration_training c JOIN calibration_tier_fit f USING (fit_id, half_life_h)
+LEFT JOIN calibration_features t ON t.stage = 'tier' AND t.feature = c.leverage::VARCHAR;
+
+-- Stage 2: the levered side against the other, with q fixed.
+CREATE OR REPLACE TABLE calibration_stage_rows AS
+SELECT fit_id AS problem_id, *, side_role AS feature, q AS weight FROM calibration_chosen;
+CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('role', 'calibration_stage_rows');
+CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
+CREATE OR REPLACE TABLE calibration_role_fit AS
+SELECT problem_id AS fit_id, w AS role_weights FROM nnls('calibration_problems');
+
+-- Stage 3: the models, with q and s fixed.
+CREATE OR REPLACE TABLE calibration_stage_rows AS
+SELECT c.fit_id AS problem_id, c.*, c.model AS feature, c.q * r.role_weights[CASE c.side_role WHEN 'levered' THEN 1 ELSE 2 END] AS weight
+FROM calibration_chosen c JOIN calibration_role_fit r USING (fit_id);
+CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('model', 'calibration_stage_rows');
+CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
+CREATE OR REPLACE TABLE calibration_model_fit AS
+SELECT problem_id AS fit_id, w AS model_weights FROM nnls('calibration_problems');
+
+-- The fitted weight of every group of the ensemble's pieces, per fit: a_model x s_role x q_tier
+-- (1 = the default). sql/46_model_ensemble.sql opens the ensemble's pieces with the fit in force.
+CREATE OR REPLACE TABLE ensemble_weights AS
+SELECT f.fit_id, f.symbol, f.applies_from, t.half_life_h, m.feature AS model, r.feature AS side_role,
+       l.feature::INTEGER AS leverage,
+       a.model_weights[m.j] * s.role_weights[r.j] * t.tier_weights[l.j] AS weight
+FROM calibration_fits f
+JOIN calibration_tier_fit t USING (fit_id) JOIN calibration_role_fit s USING (fit_id)
+JOIN calibration_model_fit a USING (fit_id)
+JOIN calibration_features m ON m.stage = 'model' JOIN calibration_features r ON r.stage = 'role'
+JOIN calibration_features l ON l.stage = 'tier';
+
+-- Each fit scored: the Pearson correlation of its prediction with the realized volume over its training
+-- windows, and over the windows it is used in (the next period: out of sample), beside the unfitted
+-- ensemble's on the same windows.
+CREATE OR REPLACE TABLE calibration_scores AS
+WITH predicted AS (
+    SELECT f.fit_id, o.origin_ts, o.side, o.realized_usd AS y,
+           o.origin_ts < f.train_to AS in_training,
+           coalesce(sum(r.crossed_usd * w.weight) FILTER (WHERE r.half_life_h = w.half_life_h), 0) AS fitted_usd,
+           coalesce(sum(r.crossed_usd) FILTER (WHERE r.half_life_h = param('fade_half_life_h')), 0) AS default_usd
+    FROM calibration_fits f
+    JOIN calibration_observations o ON o.symbol = f.symbol
+        AND (o.origin_ts >= f.train_from AND o.end_ts <= f.train_to
+             OR o.origin_ts >= f.applies_from AND o.end_ts <= f.applies_to)
+    LEFT JOIN calibration_regressors r ON r.symbol = o.symbol AND r.origin_ts = o.origin_ts AND r.side = o.side
+    LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = r.model AND w.side_role = r.side_role
+        AND w.leverage = r.leverage
+    GROUP BY ALL
+)
+SELECT fit_id,
+       corr(fitted_usd, y) FILTER (WHERE in_training) AS train_pearson,
+       count(*) FILTER (WHERE in_training) / 2 AS train_windows,
+       sum(fitted_usd) FILTER (WHERE in_training) / nullif(sum(default_usd) FILTER (WHERE in_training), 0) AS kept_share,
+       corr(fitted_usd, y) FILTER (WHERE NOT in_training) AS test_pearson,
+       corr(default_usd, y) FILTER (WHERE NOT in_training) AS default_test_pearson
+FROM predicted GROUP BY fit_id;
+
+-- What each fit says, in the defaults' terms, one row per fit and parameter, with its window and score:
+--   fade_half_life_h         the half-life of alive levels (churn);
+--   leverage_share_<L>x      the fitted leverage mix: the default tier weight x q, as shares;
+--   levered_side_ratio       s_levered / s_other: how much more of the levered side's crossed levels is
+--                            liquidated (1: the signal's side split adds nothing);
+--   weight_<model>           each model's share of the ensemble's volume;
+--   stop_loss_share          the share of levels closed before liquidation that makes the fitted volume
+--                            right: 1 - (1 - default) x fitted / unfitted volume of the training windows.
+CREATE OR REPLACE TABLE fitted_parameters AS
+WITH values AS (
+    SELECT fit_id, 'fade_half_life_h' AS parameter, half_life_h AS value FROM calibration_tier_fit
+    UNION ALL
+    SELECT t.fit_id, 'leverage_share_' || l.leverage || 'x',
+           l.weight * t.tier_weights[f.j] / sum(l.weight * t.tier_weights[f.j]) OVER (PARTITION BY t.fit_id)
+    FROM calibration_tier_fit t CROSS JOIN leverage_tiers l
+    JOIN calibration_features f ON f.stage = 'tier' AND f.feature = l.leverage::VARCHAR
+    UNION ALL
+    SELECT fit_id, 'levered_side_ratio', role_weights[1] / nullif(role_weights[2], 0) FROM calibration_role_fit
+    UNION ALL
+    SELECT a.fit_id, 'weight_' || f.feature,
+           a.model_weights[f.j] * param('weight_' || f.feature)
+           / sum(a.model_weights[f.j] * param('weight_' || f.feature)) OVER (PARTITION BY a.fit_id)
+    FROM calibration_model_fit a JOIN calibration_features f ON f.stage = 'model'
+    UNION ALL
+    SELECT fit_id, 'stop_loss_share', greatest(0, least(1, 1 - (1 - param('stop_loss_share')) * kept_share))
+    FROM calibration_scores
+)
+SELECT f.symbol, f.fit_id, f.train_from, f.train_to, f.applies_from, f.applies_to, v.parameter, v.value,
+       s.train_windows, s.train_pearson, s.test_pearson, s.default_test_pearson
+FROM values v JOIN calibration_fits f USING (fit_id) JOIN calibration_scores s USING (fit_id)
+ORDER BY f.symbol, f.applies_from, v.parameter;
