@@ -14,6 +14,7 @@ and writes the outputs. Each step is a small function; the build is linear and i
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import hashlib
 import http.client
@@ -550,6 +551,9 @@ def demo(args) -> None:
 REPORT_METRICS = ("volume_pearson", "volume_spearman", "location_gain_bits", "precision")
 README_BLOCK = re.compile(r"(<!-- backtest report: python build.py report --readme -->\n).*?(<!-- end of backtest report -->)",
                           re.DOTALL)
+SKILL_BLOCK = re.compile(r"(<!-- skill before and after: python build.py report --readme -->\n).*?"
+                         r"(<!-- end of skill before and after -->)", re.DOTALL)
+SKILL_COLUMNS = ("dataset", "horizon", "model", "side", "metric", "value", "skill", "best_baseline")
 
 
 def backtest_report(db_path: Path) -> str:
@@ -572,16 +576,66 @@ def backtest_report(db_path: Path) -> str:
     return "\n".join(lines) + f"\n\n{wins} of {len(skill)} model scores beat the best baseline.\n"
 
 
+def skill_rows(dataset: str, db_path: Path) -> list[dict]:
+    """Every model's skill in a built database, as rows of the skills CSV."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return [dict(zip(SKILL_COLUMNS, (dataset, *row), strict=True)) for row in db.execute(
+            "SELECT horizon, model, side, metric, value, skill, best_baseline FROM backtest_skill "
+            "ORDER BY horizon_s, model, side, metric")]
+
+
+def seed_db(args, seed: int) -> Path:
+    """A simulator seed's build under --seeds-dir: simulated and built when missing (or --rebuild)."""
+    folder = args.seeds_dir / f"seed-{seed}"
+    if args.rebuild or not (folder / "liquidations.db").exists():
+        shutil.rmtree(folder / "raw", ignore_errors=True)
+        demo(parse_args(["demo", "--out", str(folder / "raw"), "--days", str(args.seed_days), "--seed", str(seed)]))
+        build(parse_args(["build", "--data", str(folder / "raw"), "--db", str(folder / "liquidations.db")]))
+    return folder / "liquidations.db"
+
+
+def signed(skill) -> str:
+    return "–" if skill in (None, "") else f"{float(skill):+.2f}"  # "" or None: no such row, or no score
+
+
+def skill_table(after: list[dict], before: list[dict]) -> str:
+    """One row per dataset, horizon and model; per metric the skill before -> after, long / short."""
+    skill = [{tuple(r[c] for c in SKILL_COLUMNS[:5]): r["skill"] for r in rows} for rows in (before, after)]
+    datasets, horizons = (list(dict.fromkeys(r[c] for r in after + before)) for c in ("dataset", "horizon"))
+    shown = {r["dataset"] for r in after}  # the before file's other datasets are left out
+    keys = sorted({key[:3] for key in skill[0] | skill[1] if key[0] in shown},
+                  key=lambda k: (datasets.index(k[0]), horizons.index(k[1]), k[2]))
+
+    def cell(key, metric) -> str:  # "+0.07 → +0.10 / +0.14 → +0.12": before → after, long / short
+        return " / ".join(" → ".join(signed(s.get((*key, side, metric))) for s in skill) for side in ("long", "short"))
+
+    lines = ["| dataset | horizon | model | " + " | ".join(REPORT_METRICS) + " |", "|---" * 7 + "|"]
+    lines += ["| " + " | ".join([*key, *(cell(key, m) for m in REPORT_METRICS)]) + " |" for key in keys]
+    return "\n".join(lines) + "\n"
+
+
 def report(args) -> None:
-    text = backtest_report(Path(args.db))
+    if not args.db.exists():
+        raise BuildError(f"no database at {args.db}: run `python build.py` (or `python build.py build`) first")
+    text = backtest_report(args.db)
+    rows = skill_rows("demo", args.db) + [
+        row for seed in args.seeds for row in skill_rows(f"seed {seed}", seed_db(args, seed))]
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, SKILL_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(args.before if args.before.exists() else os.devnull) as f:  # no file: no skills before
+        table = skill_table(rows, list(csv.DictReader(f)))
     if args.readme:
         readme = ROOT / "README.md"
         old = readme.read_text()
-        if not README_BLOCK.search(old):
-            raise BuildError("README.md has no backtest report block to replace")
-        readme.write_text(README_BLOCK.sub(lambda m: m[1] + text + m[2], old))
-        log(f"wrote the backtest report of {args.db} into {readme}")
-    print(text, end="")
+        if not README_BLOCK.search(old) or not SKILL_BLOCK.search(old):
+            raise BuildError("README.md has no backtest report block or no skill before-and-after block to replace")
+        old = README_BLOCK.sub(lambda m: m[1] + text + m[2], old)
+        readme.write_text(SKILL_BLOCK.sub(lambda m: m[1] + table + m[2], old))
+        log(f"wrote the backtest report of {args.db} and the skill before and after into {readme}")
+    print(text + "\n" + table, end="")
 
 
 def serve_command(db_path: Path, port: int) -> list[str]:
@@ -648,7 +702,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled each try")
     p = commands.add_parser("report", help="print the backtest's scores and skill as a Markdown table")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="built SQLite file")
-    p.add_argument("--readme", action="store_true", help="also write it into README.md's backtest report block")
+    p.add_argument("--readme", action="store_true", help="also write both tables into README.md's blocks")
+    p.add_argument("--seeds", default="101,102,103", type=lambda text: [int(n) for n in text.split(",") if n],
+                   help="simulator seeds to score beside the demo (comma-separated; '' for none)")
+    p.add_argument("--seed-days", type=int, default=10, help="days simulated for a seed that is not built yet")
+    p.add_argument("--seeds-dir", type=Path, default=ROOT / "data" / "seeds", help="the seeds' builds: DIR/seed-N/")
+    p.add_argument("--rebuild", action="store_true", help="simulate and build the seeds again")
+    p.add_argument("--csv", type=Path, default=ROOT / "data" / "backtest_skill.csv", help="skills CSV to write")
+    p.add_argument("--before", type=Path, default=ROOT / "data" / "backtest_skill_before.csv",
+                   help="skills CSV of the models before, compared in the table")
     p = commands.add_parser("serve", help="run Datasette on the built SQLite file")
     p.add_argument("--db", type=Path, default=DEFAULT_DB)
     p.add_argument("--port", type=int, default=8001)

@@ -1,13 +1,18 @@
-"""Every number in the README's backtest table comes from `build.py report` on a fresh build of the demo."""
+"""Every number in the README's backtest tables comes from `build.py report` on fresh builds of the demo and
+the seeds, but the skills before, which come from data/backtest_skill_before.csv."""
 
+import csv
 import re
 import shutil
+from pathlib import Path
 
-from conftest import ROOT
+import pytest
+from conftest import ROOT, run_build
 
 import build
 
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
+CELL = re.compile(r"(\S+) → (\S+)")  # a skill before → after
 
 
 def test_the_readme_backtest_table_is_what_a_fresh_build_reports(month_db):
@@ -22,12 +27,47 @@ def test_the_readme_backtest_table_is_what_a_fresh_build_reports(month_db):
         assert abs(float(old) - float(new)) <= 0.0101, (old, new)
 
 
-def test_report_writes_the_readme_block(month_db, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="session")
+def seeds(month_db, tmp_path_factory) -> Path:
+    """The README's seeds exactly: `report` simulates and builds each (10 days), then writes skill.csv."""
+    out = tmp_path_factory.mktemp("seeds")
+    result = run_build("--db", str(month_db), "--seeds-dir", str(out), "--csv", str(out / "skill.csv"), command="report")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def read_skills(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_readme_skill_before_and_after_is_what_fresh_builds_report(seeds):
+    """"after" from fresh builds of the demo and the seeds (to the last digit); "before" from the committed CSV."""
+    written = build.SKILL_BLOCK.search((ROOT / "README.md").read_text())
+    assert written, "README.md lost its skill before and after block"
+    fresh = build.skill_table(read_skills(seeds / "skill.csv"), read_skills(ROOT / "data/backtest_skill_before.csv"))
+    rows, fresh_rows = written[0].splitlines()[1:-1], fresh.splitlines()
+    assert len(rows) == len(fresh_rows) >= 2 + 4 * 3 * 4  # demo and 3 seeds, 3 horizons, 4 models at least
+    for row, fresh_row in zip(rows, fresh_rows, strict=True):
+        assert NUMBER.sub("#", row) == NUMBER.sub("#", fresh_row)  # the same datasets, horizons, models, dashes
+        for old, new in zip(CELL.findall(row), CELL.findall(fresh_row), strict=True):
+            assert old[0] == new[0], (row, "before differs from data/backtest_skill_before.csv")
+            assert old[1] == new[1] == "–" or abs(float(old[1]) - float(new[1])) <= 0.0101, (row, old, new)
+
+
+def test_report_writes_the_readme_blocks(month_db, seeds, tmp_path, monkeypatch, capsys):
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
-    monkeypatch.setattr(build, "ROOT", tmp_path)
+    monkeypatch.setattr(build, "ROOT", tmp_path)  # and so --before's default, tmp_path/data/..., is missing
     text = (tmp_path / "README.md").read_text()
-    (tmp_path / "README.md").write_text(build.README_BLOCK.sub(lambda m: m[1] + "stale" + m[2], text))
-    assert build.main(["report", "--db", str(month_db), "--readme"]) == 0
-    assert capsys.readouterr().out in (tmp_path / "README.md").read_text()
+    text = build.README_BLOCK.sub(lambda m: m[1] + "stale" + m[2], text)
+    (tmp_path / "README.md").write_text(build.SKILL_BLOCK.sub(lambda m: m[1] + "stale" + m[2], text))
+    report = ["report", "--db", str(month_db), "--seeds-dir", str(seeds), "--csv", str(tmp_path / "skill.csv")]
+    assert build.main([*report, "--readme"]) == 0
+    detailed, table = capsys.readouterr().out.split("\n\n| dataset ")
+    written = (tmp_path / "README.md").read_text()
+    assert detailed in written and "| dataset " + table in written and "stale" not in written
+    assert "| – → +" in table or "| – → -" in table  # no skills before: a dash
+    assert (tmp_path / "skill.csv").read_text() == (seeds / "skill.csv").read_text()  # the seeds were not rebuilt
     (tmp_path / "README.md").write_text("no block here\n")
-    assert build.main(["report", "--db", str(month_db), "--readme"]) == 2
+    assert build.main([*report, "--readme"]) == 2
+    assert build.main(["report", "--db", str(tmp_path / "none.db")]) == 2 and not (tmp_path / "none.db").exists()
