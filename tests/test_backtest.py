@@ -1,5 +1,6 @@
 """Realized liquidations in three formats, and every model scored against them as forecasts, honestly."""
 
+import csv
 import datetime as dt
 import json
 import math
@@ -66,7 +67,7 @@ def test_a_file_that_is_no_liquidation_file_is_refused(demo_dir, tmp_path):
 @pytest.fixture(scope="module")
 def eight_days(tmp_path_factory):
     """Two simulated markets (seeds 7 and 8, each with its own leverage mix, neither the models' default),
-    each built with the simulator's leverage mix ("true") and with two wrong ones."""
+    each built with the simulator's leverage mix ("true"), with two wrong ones, and with the default."""
     wrong = {"all_100x": "100,1,100000", "all_20x": "20,1,100000"}
     built = {}
     for seed in (7, 8):
@@ -74,7 +75,8 @@ def eight_days(tmp_path_factory):
         simulate.simulate(data, days=8, seed=seed, start=START, trades_per_day=2000, progress=lambda *_: None)
         mix = json.loads((data / "simulator" / "params.json").read_text())["leverage_mix"]
         total = sum(mix.values())  # written rounded: renormalise
-        tiers = {"true": "\n".join(f"{lev},{weight / total!r},100000" for lev, weight in mix.items()), **wrong}
+        tiers = {"true": "\n".join(f"{lev},{weight / total!r},100000" for lev, weight in mix.items()), **wrong,
+                 "default": (ROOT / "sql/seeds/leverage_tiers.csv").read_text().split("\n", 1)[1].strip()}
         for name, tier_rows in tiers.items():
             db = data / name / "liquidations.db"
             (data / f"{name}.csv").write_text(f"leverage,weight,typical_notional_usd\n{tier_rows}\n")
@@ -282,6 +284,41 @@ def test_walk_forward_never_reads_its_own_window(eight_days, tmp_path):
     full = duckdb.connect(str(eight_days[7, "true"].with_suffix(".duckdb")), read_only=True).execute(query).fetchall()
     assert [r[:5] for r in cut] == [r[:5] for r in full] and any(r[0] == "nearest_buckets" for r in cut)
     assert [r[5] for r in cut] == pytest.approx([r[5] for r in full], rel=1e-9)  # sums in another order
+    # the ensemble's walk-forward fit: every fit in force up to the cut (the one from 09-07 on included,
+    # which is used on the removed days) is the same, and none was trained on the period it is used in
+    fits = ("SELECT fit_id, applies_from, parameter, value, train_windows FROM fitted_parameters "
+            "WHERE applies_from <= TIMESTAMP '2024-09-07' ORDER BY ALL")
+    cut = duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True).execute(fits).fetchall()
+    full = duckdb.connect(str(eight_days[7, "true"].with_suffix(".duckdb")), read_only=True).execute(fits).fetchall()
+    assert len({r[0] for r in full}) >= 3 and [r[:3] for r in cut] == [r[:3] for r in full]
+    assert [r[3:] for r in cut] == pytest.approx([r[3:] for r in full], rel=1e-6)
+    with sqlite3.connect(eight_days[7, "true"]) as sqlite:
+        assert sqlite.execute("SELECT count(*) FROM fitted_parameters WHERE train_to > applies_from").fetchone() == (0,)
+
+
+def test_the_fit_recovers_the_simulated_leverage_mix(eight_days):
+    """Each seed's traders use their own leverage mix (never the models' default). Fitted to the realized
+    liquidations, the ensemble's leverage mix moves from the default towards it: on the simulator's mix
+    summed into low (<= 10x), middle (12-25x) and high (>= 50x) leverage, the last fit is nearer the truth
+    than the default is, on both seeds."""
+    groups = {"low": range(1, 11), "middle": range(11, 50), "high": range(50, 126)}
+
+    def grouped(shares: dict[int, float]) -> dict[str, float]:
+        total = sum(shares.values())
+        return {g: sum(v for lev, v in shares.items() if lev in levs) / total for g, levs in groups.items()}
+
+    default = grouped({int(r["leverage"]): float(r["weight"]) for r in
+                       csv.DictReader((ROOT / "sql/seeds/leverage_tiers.csv").open())})
+    for seed in (7, 8):
+        db = eight_days[seed, "default"]
+        truth = grouped({int(k): v for k, v in json.loads(
+            (db.parent.parent / "simulator/params.json").read_text())["leverage_mix"].items()})
+        with sqlite3.connect(db) as con:
+            fitted = grouped({int(p.removeprefix("leverage_share_").removesuffix("x")): v for p, v in con.execute(
+                "SELECT parameter, value FROM fitted_parameters WHERE parameter LIKE 'leverage_share_%' "
+                "AND applies_to IS NULL")})
+        error = lambda mix: sum(abs(mix[g] - truth[g]) for g in groups)  # noqa: E731
+        assert error(fitted) < error(default), (seed, truth, fitted, default)
 
 
 def test_coarse_real_world_inputs(demo_dir, tmp_path):

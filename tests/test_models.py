@@ -153,6 +153,42 @@ def test_volume_is_conserved(oi_changes, drift, wiggle):
         assert created > 0
 
 
+def test_a_rise_opens_as_much_on_both_sides():
+    """Every contract has a long and a short: a rise of X opens X of longs and X of shorts (less the
+    stop-loss share), whatever the side tilt does to their leverage."""
+    con = synthetic_build([0.02, 0.0, 0.03] + [0.0] * 9, [0.0] * 65, "side_leverage_tilt=0.5", "stop_loss_share=0.3")
+    rises = con.execute("SELECT sum(delta_usd) FROM oi_steps WHERE delta_usd > noise_threshold_usd").fetchone()[0]
+    for model in ("binance_standard", "funding_adjusted", "ensemble"):
+        sides = dict(con.execute("SELECT side, sum(volume_usd) FROM pieces WHERE model = ? GROUP BY 1", [model]
+                                 ).fetchall())
+        factor = 1 if model != "ensemble" else con.execute("SELECT sum(factor) FROM ensemble_base").fetchone()[0]
+        assert sides["long"] == pytest.approx(rises * 0.7 * factor, rel=1e-9)
+        assert sides["short"] == pytest.approx(sides["long"], rel=1e-9)
+
+
+def test_the_warm_start_and_the_fade():
+    """The open interest already there at the first row is positions opened earlier around the first
+    price: levels on both sides from the start, none already past the price. Alive levels halve every
+    half-life, and the churn reopens what fades: on a flat market the book tends to open interest."""
+    con = synthetic_build([0.0] * 80, [0.0] * 410, "warm_start_share=1", "fade_half_life_h=1")
+    first_price, oi_usd = con.execute("SELECT entry_price, previous_open_interest * entry_price FROM oi_steps "
+                                      "ORDER BY ts LIMIT 1").fetchone()
+    prior = con.execute("SELECT side, min(entry_price), max(entry_price), max(liquidation_price), "
+                        "min(liquidation_price), sum(volume_usd) FROM pieces WHERE model = 'binance_standard' "
+                        "AND created_ts = (SELECT min(created_ts) FROM pieces) GROUP BY 1 ORDER BY 1").fetchall()
+    (_, long_min, long_max, long_highest_lp, _, long_usd), (_, short_min, short_max, _, short_lowest_lp, _) = prior
+    assert long_min < 0.97 * first_price and long_max > 1.03 * first_price  # spread around the first price
+    assert long_highest_lp < first_price < short_lowest_lp  # survivors only
+    assert 0.5 * oi_usd < long_usd < oi_usd
+    scale = scale_lookup(con, "binance_standard", "long")
+    t = T0 + dt.timedelta(minutes=30)
+    assert scale(t + dt.timedelta(hours=1)) / scale(t) == pytest.approx(0.5, rel=1e-9)
+    alive = dict(con.execute("SELECT end_ts, sum(alive_volume_usd) FROM alive_cells WHERE model = 'binance_standard' "
+                             "GROUP BY 1").fetchall())
+    first, last = alive[min(alive)], alive[max(alive)]
+    assert first < 0.97 * 2 * oi_usd and last == pytest.approx(2 * oi_usd, rel=0.03)
+
+
 def test_ensemble_is_the_weighted_mix_renormalised_without_trades():
     con = synthetic_build([0.01, -0.005] * 12, [0.0004 * math.sin(i / 4) for i in range(130)])
     heat = {(m, round(b)): v for m, b, v in con.execute(
