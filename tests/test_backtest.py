@@ -317,8 +317,9 @@ def test_the_fit_recovers_the_simulated_leverage_mix(eight_days):
             fitted = grouped({int(p.removeprefix("leverage_share_").removesuffix("x")): v for p, v in con.execute(
                 "SELECT parameter, value FROM fitted_parameters WHERE parameter LIKE 'leverage_share_%' "
                 "AND applies_to IS NULL")})
-        error = lambda mix: sum(abs(mix[g] - truth[g]) for g in groups)  # noqa: E731
-        assert error(fitted) < error(default), (seed, truth, fitted, default)
+        error = {name: sum(abs(mix[g] - truth[g]) for g in groups) for name, mix in (("fitted", fitted),
+                                                                                      ("default", default))}
+        assert error["fitted"] < error["default"], (seed, truth, fitted, default)
 
 
 def test_coarse_real_world_inputs(demo_dir, tmp_path):
