@@ -191,7 +191,7 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
     ("heatmap.json?start=last+week", "start='last week' is not valid; expected an ISO-8601"),
     ("heatmap.json?bucket_usd=-5", "bucket_usd='-5' is not valid; expected a positive number"),
     ("levels.json?side=up", "side='up' is not valid; expected one of long, short"),
-    ("levels.json?leverage=7", "leverage='7' is not valid; expected one of 5, 10, 25, 50, 100"),
+    ("levels.json?leverage=7", "leverage='7' is not valid; expected one of 2, 5, 10, 20, 50, 100, 125"),
     ("liquidation_map.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
     ("compare_models.json?at=tomorrow", "at='tomorrow' is not valid"),
     ("data_quality.json?severity=bad", "severity='bad' is not valid; expected one of error, info, warning"),
