@@ -37,6 +37,8 @@ funding AS (        -- the last funding rate published by then, and its interval
     SELECT p.symbol, p.ts, f.funding_rate, f.funding_interval_hours
     FROM priced p ASOF JOIN stg_funding_rates f ON p.symbol = f.symbol AND p.ts >= f.ts
 )
+-- what the open-interest models open in the step: the rise above noise, and the churn
+SELECT *, greatest(delta_usd, 0) * (delta_usd > noise_threshold_usd)::INTEGER + churn_usd AS opened_usd FROM (
 SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
        coalesce(p.step_price, c.close) AS entry_price,
        (p.open_interest - p.previous_open_interest) * coalesce(p.step_price, c.close) AS delta_usd,
@@ -62,7 +64,7 @@ SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
 FROM priced p
 LEFT JOIN last_close c USING (symbol, ts)
 LEFT JOIN funding f USING (symbol, ts)
-WHERE p.previous_ts IS NOT NULL AND coalesce(p.step_price, c.close) IS NOT NULL;
+WHERE p.previous_ts IS NOT NULL AND coalesce(p.step_price, c.close) IS NOT NULL);
 
 -- The warm start. Most open interest at any moment was opened before: at the first step, the open
 -- interest already there is taken as positions opened at entry prices spread lognormally around the
@@ -81,11 +83,15 @@ WHERE param('warm_start_share') > 0;
 -- Open-interest falls: the share of open interest closed in each step, where the fall is more than
 -- noise. Which part of it the models' alive levels lose depends on what they say was liquidated in
 -- the same step (sql/50_lifecycle.sql nets that out), so the scale itself is per model and side.
+-- log_fall_scale is what every fall since the first step left of a level (the gross scale, before any
+-- netting), elapsed_s the time since the first step: the lifecycle and the fit both value levels with them.
 CREATE OR REPLACE TABLE oi_falls AS
-SELECT symbol, ts, previous_ts,
-       CASE WHEN delta_usd < -noise_threshold_usd THEN 1 - open_interest / previous_open_interest ELSE 0 END
-           AS closed_share
-FROM oi_steps;
+SELECT *, sum(ln(1 - closed_share)) OVER w AS log_fall_scale, sum(epoch(ts - previous_ts)) OVER w AS elapsed_s
+FROM (SELECT symbol, ts, previous_ts,
+             CASE WHEN delta_usd < -noise_threshold_usd THEN 1 - open_interest / previous_open_interest ELSE 0 END
+                 AS closed_share
+      FROM oi_steps)
+WINDOW w AS (PARTITION BY symbol ORDER BY ts);
 
 -- The bars that trigger liquidations, numbered per symbol. Binance liquidates on the mark price, so
 -- mark-price bars are used where present, trade-price bars otherwise. Each bar's range is widened to

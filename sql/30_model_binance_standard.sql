@@ -15,7 +15,7 @@
 -- into leveraged positions, levels and their fate.
 CREATE OR REPLACE VIEW openings_binance_standard AS
 SELECT 'binance_standard' AS model, symbol, ts AS created_ts, entry_price, entry_price AS reference_price,
-       greatest(delta_usd, 0) * (delta_usd > noise_threshold_usd)::INTEGER + churn_usd AS volume_usd,
+       opened_usd AS volume_usd,
        tanh(taker_imbalance / param('taker_imbalance_scale')) AS signal
 FROM oi_steps
 UNION ALL

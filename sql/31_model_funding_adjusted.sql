@@ -14,7 +14,7 @@
 -- account vs top-trader ratios are Binance's own metrics (domain.md §3).
 CREATE OR REPLACE VIEW openings_funding_adjusted AS
 SELECT 'funding_adjusted' AS model, symbol, ts AS created_ts, entry_price, entry_price AS reference_price,
-       greatest(delta_usd, 0) * (delta_usd > noise_threshold_usd)::INTEGER + churn_usd AS volume_usd,
+       opened_usd AS volume_usd,
        tanh((coalesce(funding_rate_8h, param('funding_neutral_rate')) - param('funding_neutral_rate'))
                 / param('funding_tilt_scale')
             + (account_long_share - top_trader_long_share) / param('crowding_scale')) AS signal

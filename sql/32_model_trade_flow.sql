@@ -38,8 +38,7 @@ counts AS (  -- all trades per side and time bucket, for the "portion" filter
     GROUP BY ALL
 )
 SELECT 'trade_flow' AS model, r.symbol, max(r.ts) AS created_ts,
-       sum(r.notional_usd) / sum(r.notional_usd / r.price) AS entry_price,
-       sum(r.notional_usd) / sum(r.notional_usd / r.price) AS reference_price,
+       sum(r.notional_usd) / sum(r.notional_usd / r.price) AS entry_price, entry_price AS reference_price,
        sum(r.notional_usd) AS volume_usd, CASE r.taker_side WHEN 'buy' THEN 1.0 ELSE -1.0 END AS signal
 FROM ranked r LEFT JOIN counts c USING (symbol, taker_side, time_bucket_start)
 WHERE (param('trade_flow_top_n') <= 0 OR r.size_rank <= param('trade_flow_top_n'))

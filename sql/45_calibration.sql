@@ -82,10 +82,7 @@ FROM totals WHERE opened_usd > 0 AND weight > 0;
 -- alive at the window's start and whose liquidation price the path crossed in it, under each
 -- candidate fade (valued at the start with the open-interest falls since the piece opened).
 CREATE OR REPLACE TABLE calibration_regressors AS
-WITH falls AS (
-    SELECT symbol, ts, sum(ln(1 - closed_share)) OVER (PARTITION BY symbol ORDER BY ts) AS log_scale FROM oi_falls
-),
-crossed AS (
+WITH crossed AS (
     SELECT p.model, p.symbol, p.side, p.side_role, p.leverage, p.created_ts, p.volume_usd * e.factor AS volume_usd,
            o.origin_ts
     FROM pieces p
@@ -95,10 +92,10 @@ crossed AS (
         AND c.consumed_ts > o.origin_ts AND c.consumed_ts <= o.end_ts AND p.created_ts <= o.origin_ts
 ),
 valued AS (
-    SELECT c.*, exp(coalesce(fo.log_scale, 0) - coalesce(fc.log_scale, 0)) AS fall_scale
+    SELECT c.*, exp(coalesce(fo.log_fall_scale, 0) - coalesce(fc.log_fall_scale, 0)) AS fall_scale
     FROM crossed c
-    ASOF LEFT JOIN falls fc ON fc.symbol = c.symbol AND c.created_ts >= fc.ts
-    ASOF LEFT JOIN falls fo ON fo.symbol = c.symbol AND c.origin_ts >= fo.ts
+    ASOF LEFT JOIN oi_falls fc ON fc.symbol = c.symbol AND c.created_ts >= fc.ts
+    ASOF LEFT JOIN oi_falls fo ON fo.symbol = c.symbol AND c.origin_ts >= fo.ts
 )
 SELECT v.symbol, v.origin_ts, v.side, f.half_life_h, v.model, v.side_role, v.leverage,
        sum(v.volume_usd * v.fall_scale * exp(-ln(2) * epoch(v.origin_ts - v.created_ts) / (3600 * f.half_life_h)))

@@ -13,6 +13,7 @@
 -- from after the time it is used at, so the ensemble's backtest stays a forecast. The lifecycle is linear
 -- in volume, so the ensemble's heatmap, levels and predictions are that mix of the models' pieces.
 INSERT INTO pieces
+SELECT * FROM (
 SELECT 'ensemble' AS model, p.symbol, p.created_ts, p.side, p.leverage, p.entry_price, p.liquidation_price,
        p.volume_usd * e.factor * coalesce(w.weight / c.kept_share, 1) AS volume_usd, p.side_role
 FROM pieces p
@@ -21,7 +22,7 @@ ASOF LEFT JOIN calibration_fits f ON f.symbol = p.symbol AND p.created_ts >= f.a
 LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = p.model AND w.side_role = p.side_role
     AND w.leverage = p.leverage
 LEFT JOIN calibration_scores c ON c.fit_id = f.fit_id
-WHERE coalesce(w.weight / c.kept_share, 1) > 0;
+) WHERE volume_usd > 0;
 
 -- The fade of every model's levels over time: the default half-life, and the ensemble's fitted ones
 -- from each refit on (sql/50_lifecycle.sql).

@@ -18,9 +18,7 @@
 -- The ensemble's levels are also multiplied by its fitted overall scale from each refit on (ensemble_scale).
 CREATE OR REPLACE TABLE level_scale AS
 WITH gross AS (
-    SELECT symbol, ts, sum(ln(1 - closed_share) - ln(2) * epoch(ts - previous_ts) / (3600 * param('fade_half_life_h')))
-                           OVER (PARTITION BY symbol ORDER BY ts) AS log_scale
-    FROM oi_falls
+    SELECT symbol, ts, log_fall_scale - ln(2) * elapsed_s / (3600 * param('fade_half_life_h')) AS log_scale FROM oi_falls
 ),
 weighed AS (
     SELECT p.model, p.symbol, p.side, p.created_ts, c.consumed_ts, p.volume_usd / exp(coalesce(g.log_scale, 0)) AS v
