@@ -78,7 +78,7 @@ async def test_data_quality_query_filters(broken_db):
 
 
 async def test_heatmap_query_is_compact_and_matches_the_table(datasette, demo_db):
-    found = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard")
+    found = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard&margin_pct=1000")
     with sqlite3.connect(demo_db) as con:
         expected = con.execute("SELECT ts, price_bucket, long_usd + short_usd FROM heatmap_cells "
                                "WHERE model = 'binance_standard'").fetchall()
@@ -95,6 +95,17 @@ async def test_heatmap_query_is_compact_and_matches_the_table(datasette, demo_db
     assert coarse[0]["price_bucket_usd"] == 1000 and coarse[0]["ts"] == "2024-09-02T00:00:00Z" and len(coarse) == 24
     default = await rows(datasette, "/liquidations/heatmap.json")
     assert default[0]["model"] == "ensemble" and default[0]["symbol"] == "BTCUSDT"
+    windowed = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard")  # margin_pct 25
+    low, high = min(r["price_low"] for r in found), max(r["price_high"] for r in found)
+    lowest = windowed[0]["price_bucket_first"]
+    highest = lowest + len(json.loads(windowed[0]["alive_kusd"])) * step
+    assert first <= low * 0.75 - step <= lowest and highest <= high * 1.25 + step  # the window, cut to where levels are
+    assert [(r["long_usd_total"], r["short_usd_total"]) for r in windowed] == [
+        (r["long_usd_total"], r["short_usd_total"]) for r in found]  # totals count levels out of the window too
+    for row, whole in zip(windowed, found):
+        offset = int((lowest - first) / step)
+        values = json.loads(row["alive_kusd"])
+        assert values == json.loads(whole["alive_kusd"])[offset:offset + len(values)]
 
 
 async def test_thirty_days_of_heatmap_fit_one_response(month_db):
@@ -190,6 +201,7 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
      "model='best' is not valid; expected one of binance_standard, ensemble, funding_adjusted, trade_flow"),
     ("heatmap.json?start=last+week", "start='last week' is not valid; expected an ISO-8601"),
     ("heatmap.json?bucket_usd=-5", "bucket_usd='-5' is not valid; expected a positive number"),
+    ("heatmap.json?margin_pct=wide", "margin_pct='wide' is not valid; expected a positive number"),
     ("levels.json?side=up", "side='up' is not valid; expected one of long, short"),
     ("levels.json?leverage=7", "leverage='7' is not valid; expected one of 2, 5, 10, 20, 50, 100, 125"),
     ("liquidation_map.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
