@@ -549,10 +549,8 @@ def demo(args) -> None:
 
 
 REPORT_METRICS = ("volume_pearson", "volume_spearman", "location_gain_bits", "precision")
-README_BLOCK = re.compile(r"(<!-- backtest report: python build.py report --readme -->\n).*?(<!-- end of backtest report -->)",
-                          re.DOTALL)
-SKILL_BLOCK = re.compile(r"(<!-- skill before and after: python build.py report --readme -->\n).*?"
-                         r"(<!-- end of skill before and after -->)", re.DOTALL)
+README_BLOCKS = {name: re.compile(rf"(<!-- {name}: python build.py report --readme -->\n).*?(<!-- end of {name} -->)",
+                                  re.DOTALL) for name in ("backtest report", "skill before and after")}
 SKILL_COLUMNS = ("dataset", "horizon", "model", "side", "metric", "value", "skill", "best_baseline")
 
 
@@ -629,11 +627,12 @@ def report(args) -> None:
         table = skill_table(rows, list(csv.DictReader(f)))
     if args.readme:
         readme = ROOT / "README.md"
-        old = readme.read_text()
-        if not README_BLOCK.search(old) or not SKILL_BLOCK.search(old):
-            raise BuildError("README.md has no backtest report block or no skill before-and-after block to replace")
-        old = README_BLOCK.sub(lambda m: m[1] + text + m[2], old)
-        readme.write_text(SKILL_BLOCK.sub(lambda m: m[1] + table + m[2], old))
+        new = readme.read_text()
+        for (name, block), body in zip(README_BLOCKS.items(), (text, table), strict=True):
+            if not block.search(new):
+                raise BuildError(f"README.md has no {name} block to replace")
+            new = block.sub(lambda m, body=body: m[1] + body + m[2], new)
+        readme.write_text(new)
         log(f"wrote the backtest report of {args.db} and the skill before and after into {readme}")
     print(text + "\n" + table, end="")
 

@@ -16,7 +16,7 @@ CELL = re.compile(r"(\S+) → (\S+)")  # a skill before → after
 
 
 def test_the_readme_backtest_table_is_what_a_fresh_build_reports(month_db):
-    written = build.README_BLOCK.search((ROOT / "README.md").read_text())
+    written = build.README_BLOCKS["backtest report"].search((ROOT / "README.md").read_text())
     assert written, "README.md lost its backtest report block"
     fresh = build.backtest_report(month_db)
     table = written[0].split("\n", 1)[1].rsplit("\n", 1)[0] + "\n"
@@ -43,7 +43,7 @@ def read_skills(path: Path) -> list[dict]:
 
 def test_the_readme_skill_before_and_after_is_what_fresh_builds_report(seeds):
     """"after" from fresh builds of the demo and the seeds (to the last digit); "before" from the committed CSV."""
-    written = build.SKILL_BLOCK.search((ROOT / "README.md").read_text())
+    written = build.README_BLOCKS["skill before and after"].search((ROOT / "README.md").read_text())
     assert written, "README.md lost its skill before and after block"
     fresh = build.skill_table(read_skills(seeds / "skill.csv"), read_skills(ROOT / "data/backtest_skill_before.csv"))
     rows, fresh_rows = written[0].splitlines()[1:-1], fresh.splitlines()
@@ -59,8 +59,8 @@ def test_report_writes_the_readme_blocks(month_db, seeds, tmp_path, monkeypatch,
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     monkeypatch.setattr(build, "ROOT", tmp_path)  # and so --before's default, tmp_path/data/..., is missing
     text = (tmp_path / "README.md").read_text()
-    text = build.README_BLOCK.sub(lambda m: m[1] + "stale" + m[2], text)
-    (tmp_path / "README.md").write_text(build.SKILL_BLOCK.sub(lambda m: m[1] + "stale" + m[2], text))
+    text = build.README_BLOCKS["backtest report"].sub(lambda m: m[1] + "stale" + m[2], text)
+    (tmp_path / "README.md").write_text(build.README_BLOCKS["skill before and after"].sub(lambda m: m[1] + "stale" + m[2], text))
     report = ["report", "--db", str(month_db), "--seeds-dir", str(seeds), "--csv", str(tmp_path / "skill.csv")]
     assert build.main([*report, "--readme"]) == 0
     detailed, table = capsys.readouterr().out.split("\n\n| dataset ")
