@@ -21,6 +21,9 @@ FROM read_csv(getvariable('model_parameters_file'), header = true, auto_detect =
               columns = {'name': 'VARCHAR', 'value': 'DOUBLE', 'description': 'VARCHAR'}) p
 LEFT JOIN parameter_overrides o USING (name);
 
+CREATE OR REPLACE MACRO param(parameter_name) AS
+    (SELECT value FROM model_parameters WHERE name = parameter_name);
+
 -- Refuse parameters that cannot be right, with a message naming them.
 SELECT CASE
     WHEN (SELECT count(*) FROM parameter_overrides WHERE name NOT IN (SELECT name FROM model_parameters)) > 0
@@ -35,7 +38,7 @@ SELECT CASE
     WHEN (SELECT value FROM model_parameters WHERE name = 'price_bucket_usd') <= 0
       OR (SELECT value FROM model_parameters WHERE name = 'time_bucket_s') < 60
         THEN error('price_bucket_usd must be > 0 and time_bucket_s >= 60')
+    WHEN NOT (param('stop_loss_share') >= 0 AND param('stop_loss_share') < 1
+              AND param('stop_distance_share') BETWEEN 0 AND 1 AND param('calibration_cell_share') >= 0)
+        THEN error('stop_loss_share must be in [0, 1), stop_distance_share in [0, 1] and calibration_cell_share >= 0')
 END;
-
-CREATE OR REPLACE MACRO param(parameter_name) AS
-    (SELECT value FROM model_parameters WHERE name = parameter_name);

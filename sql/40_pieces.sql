@@ -5,6 +5,16 @@
 -- volume, so the volume on each side is conserved. stop_loss_share of every piece is closed before
 -- price reaches its liquidation price (stop-losses, closes by hand): only the rest is a level.
 -- Each piece gets its exact liquidation price; then its first crossing by the trigger path.
+--
+-- Stops fail in fast markets. A stop is an order that waits at a price between entry and liquidation
+-- (stop_distance_share of the way); when one bar takes price from before the stop to beyond the
+-- liquidation price, the stop had no time to fill ahead of the liquidation engine, and the whole
+-- position is liquidated. This is why liquidations come in bursts in fast moves and few in slow
+-- drifts over the same levels. Such a crossing is `blown_through`, and it liquidates the level whole:
+-- what stop_loss_share took off it comes back (blow_through_factor). The bar is the finest the data
+-- has (1-minute klines where present), so with coarser bars more crossings count as fast.
+CREATE OR REPLACE MACRO blow_through_factor(blown_through, stop_share) AS
+    CASE WHEN blown_through THEN 1 / (1 - stop_share) ELSE 1 END;
 
 CREATE OR REPLACE TABLE pieces AS
 WITH openings AS (
@@ -48,7 +58,8 @@ WHERE piece_usd > 0 AND CASE side WHEN 'long' THEN liquidation_price < reference
 CREATE OR REPLACE TABLE crossings AS
 WITH RECURSIVE triggers AS (
     SELECT row_number() OVER () AS trigger_id, k.*, b.symbol_id, b.bar_index AS first_bar
-    FROM (SELECT DISTINCT symbol, side, created_ts, liquidation_price FROM pieces) k
+    FROM (SELECT symbol, side, created_ts, liquidation_price, any_value(entry_price) AS entry_price
+          FROM pieces GROUP BY ALL) k
     ASOF LEFT JOIN trigger_bars b ON k.symbol = b.symbol AND k.created_ts <= b.ts
 ),
 descent(trigger_id, symbol_id, side, liquidation_price, bar_index, k) USING KEY (trigger_id) AS (
@@ -61,6 +72,19 @@ descent(trigger_id, symbol_id, side, liquidation_price, bar_index, k) USING KEY 
     FROM descent d JOIN trigger_ranges r ON r.range_key = range_key(d.k, d.symbol_id, d.bar_index)
     WHERE d.k >= 0
 )
-SELECT t.symbol, t.side, t.created_ts, t.liquidation_price, b.ts AS consumed_bar_ts, b.end_ts AS consumed_ts
+SELECT t.symbol, t.side, t.created_ts, t.liquidation_price, b.ts AS consumed_bar_ts, b.end_ts AS consumed_ts,
+       -- blown through: no bar between the opening and the crossing one reached the stop, so the
+       -- crossing bar went through stop and liquidation price at once (the min/max over those bars is
+       -- two overlapping power-of-two ranges of the sparse table, sql/20_model_inputs.sql)
+       CASE WHEN b.bar_index IS NULL THEN NULL
+            WHEN b.bar_index = t.first_bar THEN true
+            WHEN t.side = 'long' THEN least(r1.low, r2.low) > t.entry_price - param('stop_distance_share') * (t.entry_price - t.liquidation_price)
+            ELSE greatest(r1.high, r2.high) < t.entry_price + param('stop_distance_share') * (t.liquidation_price - t.entry_price)
+       END AS blown_through
 FROM triggers t JOIN descent d USING (trigger_id)
-LEFT JOIN trigger_bars b ON b.symbol_id = d.symbol_id AND b.bar_index = d.bar_index;
+LEFT JOIN trigger_bars b ON b.symbol_id = d.symbol_id AND b.bar_index = d.bar_index
+LEFT JOIN trigger_ranges r1 ON b.bar_index > t.first_bar
+    AND r1.range_key = range_key(floor(log2(greatest(1, b.bar_index - t.first_bar)))::BIGINT, t.symbol_id, t.first_bar)
+LEFT JOIN trigger_ranges r2 ON b.bar_index > t.first_bar
+    AND r2.range_key = range_key(floor(log2(greatest(1, b.bar_index - t.first_bar)))::BIGINT, t.symbol_id,
+                                 b.bar_index - (1::BIGINT << floor(log2(greatest(1, b.bar_index - t.first_bar)))::BIGINT));

@@ -13,7 +13,16 @@
 -- roles s with q fixed, then the models a with q and s fixed. Each stage is pulled towards a common
 -- scale by a ridge (calibration_ridge), so a tier that no window crossed keeps the scale of the rest.
 -- The regressors are valued with the open-interest falls but not the models' own netting
--- (sql/50_lifecycle.sql): a first-order stand-in that keeps the fit one pass.
+-- (sql/50_lifecycle.sql): a first-order stand-in that keeps the fit one pass. A level the path blew
+-- through counts whole, as in the backtest (sql/70_backtest.sql): the fit fits what is scored.
+--
+-- Where the realized liquidations carry prices, an observation is a window, side and cell of the price
+-- axis (calibration_cell_share wide), not only a window and side. Location is what tells the leverage
+-- tiers apart: a 100x level sits about 1 % from its entry and a 10x one about 10 %, but in a window
+-- every big move crosses both, so per window their volumes rise and fall together and the fit cannot
+-- split them. Measured on simulator seeds 7 and 8 (issue 10): per window, the fitted mix moved away
+-- from the traders' one on seed 7; per 0.8 % cell it moved towards it. Realized volume without prices
+-- (aggregated per period) keeps one cell per window.
 
 -- Non-negative least squares, min |X w - y|^2 + alpha |w - center|^2 with w >= 0, from the Gram matrix
 -- g = X'X and b = X'y, by multiplicative updates (Lee & Seung 2001, "Algorithms for non-negative
@@ -22,12 +31,12 @@
 CREATE OR REPLACE MACRO nnls_step(g, b, w, alpha, center) AS
     list_transform(w, lambda wi, i: coalesce(wi * (b[i] + alpha * center) / nullif(list_dot_product(g[i], w) + alpha * wi, 0), 0));
 
--- The problems of one stage, from a design table (problem_id, origin_ts, side, j, x, y): one row each
+-- The problems of one stage, from a design table (problem_id, origin_ts, side, cell, j, x, y): one row each
 -- with g, b, the start and ridge centre (the least-squares scale of all features weighed 1) and alpha.
 CREATE OR REPLACE MACRO nnls_problems(design) AS TABLE
 WITH pairs AS (
     SELECT a.problem_id, a.j, b.j AS k, sum(a.x * b.x) AS g
-    FROM query_table(design) a JOIN query_table(design) b USING (problem_id, origin_ts, side) GROUP BY ALL
+    FROM query_table(design) a JOIN query_table(design) b USING (problem_id, origin_ts, side, cell) GROUP BY ALL
 ),
 rows AS (SELECT problem_id, j, list(g ORDER BY k) AS g_row FROM pairs GROUP BY ALL),
 rhs AS (SELECT problem_id, j, sum(x * y) AS b FROM query_table(design) GROUP BY ALL),
@@ -53,12 +62,29 @@ SELECT s.problem_id, s.w,
            AS error
 FROM solve s JOIN query_table(problems) p USING (problem_id);
 
--- The fit's windows: the shortest horizon's, and what was realized in each, per side.
+-- The fit's windows: the shortest horizon's.
+CREATE OR REPLACE TABLE calibration_windows AS
+SELECT symbol, horizon, origin_ts, end_ts FROM backtest_windows
+WHERE horizon_s = (SELECT min(horizon_s) FROM backtest_horizons);
+
+-- Whether a symbol's realized liquidations all have a price (then the fit compares cells of the price
+-- axis), and the cell of a price bucket: log-spaced, so a cell is the same share of price at any price.
+CREATE OR REPLACE TABLE calibration_by_price AS
+SELECT symbol, bool_and(bucket_index IS NOT NULL) AND param('calibration_cell_share') > 0 AS by_price
+FROM backtest_realized GROUP BY symbol;
+CREATE OR REPLACE MACRO calibration_cell(by_price, bucket_index) AS
+    CASE WHEN by_price THEN floor(ln((bucket_index + 0.5) * param('price_bucket_usd'))
+                                  / ln(1 + param('calibration_cell_share')))::BIGINT
+         ELSE 0 END;
+
+-- What was realized in each window, per side and cell (cell 0 and volume 0 for a window and side
+-- with nothing realized: an observation too, where no prices split the windows).
 CREATE OR REPLACE TABLE calibration_observations AS
-SELECT w.symbol, w.origin_ts, w.end_ts, s.side, coalesce(sum(r.volume_usd), 0) AS realized_usd
-FROM backtest_windows w CROSS JOIN (VALUES ('long'), ('short')) s(side)
+SELECT w.symbol, w.origin_ts, w.end_ts, s.side, coalesce(calibration_cell(b.by_price, r.bucket_index), 0) AS cell,
+       coalesce(sum(r.volume_usd), 0) AS realized_usd
+FROM calibration_windows w CROSS JOIN (VALUES ('long'), ('short')) s(side)
+LEFT JOIN calibration_by_price b ON b.symbol = w.symbol
 LEFT JOIN backtest_realized r ON r.symbol = w.symbol AND r.horizon = w.horizon AND r.origin_ts = w.origin_ts AND r.side = s.side
-WHERE w.horizon_s = (SELECT min(horizon_s) FROM backtest_horizons)
 GROUP BY ALL;
 
 -- The candidate half-lives of the fade, in hours: half a day to a month, and the default.
@@ -78,18 +104,21 @@ SELECT symbol, model, weight / sum(weight) OVER (PARTITION BY symbol)
                       * avg(opened_usd) OVER (PARTITION BY symbol) / opened_usd AS factor
 FROM totals WHERE opened_usd > 0 AND weight > 0;
 
--- Regressors: per window and side, the volume of each group of the ensemble's default pieces that was
--- alive at the window's start and whose liquidation price the path crossed in it, under each
--- candidate fade (valued at the start with the open-interest falls since the piece opened).
+-- Regressors: per window, side and cell, the volume of each group of the ensemble's default pieces that
+-- was alive at the window's start and whose liquidation price the path crossed in it, under each
+-- candidate fade (valued at the start with the open-interest falls since the piece opened; a level the
+-- path blew through whole).
 CREATE OR REPLACE TABLE calibration_regressors AS
 WITH crossed AS (
-    SELECT p.model, p.symbol, p.side, p.side_role, p.leverage, p.created_ts, p.volume_usd * e.factor AS volume_usd,
-           o.origin_ts
+    SELECT p.model, p.symbol, p.side, p.side_role, p.leverage, p.created_ts, o.origin_ts,
+           calibration_cell(b.by_price, floor(p.liquidation_price / param('price_bucket_usd'))) AS cell,
+           p.volume_usd * e.factor * blow_through_factor(c.blown_through, param('stop_loss_share')) AS volume_usd
     FROM pieces p
     JOIN ensemble_base e USING (symbol, model)
     JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
-    JOIN calibration_observations o ON o.symbol = p.symbol AND o.side = p.side
+    JOIN calibration_windows o ON o.symbol = p.symbol
         AND c.consumed_ts > o.origin_ts AND c.consumed_ts <= o.end_ts AND p.created_ts <= o.origin_ts
+    LEFT JOIN calibration_by_price b ON b.symbol = p.symbol
 ),
 valued AS (
     SELECT c.*, exp(coalesce(fo.log_fall_scale, 0) - coalesce(fc.log_fall_scale, 0)) AS fall_scale
@@ -97,7 +126,7 @@ valued AS (
     ASOF LEFT JOIN oi_falls fc ON fc.symbol = c.symbol AND c.created_ts >= fc.ts
     ASOF LEFT JOIN oi_falls fo ON fo.symbol = c.symbol AND c.origin_ts >= fo.ts
 )
-SELECT v.symbol, v.origin_ts, v.side, f.half_life_h, v.model, v.side_role, v.leverage,
+SELECT v.symbol, v.origin_ts, v.side, v.cell, f.half_life_h, v.model, v.side_role, v.leverage,
        sum(v.volume_usd * v.fall_scale * exp(-ln(2) * epoch(v.origin_ts - v.created_ts) / (3600 * f.half_life_h)))
            AS crossed_usd
 FROM valued v CROSS JOIN fade_candidates f
@@ -123,15 +152,22 @@ FROM dates
 -- a fit needs three days of history at least: before that the defaults stay
 WHERE applies_from >= time_bucket(INTERVAL 1 DAY, first_ts) + INTERVAL 3 DAY;
 
--- Each fit's training observations (windows that ended by its refit date) with their regressors.
+-- Each fit's training observations (windows that ended by its refit date) with their regressors: every
+-- window, side and cell where something was realized or crossed.
 CREATE OR REPLACE TABLE calibration_training AS
-SELECT f.fit_id, o.symbol, o.origin_ts, o.side, o.realized_usd AS y, c.half_life_h, r.model, r.side_role, r.leverage,
-       coalesce(r.crossed_usd, 0) AS x
+WITH observed AS (
+    SELECT symbol, origin_ts, side, cell FROM calibration_observations
+    UNION SELECT symbol, origin_ts, side, cell FROM calibration_regressors
+)
+SELECT f.fit_id, k.symbol, k.origin_ts, k.side, k.cell, coalesce(o.realized_usd, 0) AS y, c.half_life_h, r.model,
+       r.side_role, r.leverage, coalesce(r.crossed_usd, 0) AS x
 FROM calibration_fits f
-JOIN calibration_observations o ON o.symbol = f.symbol AND o.origin_ts >= f.train_from AND o.end_ts <= f.train_to
+JOIN calibration_windows w ON w.symbol = f.symbol AND w.origin_ts >= f.train_from AND w.end_ts <= f.train_to
+JOIN observed k ON k.symbol = w.symbol AND k.origin_ts = w.origin_ts
 CROSS JOIN fade_candidates c
-LEFT JOIN calibration_regressors r ON r.symbol = o.symbol AND r.origin_ts = o.origin_ts AND r.side = o.side
-    AND r.half_life_h = c.half_life_h;
+LEFT JOIN calibration_observations o ON o.symbol = k.symbol AND o.origin_ts = k.origin_ts AND o.side = k.side AND o.cell = k.cell
+LEFT JOIN calibration_regressors r ON r.symbol = k.symbol AND r.origin_ts = k.origin_ts AND r.side = k.side
+    AND r.cell = k.cell AND r.half_life_h = c.half_life_h;
 
 -- The features of the three stages, numbered in a fixed order.
 CREATE OR REPLACE TABLE calibration_features AS
@@ -143,10 +179,11 @@ UNION ALL SELECT 'model', row_number() OVER (ORDER BY model), model FROM (SELECT
 -- by what the earlier stages fitted (weight), zero where nothing of it was crossed.
 CREATE OR REPLACE MACRO calibration_design(stage_name, weighed) AS TABLE
 WITH rows AS (SELECT * FROM query_table(weighed)),
-obs AS (SELECT DISTINCT problem_id, origin_ts, side, y FROM rows)
-SELECT o.problem_id, o.origin_ts, o.side, f.j, o.y, coalesce(sum(r.weight * r.x), 0) AS x
+obs AS (SELECT DISTINCT problem_id, origin_ts, side, cell, y FROM rows)
+SELECT o.problem_id, o.origin_ts, o.side, o.cell, f.j, o.y, coalesce(sum(r.weight * r.x), 0) AS x
 FROM obs o CROSS JOIN (SELECT * FROM calibration_features WHERE stage = stage_name) f
-LEFT JOIN rows r ON r.problem_id = o.problem_id AND r.origin_ts = o.origin_ts AND r.side = o.side AND r.feature = f.feature
+LEFT JOIN rows r ON r.problem_id = o.problem_id AND r.origin_ts = o.origin_ts AND r.side = o.side AND r.cell = o.cell
+    AND r.feature = f.feature
 GROUP BY ALL;
 
 -- Stage 1: the tiers, for each candidate half-life (one problem per fit and half-life); the half-life
@@ -199,18 +236,25 @@ JOIN calibration_features l ON l.stage = 'tier';
 
 -- Each fit scored: the Pearson correlation of its prediction with the realized volume over its training
 -- windows, and over the windows it is used in (the next period: out of sample), beside the unfitted
--- ensemble's on the same windows.
+-- ensemble's on the same windows (summed over the cells: the score is per window, as the backtest's).
 CREATE OR REPLACE TABLE calibration_scores AS
-WITH predicted AS (
+WITH observed AS (
+    SELECT symbol, origin_ts, end_ts, side, sum(realized_usd) AS realized_usd FROM calibration_observations GROUP BY ALL
+),
+crossed AS (
+    SELECT symbol, origin_ts, side, half_life_h, model, side_role, leverage, sum(crossed_usd) AS crossed_usd
+    FROM calibration_regressors GROUP BY ALL
+),
+predicted AS (
     SELECT f.fit_id, o.origin_ts, o.side, o.realized_usd AS y,
            o.origin_ts < f.train_to AS in_training,
            coalesce(sum(r.crossed_usd * w.weight) FILTER (WHERE r.half_life_h = w.half_life_h), 0) AS fitted_usd,
            coalesce(sum(r.crossed_usd) FILTER (WHERE r.half_life_h = param('fade_half_life_h')), 0) AS default_usd
     FROM calibration_fits f
-    JOIN calibration_observations o ON o.symbol = f.symbol
+    JOIN observed o ON o.symbol = f.symbol
         AND (o.origin_ts >= f.train_from AND o.end_ts <= f.train_to
              OR o.origin_ts >= f.applies_from AND o.end_ts <= f.applies_to)
-    LEFT JOIN calibration_regressors r ON r.symbol = o.symbol AND r.origin_ts = o.origin_ts AND r.side = o.side
+    LEFT JOIN crossed r ON r.symbol = o.symbol AND r.origin_ts = o.origin_ts AND r.side = o.side
     LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = r.model AND w.side_role = r.side_role
         AND w.leverage = r.leverage
     GROUP BY ALL

@@ -61,7 +61,7 @@ ASOF LEFT JOIN ensemble_scale e ON e.symbol = s.symbol AND s.ts >= e.from_ts;
 -- valued with the scale before the step that consumed it (its shrink is netted of the consumption).
 CREATE OR REPLACE TABLE positions AS
 WITH fated AS (
-    SELECT p.*, c.consumed_bar_ts, c.consumed_ts
+    SELECT p.*, c.consumed_bar_ts, c.consumed_ts, c.blown_through
     FROM pieces p JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
 ),
 opened AS (
@@ -73,7 +73,7 @@ SELECT o.model, o.symbol, o.created_ts, o.side, o.leverage, o.entry_price, o.liq
        floor(o.liquidation_price / param('price_bucket_usd'))::BIGINT AS bucket_index,
        floor(o.liquidation_price / param('price_bucket_usd')) * param('price_bucket_usd') AS price_bucket,
        o.volume_usd, o.volume_usd / exp(o.created_log_scale) AS scale_free_volume,
-       o.consumed_bar_ts, o.consumed_ts,
+       o.consumed_bar_ts, o.consumed_ts, o.blown_through,
        CASE WHEN o.consumed_ts IS NOT NULL
             THEN o.volume_usd * exp(coalesce(c.log_scale, 0) - o.created_log_scale) END AS consumed_volume_usd
 FROM opened o ASOF LEFT JOIN level_scale c

@@ -4,6 +4,7 @@ the seeds, but the skills before, which come from data/backtest_skill_before.csv
 import csv
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,14 @@ def test_the_readme_backtest_table_is_what_a_fresh_build_reports(month_db):
     assert NUMBER.sub("#", table) == NUMBER.sub("#", fresh)
     for old, new in zip(NUMBER.findall(table), NUMBER.findall(fresh), strict=True):
         assert abs(float(old) - float(new)) <= 0.0101, (old, new)
+
+
+def test_the_readme_fitted_stop_loss_share_is_the_demo_fit(month_db):
+    """The README quotes the range of the stop-loss share the demo's walk-forward fits found."""
+    with sqlite3.connect(month_db) as con:
+        low, high = con.execute("SELECT min(value), max(value) FROM fitted_parameters "
+                                "WHERE parameter = 'stop_loss_share'").fetchone()
+    assert f"fitted stop-loss share is {low:.2f}-{high:.2f}," in " ".join((ROOT / "README.md").read_text().split())
 
 
 @pytest.fixture(scope="session")
