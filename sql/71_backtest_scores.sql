@@ -144,7 +144,8 @@ WITH best AS (
 )
 SELECT s.model, s.symbol, s.side, s.horizon, s.horizon_s, s.metric, s.value, b.best_baseline, b.baseline_value,
        s.value - b.baseline_value AS skill,
-       CASE WHEN s.value > b.baseline_value THEN 'beats ' || b.best_baseline || ' by ' || printf('%.3f', s.value - b.baseline_value)
+       -- a skill that rounds to 0.000 is a tie, not a win
+       CASE WHEN round(s.value - b.baseline_value, 3) > 0 THEN 'beats ' || b.best_baseline || ' by ' || printf('%.3f', s.value - b.baseline_value)
             ELSE 'no better than ' || b.best_baseline || ' (' || printf('%+.3f', s.value - b.baseline_value) || ')' END
            AS verdict,
        s.n_periods, s.scored_from, s.scored_to

@@ -138,7 +138,7 @@ def test_every_predictor_is_scored_on_every_metric_and_horizon(eight_days):
                                           "'nearest_buckets', 'shuffled') AND value IS NOT NULL",
                                       side, horizon, metric))
         assert baseline_value == pytest.approx(best) and gain == pytest.approx(value - best, abs=1e-7)
-        assert verdict.startswith(f"beats {baseline} by " if gain > 0 else f"no better than {baseline} (")
+        assert verdict.startswith(f"beats {baseline} by " if round(gain, 3) > 0 else f"no better than {baseline} (")
 
 
 def test_shuffled_levels_score_below_the_real_ones(eight_days):

@@ -190,7 +190,7 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
         assert v["best_baseline"] in {s["model"] for s in same if s["model"] in baselines and s["value"] == best}
         assert v["value"] == pytest.approx(next(s["value"] for s in same if s["model"] == v["model"]), abs=1e-4)
         assert v["skill"] == pytest.approx(v["value"] - v["baseline_value"], abs=2e-4)
-        words = f"beats {v['best_baseline']} by " if v["skill"] > 0 else f"no better than {v['best_baseline']} ("
+        words = f"beats {v['best_baseline']} by " if round(v["skill"], 3) > 0 else f"no better than {v['best_baseline']} ("
         assert v["verdict"].startswith(words), v
     some = await rows(datasette, "/liquidations/backtest_verdicts.json?horizon=24h&model=trade_flow")
     assert some and {(r["model"], r["horizon"]) for r in some} == {("trade_flow", "24h")}
