@@ -1,16 +1,16 @@
 -- Layer 3f: the walk-forward fit. Where realized liquidations exist, the ensemble's parameters are
 -- fitted to them: the leverage mix, the fade rate, how much more the levered side liquidates than the
--- other (the side split's sensitivity), the models' weights, and with them the share of levels that
--- stop-losses take. Each fit uses the days before its refit date only (calibration_train_days) and is
--- used for the next calibration_refit_days only: no fit ever reads realized data from the period it is
--- used in. Without realized data there is no fit and the defaults stay (sql/seeds/model_parameters.csv).
+-- other (the side split's sensitivity), the models' weights, and the share of a slowly crossed level
+-- that stop-losses take (against a level blown through, which liquidates whole). Each fit uses the
+-- days before its refit date only (calibration_train_days) and is used for the next
+-- calibration_refit_days only: no fit ever reads realized data from the period it is used in. Without realized data there is no fit and the defaults stay (sql/seeds/model_parameters.csv).
 --
 -- What is fitted: the volume the ensemble predicts for a window is linear in its pieces' volumes, so
 -- the crossed volume of each group of pieces (model x levered/other side x leverage tier) is a
 -- regressor of the realized volume (1-hour windows: the shortest horizon). The ensemble's weight on a
 -- group is a_model x s_role x q_tier, fitted by non-negative least squares in three stages: the tiers
--- q (for each candidate fade half-life: the half-life with the least error wins), then the two side
--- roles s with q fixed, then the models a with q and s fixed. Each stage is pulled towards a common
+-- q (for each candidate fade half-life, then each candidate stop-loss share: the least error wins),
+-- then the two side roles s with q fixed, then the models a with q and s fixed. Each stage is pulled towards a common
 -- scale by a ridge (calibration_ridge), so a tier that no window crossed keeps the scale of the rest.
 -- The regressors are valued with the open-interest falls but not the models' own netting
 -- (sql/50_lifecycle.sql): a first-order stand-in that keeps the fit one pass. A level the path blew
@@ -91,6 +91,12 @@ GROUP BY ALL;
 CREATE OR REPLACE TABLE fade_candidates AS
 SELECT DISTINCT half_life_h FROM (VALUES (12.0), (168.0), (720.0), (param('fade_half_life_h'))) t(half_life_h);
 
+-- The candidate stop-loss shares, and the default: from none (a level crossed slowly liquidates as much
+-- as one blown through) to 95 % (crossed slowly, a level loses almost all of it to stops). The share
+-- sets how much more a blown-through level liquidates than one crossed slowly: 1 / (1 - share).
+CREATE OR REPLACE TABLE stop_candidates AS
+SELECT DISTINCT stop_loss_share FROM (VALUES (0.0), (0.8), (0.95), (param('stop_loss_share'))) t(stop_loss_share);
+
 -- The ensemble's default weight per model (sql/46_model_ensemble.sql explains it): the share of its
 -- weight, per unit of the model's volume, so each model opens weight x the models' mean volume.
 -- Measured on the first day of openings only (no look-ahead beyond it; no realized data).
@@ -112,7 +118,7 @@ CREATE OR REPLACE TABLE calibration_regressors AS
 WITH crossed AS (
     SELECT p.model, p.symbol, p.side, p.side_role, p.leverage, p.created_ts, o.origin_ts,
            calibration_cell(b.by_price, floor(p.liquidation_price / param('price_bucket_usd'))) AS cell,
-           p.volume_usd * e.factor * blow_through_factor(c.blown_through, param('stop_loss_share')) AS volume_usd
+           c.blown_through, p.volume_usd * e.factor AS volume_usd
     FROM pieces p
     JOIN ensemble_base e USING (symbol, model)
     JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
@@ -126,11 +132,20 @@ valued AS (
     ASOF LEFT JOIN oi_falls fc ON fc.symbol = c.symbol AND c.created_ts >= fc.ts
     ASOF LEFT JOIN oi_falls fo ON fo.symbol = c.symbol AND c.origin_ts >= fo.ts
 )
-SELECT v.symbol, v.origin_ts, v.side, v.cell, f.half_life_h, v.model, v.side_role, v.leverage,
-       sum(v.volume_usd * v.fall_scale * exp(-ln(2) * epoch(v.origin_ts - v.created_ts) / (3600 * f.half_life_h)))
-           AS crossed_usd
-FROM valued v CROSS JOIN fade_candidates f
-GROUP BY ALL;
+, faded AS (
+    SELECT v.*, f.half_life_h,
+           v.volume_usd * v.fall_scale * exp(-ln(2) * epoch(v.origin_ts - v.created_ts) / (3600 * f.half_life_h)) AS x
+    FROM valued v CROSS JOIN fade_candidates f
+)
+SELECT symbol, origin_ts, side, cell, half_life_h, model, side_role, leverage,
+       coalesce(sum(x) FILTER (WHERE NOT blown_through), 0) AS slow_usd,
+       coalesce(sum(x) FILTER (WHERE blown_through), 0) AS blown_usd
+FROM faded GROUP BY ALL;
+
+-- A group's liquidated volume under a stop-loss share: the pieces hold (1 - default share) of what was
+-- opened; a level crossed slowly liquidates (1 - share) of it, one blown through all of it.
+CREATE OR REPLACE MACRO crossed_volume(slow_usd, blown_usd, stop_share) AS
+    (slow_usd * (1 - stop_share) + blown_usd) / (1 - param('stop_loss_share'));
 
 -- The refits: every calibration_refit_days from the UTC day after the first window's, each trained on the
 -- calibration_train_days before it and used until the next. The last one is the fit for what comes
@@ -160,7 +175,7 @@ WITH observed AS (
     UNION SELECT symbol, origin_ts, side, cell FROM calibration_regressors
 )
 SELECT f.fit_id, k.symbol, k.origin_ts, k.side, k.cell, coalesce(o.realized_usd, 0) AS y, c.half_life_h, r.model,
-       r.side_role, r.leverage, coalesce(r.crossed_usd, 0) AS x
+       r.side_role, r.leverage, coalesce(r.slow_usd, 0) AS slow_usd, coalesce(r.blown_usd, 0) AS blown_usd
 FROM calibration_fits f
 JOIN calibration_windows w ON w.symbol = f.symbol AND w.origin_ts >= f.train_from AND w.end_ts <= f.train_to
 JOIN observed k ON k.symbol = w.symbol AND k.origin_ts = w.origin_ts
@@ -186,22 +201,36 @@ LEFT JOIN rows r ON r.problem_id = o.problem_id AND r.origin_ts = o.origin_ts AN
     AND r.feature = f.feature
 GROUP BY ALL;
 
--- Stage 1: the tiers, for each candidate half-life (one problem per fit and half-life); the half-life
--- with the least training error wins.
+-- Stage 1: the tiers. First for each candidate half-life at the default stop-loss share (one problem
+-- per fit and half-life), then at the half-life with the least training error for each candidate
+-- stop-loss share; the share with the least error wins, and with it the tier weights q.
 CREATE OR REPLACE TABLE calibration_stage_rows AS
-SELECT dense_rank() OVER (ORDER BY fit_id, half_life_h) AS problem_id, *, leverage::VARCHAR AS feature, 1.0 AS weight
+SELECT dense_rank() OVER (ORDER BY fit_id, half_life_h) AS problem_id, *, leverage::VARCHAR AS feature, 1.0 AS weight,
+       crossed_volume(slow_usd, blown_usd, param('stop_loss_share')) AS x
 FROM calibration_training;
 CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('tier', 'calibration_stage_rows');
 CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
-CREATE OR REPLACE TABLE calibration_tier_fit AS
-SELECT k.fit_id, k.half_life_h, s.w AS tier_weights, s.error
+CREATE OR REPLACE TABLE calibration_fade_fit AS
+SELECT k.fit_id, k.half_life_h
 FROM nnls('calibration_problems') s
 JOIN (SELECT DISTINCT problem_id, fit_id, half_life_h FROM calibration_stage_rows) k USING (problem_id)
 QUALIFY row_number() OVER (PARTITION BY k.fit_id ORDER BY s.error, k.half_life_h) = 1;
 
--- The training rows at each fit's half-life, with the fitted tier weight q.
+CREATE OR REPLACE TABLE calibration_stage_rows AS
+SELECT dense_rank() OVER (ORDER BY c.fit_id, s.stop_loss_share) AS problem_id, c.*, s.stop_loss_share,
+       c.leverage::VARCHAR AS feature, 1.0 AS weight, crossed_volume(c.slow_usd, c.blown_usd, s.stop_loss_share) AS x
+FROM calibration_training c JOIN calibration_fade_fit USING (fit_id, half_life_h) CROSS JOIN stop_candidates s;
+CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('tier', 'calibration_stage_rows');
+CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
+CREATE OR REPLACE TABLE calibration_tier_fit AS
+SELECT k.fit_id, k.half_life_h, k.stop_loss_share, s.w AS tier_weights, s.error
+FROM nnls('calibration_problems') s
+JOIN (SELECT DISTINCT problem_id, fit_id, half_life_h, stop_loss_share FROM calibration_stage_rows) k USING (problem_id)
+QUALIFY row_number() OVER (PARTITION BY k.fit_id ORDER BY s.error, k.stop_loss_share) = 1;
+
+-- The training rows at each fit's half-life and stop-loss share, with the fitted tier weight q.
 CREATE OR REPLACE TABLE calibration_chosen AS
-SELECT c.*, f.tier_weights[t.j] AS q
+SELECT c.*, crossed_volume(c.slow_usd, c.blown_usd, f.stop_loss_share) AS x, f.tier_weights[t.j] AS q
 FROM calibration_training c JOIN calibration_tier_fit f USING (fit_id, half_life_h)
 LEFT JOIN calibration_features t ON t.stage = 'tier' AND t.feature = c.leverage::VARCHAR;
 
@@ -225,7 +254,7 @@ SELECT problem_id AS fit_id, w AS model_weights FROM nnls('calibration_problems'
 -- The fitted weight of every group of the ensemble's pieces, per fit: a_model x s_role x q_tier
 -- (1 = the default). sql/46_model_ensemble.sql opens the ensemble's pieces with the fit in force.
 CREATE OR REPLACE TABLE ensemble_weights AS
-SELECT f.fit_id, f.symbol, f.applies_from, t.half_life_h, m.feature AS model, r.feature AS side_role,
+SELECT f.fit_id, f.symbol, f.applies_from, t.half_life_h, t.stop_loss_share, m.feature AS model, r.feature AS side_role,
        l.feature::INTEGER AS leverage,
        a.model_weights[m.j] * s.role_weights[r.j] * t.tier_weights[l.j] AS weight
 FROM calibration_fits f
@@ -242,14 +271,17 @@ WITH observed AS (
     SELECT symbol, origin_ts, end_ts, side, sum(realized_usd) AS realized_usd FROM calibration_observations GROUP BY ALL
 ),
 crossed AS (
-    SELECT symbol, origin_ts, side, half_life_h, model, side_role, leverage, sum(crossed_usd) AS crossed_usd
+    SELECT symbol, origin_ts, side, half_life_h, model, side_role, leverage,
+           sum(slow_usd) AS slow_usd, sum(blown_usd) AS blown_usd
     FROM calibration_regressors GROUP BY ALL
 ),
 predicted AS (
     SELECT f.fit_id, o.origin_ts, o.side, o.realized_usd AS y,
            o.origin_ts < f.train_to AS in_training,
-           coalesce(sum(r.crossed_usd * w.weight) FILTER (WHERE r.half_life_h = w.half_life_h), 0) AS fitted_usd,
-           coalesce(sum(r.crossed_usd) FILTER (WHERE r.half_life_h = param('fade_half_life_h')), 0) AS default_usd
+           coalesce(sum(crossed_volume(r.slow_usd, r.blown_usd, w.stop_loss_share) * w.weight)
+                    FILTER (WHERE r.half_life_h = w.half_life_h), 0) AS fitted_usd,
+           coalesce(sum(crossed_volume(r.slow_usd, r.blown_usd, param('stop_loss_share')))
+                    FILTER (WHERE r.half_life_h = param('fade_half_life_h')), 0) AS default_usd
     FROM calibration_fits f
     JOIN observed o ON o.symbol = f.symbol
         AND (o.origin_ts >= f.train_from AND o.end_ts <= f.train_to
@@ -273,8 +305,10 @@ FROM predicted GROUP BY fit_id;
 --   levered_side_ratio       s_levered / s_other: how much more of the levered side's crossed levels is
 --                            liquidated (1: the signal's side split adds nothing);
 --   weight_<model>           each model's share of the ensemble's volume;
---   stop_loss_share          the share of levels closed before liquidation that makes the fitted volume
---                            right: 1 - (1 - default) x fitted / unfitted volume of the training windows.
+--   stop_loss_share          the share of a level that stops close when price crosses it slowly (a level
+--                            blown through liquidates whole): 1 / (1 - share) is how much more a fast
+--                            crossing liquidates than a slow one;
+--   volume_scale             the fitted volume over the unfitted ensemble's, on the training windows.
 CREATE OR REPLACE TABLE fitted_parameters AS
 WITH values AS (
     SELECT fit_id, 'fade_half_life_h' AS parameter, half_life_h AS value FROM calibration_tier_fit
@@ -291,8 +325,9 @@ WITH values AS (
            / sum(a.model_weights[f.j] * param('weight_' || f.feature)) OVER (PARTITION BY a.fit_id)
     FROM calibration_model_fit a JOIN calibration_features f ON f.stage = 'model'
     UNION ALL
-    SELECT fit_id, 'stop_loss_share', greatest(0, least(1, 1 - (1 - param('stop_loss_share')) * kept_share))
-    FROM calibration_scores
+    SELECT fit_id, 'stop_loss_share', stop_loss_share FROM calibration_tier_fit
+    UNION ALL
+    SELECT fit_id, 'volume_scale', kept_share FROM calibration_scores
 )
 SELECT f.symbol, f.fit_id, f.train_from, f.train_to, f.applies_from, f.applies_to, v.parameter, v.value,
        s.train_windows, s.train_pearson, s.test_pearson, s.default_test_pearson

@@ -15,7 +15,10 @@
 INSERT INTO pieces
 SELECT * FROM (
 SELECT 'ensemble' AS model, p.symbol, p.created_ts, p.side, p.leverage, p.entry_price, p.liquidation_price,
-       p.volume_usd * e.factor * coalesce(w.weight / c.kept_share, 1) AS volume_usd, p.side_role
+       -- a fitted stop-loss share keeps (1 - share) of a slowly crossed level where the pieces keep (1 - default)
+       p.volume_usd * e.factor
+           * coalesce(w.weight * (1 - w.stop_loss_share) / (1 - param('stop_loss_share')) / c.kept_share, 1) AS volume_usd,
+       p.side_role
 FROM pieces p
 JOIN ensemble_base e USING (symbol, model)
 ASOF LEFT JOIN calibration_fits f ON f.symbol = p.symbol AND p.created_ts >= f.applies_from
@@ -24,12 +27,15 @@ LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = p.model AND w.
 LEFT JOIN calibration_scores c ON c.fit_id = f.fit_id
 ) WHERE volume_usd > 0;
 
--- The fade of every model's levels over time: the default half-life, and the ensemble's fitted ones
--- from each refit on (sql/50_lifecycle.sql).
-CREATE OR REPLACE TABLE fade_schedule AS
-SELECT DISTINCT model, symbol, '-infinity'::TIMESTAMP AS from_ts, param('fade_half_life_h') AS half_life_h FROM pieces
+-- What every model's levels assume over time: the default fade half-life and stop-loss share, and the
+-- ensemble's fitted ones from each refit on (the fade in sql/50_lifecycle.sql; the share, which sets
+-- how much a blown-through level liquidates, in sql/70_backtest.sql).
+CREATE OR REPLACE TABLE fit_schedule AS
+SELECT DISTINCT model, symbol, '-infinity'::TIMESTAMP AS from_ts, param('fade_half_life_h') AS half_life_h,
+       param('stop_loss_share') AS stop_loss_share
+FROM pieces
 UNION ALL
-SELECT 'ensemble', f.symbol, f.applies_from, t.half_life_h
+SELECT 'ensemble', f.symbol, f.applies_from, t.half_life_h, t.stop_loss_share
 FROM calibration_fits f JOIN calibration_tier_fit t USING (fit_id);
 
 -- The ensemble's overall fitted scale S from each refit on, as a log (0 before the first fit).

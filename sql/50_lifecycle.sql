@@ -14,7 +14,7 @@
 -- interest does (positions close and others open; the open-interest models reopen the same volume at
 -- the current price, oi_steps.churn_usd). aggr.trade's heatmap fades its levels linearly after 100 bars;
 -- a constant rate (exponential fade) is the memoryless version, and keeps the scale one product over
--- time. The rate is per model and time: fade_schedule (sql/46_model_ensemble.sql) has the fitted ones.
+-- time. The rate is per model and time: fit_schedule (sql/46_model_ensemble.sql) has the fitted ones.
 -- The ensemble's levels are also multiplied by its fitted overall scale from each refit on (ensemble_scale).
 CREATE OR REPLACE TABLE level_scale AS
 WITH gross AS (
@@ -53,7 +53,7 @@ SELECT s.model, s.symbol, s.side, s.ts,
            - ln(2) * epoch(s.ts - s.previous_ts) / (3600 * f.half_life_h))
            OVER (PARTITION BY s.model, s.symbol, s.side ORDER BY s.ts)
        + CASE s.model WHEN 'ensemble' THEN coalesce(e.log_scale, 0) ELSE 0 END AS log_scale
-FROM shares s ASOF JOIN fade_schedule f ON f.model = s.model AND f.symbol = s.symbol AND s.previous_ts >= f.from_ts
+FROM shares s ASOF JOIN fit_schedule f ON f.model = s.model AND f.symbol = s.symbol AND s.previous_ts >= f.from_ts
 ASOF LEFT JOIN ensemble_scale e ON e.symbol = s.symbol AND s.ts >= e.from_ts;
 
 -- Every piece with its fate. scale_free_volume is the volume divided by the scale at its opening, so

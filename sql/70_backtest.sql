@@ -27,7 +27,8 @@ SELECT * FROM (VALUES
 -- Every predictor's crossed levels: volume per window, side and price bucket, frozen at t.
 --   models:    positions alive at t (opened at or before t, not yet consumed) whose exact liquidation
 --              price the path crossed in (t, t + h], valued at the scale of t, and whole where the
---              path blew through it (its stops failed: sql/40_pieces.sql);
+--              path blew through it (its stops failed: sql/40_pieces.sql; at the stop-loss share of
+--              the fit in force when it opened, for the ensemble);
 --   baselines: their volume per bucket times the crossed share of the bucket.
 CREATE OR REPLACE TABLE forecast_levels AS
 WITH consumed AS (    -- each consumed position in the window of each horizon that holds its consumption
@@ -37,9 +38,10 @@ WITH consumed AS (    -- each consumed position in the window of each horizon th
 model_levels AS (
     SELECT c.model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
            sum(c.scale_free_volume * exp(g.log_scale)
-               * blow_through_factor(c.blown_through, param('stop_loss_share'))) AS volume_usd
+               * blow_through_factor(c.blown_through, f.stop_loss_share)) AS volume_usd
     FROM consumed c
     JOIN backtest_windows w USING (symbol, horizon, origin_ts)
+    ASOF JOIN fit_schedule f ON f.model = c.model AND f.symbol = c.symbol AND c.created_ts >= f.from_ts
     JOIN grid_scale g ON g.model = c.model AND g.symbol = c.symbol AND g.side = c.side AND g.end_ts = c.origin_ts
     WHERE c.created_ts <= c.origin_ts
     GROUP BY ALL
