@@ -210,11 +210,15 @@ SELECT dense_rank() OVER (ORDER BY fit_id, half_life_h) AS problem_id, *, levera
 FROM calibration_training;
 CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('tier', 'calibration_stage_rows');
 CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
+-- (errors equal to 9 digits are a tie, which the default wins: where the data cannot tell candidates
+-- apart, as every stop-loss share when nothing was blown through, sums in another order must not pick)
+CREATE OR REPLACE MACRO relative_error(error, fit_id) AS round(error / max(abs(error)) OVER (PARTITION BY fit_id), 9);
 CREATE OR REPLACE TABLE calibration_fade_fit AS
-SELECT k.fit_id, k.half_life_h
-FROM nnls('calibration_problems') s
-JOIN (SELECT DISTINCT problem_id, fit_id, half_life_h FROM calibration_stage_rows) k USING (problem_id)
-QUALIFY row_number() OVER (PARTITION BY k.fit_id ORDER BY s.error, k.half_life_h) = 1;
+SELECT fit_id, half_life_h FROM (
+    SELECT k.fit_id, k.half_life_h, relative_error(s.error, k.fit_id) AS error
+    FROM nnls('calibration_problems') s
+    JOIN (SELECT DISTINCT problem_id, fit_id, half_life_h FROM calibration_stage_rows) k USING (problem_id))
+QUALIFY row_number() OVER (PARTITION BY fit_id ORDER BY error, abs(half_life_h - param('fade_half_life_h')), half_life_h) = 1;
 
 CREATE OR REPLACE TABLE calibration_stage_rows AS
 SELECT dense_rank() OVER (ORDER BY c.fit_id, s.stop_loss_share) AS problem_id, c.*, s.stop_loss_share,
@@ -223,10 +227,13 @@ FROM calibration_training c JOIN calibration_fade_fit USING (fit_id, half_life_h
 CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('tier', 'calibration_stage_rows');
 CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
 CREATE OR REPLACE TABLE calibration_tier_fit AS
-SELECT k.fit_id, k.half_life_h, k.stop_loss_share, s.w AS tier_weights, s.error
-FROM nnls('calibration_problems') s
-JOIN (SELECT DISTINCT problem_id, fit_id, half_life_h, stop_loss_share FROM calibration_stage_rows) k USING (problem_id)
-QUALIFY row_number() OVER (PARTITION BY k.fit_id ORDER BY s.error, k.stop_loss_share) = 1;
+SELECT * EXCLUDE (relative_error) FROM (
+    SELECT k.fit_id, k.half_life_h, k.stop_loss_share, s.w AS tier_weights, s.error,
+           relative_error(s.error, k.fit_id) AS relative_error
+    FROM nnls('calibration_problems') s
+    JOIN (SELECT DISTINCT problem_id, fit_id, half_life_h, stop_loss_share FROM calibration_stage_rows) k USING (problem_id))
+QUALIFY row_number() OVER (PARTITION BY fit_id ORDER BY relative_error, abs(stop_loss_share - param('stop_loss_share')),
+                                                        stop_loss_share) = 1;
 
 -- The training rows at each fit's half-life and stop-loss share, with the fitted tier weight q.
 CREATE OR REPLACE TABLE calibration_chosen AS
