@@ -129,8 +129,9 @@ def test_flat_folder_microseconds_and_symbol_filter(demo_dir, tmp_path):
     (flat / "ETHUSDT-metrics-2024-09-01.csv").write_text(read_zip_lines(flat / "BTCUSDT-metrics-2024-09-01.zip")[0])
     db = tmp_path / "flat.db"
     result = run_build("--data", str(flat), "--db", str(db), "--symbol", "BTCUSDT", "--start", "2024-09-02",
-                       "--end", "2024-09-02")
+                       "--end", "2024-09-02", "--memory-limit", "700MB")
     assert result.returncode == 0, result.stderr
+    assert rows(db, "SELECT value FROM build_info WHERE key = 'memory_limit'") == [("667.5 MiB",)]  # 700 MB
     assert rows(db, "SELECT min(ts), max(ts), count(*) FROM price_klines") == [
         ("2024-09-02T00:00:00Z", "2024-09-02T23:59:00Z", 1440)]
     assert rows(db, "SELECT DISTINCT symbol FROM data_coverage") == [("BTCUSDT",)]
@@ -167,6 +168,8 @@ def test_bad_input_exits_non_zero_and_keeps_the_previous_database(demo_db, tmp_p
     result = run_build("--data", str(junk), "--db", str(db))
     assert result.returncode == 2 and "BTCUSDT-metrics-2024-09-01.zip" in result.stderr
     assert db.read_bytes() == before
+    result = run_build("--data", str(empty.parent / "junk"), "--db", str(db), "--memory-limit", "lots")
+    assert result.returncode == 2 and "--memory-limit 'lots'" in result.stderr and db.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "junk", "liquidations.db"]
 
 
