@@ -60,7 +60,8 @@ WHERE o.last_end_ts = o.origin_ts + to_seconds(o.horizon_s);   -- whole windows 
 
 -- The price buckets each window's path crossed on each side (longs: from the price at t down to the
 -- lowest low; shorts: up to the highest high), with the crossed share of each bucket and its distance
--- from the price's bucket at t, in buckets.
+-- from the price's bucket at t, in buckets; and the open interest times the share of price crossed in
+-- it (move_exposure_usd: what the naive_move baseline predicts, and the ensemble's unmodelled part).
 CREATE OR REPLACE TABLE backtest_crossed_buckets AS
 WITH ranges AS (
     SELECT w.*, s.side, CASE s.side WHEN 'long' THEN w.path_low ELSE w.price END AS range_low,
@@ -76,7 +77,9 @@ SELECT symbol, horizon, origin_ts, side, bucket_index,
        abs(bucket_index - price_bucket_index) AS distance_buckets,
        greatest(range_low, bucket_index * usd) AS crossed_low,       -- the crossed part of the bucket
        least(range_high, (bucket_index + 1) * usd) AS crossed_high,
-       (least(range_high, (bucket_index + 1) * usd) - greatest(range_low, bucket_index * usd)) / usd AS crossed_share
+       (least(range_high, (bucket_index + 1) * usd) - greatest(range_low, bucket_index * usd)) / usd AS crossed_share,
+       open_interest_usd / price * (least(range_high, (bucket_index + 1) * usd) - greatest(range_low, bucket_index * usd))
+           AS move_exposure_usd
 FROM buckets WHERE least(range_high, (bucket_index + 1) * usd) > greatest(range_low, bucket_index * usd);
 
 -- Realized volume per window and side, and per price bucket where the events carry prices.

@@ -258,6 +258,43 @@ CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('cal
 CREATE OR REPLACE TABLE calibration_model_fit AS
 SELECT problem_id AS fit_id, w AS model_weights FROM nnls('calibration_problems');
 
+-- Stage 4: the unmodelled part. Some liquidations hit no level the models hold: cross-margin accounts
+-- (whose liquidation price moves with the rest of the account), positions opened and closed between
+-- the data's steps, margin eroded by funding. So an hour whose path crosses no level still liquidates
+-- something, and the ensemble adds unmodelled_share x open interest x the share of price the path
+-- crossed (the naive_move baseline's volume, move_exposure_usd) to its forecast. The share is fitted to
+-- what the levels leave unexplained (realized minus the levels' fitted volume, per window, side and
+-- cell), by least squares pulled towards the default by the same ridge:
+--     share = max(0, (sum x r / sum x^2 + ridge x default) / (1 + ridge)).
+CREATE OR REPLACE TABLE calibration_unmodelled AS
+SELECT c.symbol, c.origin_ts, c.side, calibration_cell(b.by_price, c.bucket_index) AS cell, sum(c.move_exposure_usd) AS x
+FROM backtest_crossed_buckets c JOIN calibration_windows w USING (symbol, horizon, origin_ts)
+LEFT JOIN calibration_by_price b ON b.symbol = c.symbol
+GROUP BY ALL;
+CREATE OR REPLACE TABLE calibration_unmodelled_fit AS
+WITH levels AS (
+    SELECT c.fit_id, c.origin_ts, c.side, c.cell, any_value(c.y) AS y,
+           coalesce(sum(c.x * c.q * r.role_weights[CASE c.side_role WHEN 'levered' THEN 1 ELSE 2 END] * a.model_weights[m.j]), 0)
+               AS predicted
+    FROM calibration_chosen c JOIN calibration_role_fit r USING (fit_id) JOIN calibration_model_fit a USING (fit_id)
+    LEFT JOIN calibration_features m ON m.stage = 'model' AND m.feature = c.model
+    GROUP BY ALL
+),
+unmodelled AS (
+    SELECT f.fit_id, u.origin_ts, u.side, u.cell, u.x
+    FROM calibration_fits f
+    JOIN calibration_windows w ON w.symbol = f.symbol AND w.origin_ts >= f.train_from AND w.end_ts <= f.train_to
+    JOIN calibration_unmodelled u ON u.symbol = w.symbol AND u.origin_ts = w.origin_ts
+),
+residuals AS (
+    SELECT fit_id, coalesce(l.y, 0) - coalesce(l.predicted, 0) AS r, coalesce(u.x, 0) AS x
+    FROM levels l FULL JOIN unmodelled u USING (fit_id, origin_ts, side, cell)
+)
+SELECT fit_id, greatest(0, (coalesce(sum(x * r) / nullif(sum(x * x), 0), param('unmodelled_share'))
+                            + param('calibration_ridge') * param('unmodelled_share')) / (1 + param('calibration_ridge')))
+                   AS unmodelled_share
+FROM residuals GROUP BY fit_id;
+
 -- The fitted weight of every group of the ensemble's pieces, per fit: a_model x s_role x q_tier
 -- (1 = the default). sql/46_model_ensemble.sql opens the ensemble's pieces with the fit in force.
 CREATE OR REPLACE TABLE ensemble_weights AS
@@ -270,7 +307,7 @@ JOIN calibration_model_fit a USING (fit_id)
 JOIN calibration_features m ON m.stage = 'model' JOIN calibration_features r ON r.stage = 'role'
 JOIN calibration_features l ON l.stage = 'tier';
 
--- Each fit scored: the Pearson correlation of its prediction with the realized volume over its training
+-- Each fit scored: the Pearson correlation of its levels' prediction with the realized volume over its training
 -- windows, and over the windows it is used in (the next period: out of sample), beside the unfitted
 -- ensemble's on the same windows (summed over the cells: the score is per window, as the backtest's).
 CREATE OR REPLACE TABLE calibration_scores AS
@@ -315,7 +352,9 @@ FROM predicted GROUP BY fit_id;
 --   stop_loss_share          the share of a level that stops close when price crosses it slowly (a level
 --                            blown through liquidates whole): 1 / (1 - share) is how much more a fast
 --                            crossing liquidates than a slow one;
---   volume_scale             the fitted volume over the unfitted ensemble's, on the training windows.
+--   volume_scale             the fitted volume over the unfitted ensemble's, on the training windows;
+--   unmodelled_share         the share of open interest x the share of price crossed that is liquidated
+--                            beyond the levels (stage 4).
 CREATE OR REPLACE TABLE fitted_parameters AS
 WITH values AS (
     SELECT fit_id, 'fade_half_life_h' AS parameter, half_life_h AS value FROM calibration_tier_fit
@@ -335,6 +374,8 @@ WITH values AS (
     SELECT fit_id, 'stop_loss_share', stop_loss_share FROM calibration_tier_fit
     UNION ALL
     SELECT fit_id, 'volume_scale', kept_share FROM calibration_scores
+    UNION ALL
+    SELECT fit_id, 'unmodelled_share', unmodelled_share FROM calibration_unmodelled_fit
 )
 SELECT f.symbol, f.fit_id, f.train_from, f.train_to, f.applies_from, f.applies_to, v.parameter, v.value,
        s.train_windows, s.train_pearson, s.test_pearson, s.default_test_pearson

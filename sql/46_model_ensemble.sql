@@ -27,16 +27,17 @@ LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = p.model AND w.
 LEFT JOIN calibration_scores c ON c.fit_id = f.fit_id
 ) WHERE volume_usd > 0;
 
--- What every model's levels assume over time: the default fade half-life and stop-loss share, and the
--- ensemble's fitted ones from each refit on (the fade in sql/50_lifecycle.sql; the share, which sets
--- how much a blown-through level liquidates, in sql/70_backtest.sql).
+-- What every model assumes over time: the default fade half-life, stop-loss share and unmodelled share,
+-- and the ensemble's fitted ones from each refit on (the fade in sql/50_lifecycle.sql; the stop-loss
+-- share, which sets how much a blown-through level liquidates, and the unmodelled part, which only the
+-- ensemble forecasts, in sql/70_backtest.sql).
 CREATE OR REPLACE TABLE fit_schedule AS
 SELECT DISTINCT model, symbol, '-infinity'::TIMESTAMP AS from_ts, param('fade_half_life_h') AS half_life_h,
-       param('stop_loss_share') AS stop_loss_share
+       param('stop_loss_share') AS stop_loss_share, param('unmodelled_share') AS unmodelled_share
 FROM pieces
 UNION ALL
-SELECT 'ensemble', f.symbol, f.applies_from, t.half_life_h, t.stop_loss_share
-FROM calibration_fits f JOIN calibration_tier_fit t USING (fit_id);
+SELECT 'ensemble', f.symbol, f.applies_from, t.half_life_h, t.stop_loss_share, u.unmodelled_share
+FROM calibration_fits f JOIN calibration_tier_fit t USING (fit_id) JOIN calibration_unmodelled_fit u USING (fit_id);
 
 -- The ensemble's overall fitted scale S from each refit on, as a log (0 before the first fit).
 CREATE OR REPLACE TABLE ensemble_scale AS

@@ -28,7 +28,8 @@ SELECT * FROM (VALUES
 --   models:    positions alive at t (opened at or before t, not yet consumed) whose exact liquidation
 --              price the path crossed in (t, t + h], valued at the scale of t, and whole where the
 --              path blew through it (its stops failed: sql/40_pieces.sql; at the stop-loss share of
---              the fit in force when it opened, for the ensemble);
+--              the fit in force when it opened, for the ensemble); the ensemble adds its unmodelled
+--              part, a share of open interest x the share of price crossed in each bucket;
 --   baselines: their volume per bucket times the crossed share of the bucket.
 CREATE OR REPLACE TABLE forecast_levels AS
 WITH consumed AS (    -- each consumed position in the window of each horizon that holds its consumption
@@ -46,15 +47,22 @@ model_levels AS (
     WHERE c.created_ts <= c.origin_ts
     GROUP BY ALL
 ),
+unmodelled AS (     -- the ensemble's unmodelled part (sql/45_calibration.sql), at the share of the fit in force at t
+    SELECT 'ensemble' AS model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
+           f.unmodelled_share * c.move_exposure_usd AS volume_usd
+    FROM backtest_crossed_buckets c
+    ASOF JOIN fit_schedule f ON f.model = 'ensemble' AND f.symbol = c.symbol AND c.origin_ts >= f.from_ts
+),
 crossed AS (SELECT c.*, w.price, w.prior_low, w.prior_high, w.open_interest_usd
             FROM backtest_crossed_buckets c JOIN backtest_windows w USING (symbol, horizon, origin_ts)),
 uniform AS (        -- naive_move, price_move and breakout: even levels over the prices where each applies
     SELECT m.model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
-           CASE WHEN m.model = 'price_move' THEN param('price_bucket_usd') ELSE c.open_interest_usd END / c.price * CASE
-               WHEN m.model IN ('naive_move', 'price_move') THEN c.crossed_high - c.crossed_low
-               -- breakout: only the crossed prices beyond the prior 24 hours' range
-               WHEN c.side = 'long' THEN greatest(0, least(c.crossed_high, c.prior_low) - c.crossed_low)
-               ELSE greatest(0, c.crossed_high - greatest(c.crossed_low, c.prior_high))
+           CASE m.model WHEN 'naive_move' THEN c.move_exposure_usd
+                        WHEN 'price_move' THEN param('price_bucket_usd') / c.price * (c.crossed_high - c.crossed_low)
+                        -- breakout: only the crossed prices beyond the prior 24 hours' range
+                        ELSE c.open_interest_usd / c.price * CASE c.side
+                            WHEN 'long' THEN greatest(0, least(c.crossed_high, c.prior_low) - c.crossed_low)
+                            ELSE greatest(0, c.crossed_high - greatest(c.crossed_low, c.prior_high)) END
            END AS volume_usd
     FROM crossed c CROSS JOIN (VALUES ('naive_move'), ('price_move'), ('breakout')) m(model)
 ),
@@ -109,7 +117,8 @@ shuffled AS (       -- the ensemble's alive levels at the partner window's start
     JOIN heatmap h ON h.model = 'ensemble' AND h.symbol = c.symbol AND h.ts = c.heatmap_ts
         AND h.price_bucket = c.other_bucket
 )
-SELECT * FROM model_levels
+SELECT model, symbol, horizon, origin_ts, side, bucket_index, sum(volume_usd) AS volume_usd
+FROM (SELECT * FROM model_levels UNION ALL SELECT * FROM unmodelled WHERE volume_usd > 0) GROUP BY ALL
 UNION ALL SELECT * FROM uniform WHERE volume_usd > 0
 UNION ALL SELECT * FROM nearest WHERE volume_usd > 0
 UNION ALL SELECT * FROM shuffled WHERE volume_usd > 0;

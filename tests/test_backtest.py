@@ -166,6 +166,29 @@ def test_volume_is_the_frozen_levels_the_path_crossed(eight_days):
         assert predicted == pytest.approx(expected, rel=1e-6, abs=0.01)
 
 
+def test_the_ensemble_forecasts_liquidations_beyond_its_levels(eight_days):
+    """Every hour whose path moves liquidates something: the ensemble adds the fitted unmodelled share x
+    open interest x the share of price crossed (naive_move's volume), so it never forecasts exactly 0 where
+    price moved; where none of its levels was crossed, that part is its whole forecast."""
+    db = eight_days[7, "true"]
+    con = duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True)
+    got = con.execute("""
+        SELECT e.origin_ts, e.side, e.predicted_usd, n.predicted_usd * f.unmodelled_share, f.unmodelled_share,
+               (SELECT count(*) FROM positions p WHERE p.model = 'ensemble' AND p.side = e.side AND p.created_ts <= e.origin_ts
+                AND p.consumed_ts > e.origin_ts AND p.consumed_ts <= e.origin_ts + INTERVAL 1 HOUR) AS levels_crossed
+        FROM (SELECT ts AS origin_ts, side, predicted_usd FROM backtest_series WHERE model = 'ensemble' AND horizon = '1h') e
+        JOIN backtest_series n ON n.model = 'naive_move' AND n.horizon = '1h' AND n.ts = e.origin_ts AND n.side = e.side
+        ASOF JOIN fit_schedule f ON f.model = 'ensemble' AND e.origin_ts >= f.from_ts""").fetchall()
+    assert len(got) == 2 * 7 * 24
+    assert all(ensemble > 0 for _, _, ensemble, unmodelled, *_ in got if unmodelled > 0)
+    alone = [(ensemble, unmodelled) for _, _, ensemble, unmodelled, _, crossed in got if crossed == 0]
+    assert len(alone) > 20 and all(e == pytest.approx(u, rel=1e-9) for e, u in alone)
+    assert len({share for *_, share, _ in got}) >= 3  # the default, then each refit's own
+    shares = [v for (v,) in con.execute("SELECT value FROM fitted_parameters WHERE parameter = 'unmodelled_share'"
+                                        ).fetchall()]
+    assert len(shares) >= 3 and all(0 <= v < 1 for v in shares)
+
+
 def test_location_and_precision_recomputed_from_the_tables(eight_days):
     """The location gain and the precision of one model, recomputed in Python from the crossed buckets,
     the crossed levels and the realized liquidations."""
