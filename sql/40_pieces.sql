@@ -71,20 +71,24 @@ descent(trigger_id, symbol_id, side, liquidation_price, bar_index, k) USING KEY 
            d.k - 1
     FROM descent d JOIN trigger_ranges r ON r.range_key = range_key(d.k, d.symbol_id, d.bar_index)
     WHERE d.k >= 0
+),
+crossed AS (     -- the crossing bar, and how many bars came between the opening and it
+    SELECT t.*, b.bar_index, b.ts AS consumed_bar_ts, b.end_ts AS consumed_ts, b.bar_index - t.first_bar AS bars_before,
+           floor(log2(greatest(1, b.bar_index - t.first_bar)))::BIGINT AS k,
+           t.entry_price + param('stop_distance_share') * (t.liquidation_price - t.entry_price) AS stop_price
+    FROM triggers t JOIN descent d USING (trigger_id)
+    LEFT JOIN trigger_bars b ON b.symbol_id = d.symbol_id AND b.bar_index = d.bar_index
 )
-SELECT t.symbol, t.side, t.created_ts, t.liquidation_price, b.ts AS consumed_bar_ts, b.end_ts AS consumed_ts,
+SELECT c.symbol, c.side, c.created_ts, c.liquidation_price, c.consumed_bar_ts, c.consumed_ts,
        -- blown through: no bar between the opening and the crossing one reached the stop, so the
-       -- crossing bar went through stop and liquidation price at once (the min/max over those bars is
-       -- two overlapping power-of-two ranges of the sparse table, sql/20_model_inputs.sql)
-       CASE WHEN b.bar_index IS NULL THEN NULL
-            WHEN b.bar_index = t.first_bar THEN true
-            WHEN t.side = 'long' THEN least(r1.low, r2.low) > t.entry_price - param('stop_distance_share') * (t.entry_price - t.liquidation_price)
-            ELSE greatest(r1.high, r2.high) < t.entry_price + param('stop_distance_share') * (t.liquidation_price - t.entry_price)
+       -- crossing bar went through stop and liquidation price at once (the low/high of those bars is
+       -- that of two overlapping runs of 2^k bars in the sparse table, sql/20_model_inputs.sql)
+       CASE WHEN c.bar_index IS NULL THEN NULL
+            WHEN c.bars_before = 0 THEN true
+            WHEN c.side = 'long' THEN least(r1.low, r2.low) > c.stop_price
+            ELSE greatest(r1.high, r2.high) < c.stop_price
        END AS blown_through
-FROM triggers t JOIN descent d USING (trigger_id)
-LEFT JOIN trigger_bars b ON b.symbol_id = d.symbol_id AND b.bar_index = d.bar_index
-LEFT JOIN trigger_ranges r1 ON b.bar_index > t.first_bar
-    AND r1.range_key = range_key(floor(log2(greatest(1, b.bar_index - t.first_bar)))::BIGINT, t.symbol_id, t.first_bar)
-LEFT JOIN trigger_ranges r2 ON b.bar_index > t.first_bar
-    AND r2.range_key = range_key(floor(log2(greatest(1, b.bar_index - t.first_bar)))::BIGINT, t.symbol_id,
-                                 b.bar_index - (1::BIGINT << floor(log2(greatest(1, b.bar_index - t.first_bar)))::BIGINT));
+FROM crossed c
+LEFT JOIN trigger_ranges r1 ON c.bars_before > 0 AND r1.range_key = range_key(c.k, c.symbol_id, c.first_bar)
+LEFT JOIN trigger_ranges r2 ON c.bars_before > 0
+    AND r2.range_key = range_key(c.k, c.symbol_id, c.bar_index - (1::BIGINT << c.k));

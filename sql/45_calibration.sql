@@ -131,8 +131,8 @@ valued AS (
     FROM crossed c
     ASOF LEFT JOIN oi_falls fc ON fc.symbol = c.symbol AND c.created_ts >= fc.ts
     ASOF LEFT JOIN oi_falls fo ON fo.symbol = c.symbol AND c.origin_ts >= fo.ts
-)
-, faded AS (
+),
+faded AS (
     SELECT v.*, f.half_life_h,
            v.volume_usd * v.fall_scale * exp(-ln(2) * epoch(v.origin_ts - v.created_ts) / (3600 * f.half_life_h)) AS x
     FROM valued v CROSS JOIN fade_candidates f
@@ -167,18 +167,18 @@ FROM dates
 -- a fit needs three days of history at least: before that the defaults stay
 WHERE applies_from >= time_bucket(INTERVAL 1 DAY, first_ts) + INTERVAL 3 DAY;
 
--- Each fit's training observations (windows that ended by its refit date) with their regressors: every
--- window, side and cell where something was realized or crossed.
+-- Every window, side and cell where something was realized or crossed (and every window and side).
+CREATE OR REPLACE TABLE calibration_keys AS
+SELECT symbol, origin_ts, side, cell FROM calibration_observations
+UNION SELECT symbol, origin_ts, side, cell FROM calibration_regressors;
+
+-- Each fit's training observations (windows that ended by its refit date) with their regressors.
 CREATE OR REPLACE TABLE calibration_training AS
-WITH observed AS (
-    SELECT symbol, origin_ts, side, cell FROM calibration_observations
-    UNION SELECT symbol, origin_ts, side, cell FROM calibration_regressors
-)
 SELECT f.fit_id, k.symbol, k.origin_ts, k.side, k.cell, coalesce(o.realized_usd, 0) AS y, c.half_life_h, r.model,
        r.side_role, r.leverage, coalesce(r.slow_usd, 0) AS slow_usd, coalesce(r.blown_usd, 0) AS blown_usd
 FROM calibration_fits f
 JOIN calibration_windows w ON w.symbol = f.symbol AND w.origin_ts >= f.train_from AND w.end_ts <= f.train_to
-JOIN observed k ON k.symbol = w.symbol AND k.origin_ts = w.origin_ts
+JOIN calibration_keys k ON k.symbol = w.symbol AND k.origin_ts = w.origin_ts
 CROSS JOIN fade_candidates c
 LEFT JOIN calibration_observations o ON o.symbol = k.symbol AND o.origin_ts = k.origin_ts AND o.side = k.side AND o.cell = k.cell
 LEFT JOIN calibration_regressors r ON r.symbol = k.symbol AND r.origin_ts = k.origin_ts AND r.side = k.side
@@ -258,6 +258,55 @@ CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('cal
 CREATE OR REPLACE TABLE calibration_model_fit AS
 SELECT problem_id AS fit_id, w AS model_weights FROM nnls('calibration_problems');
 
+-- The fitted weight of every group of the ensemble's pieces, per fit: a_model x s_role x q_tier
+-- (1 = the default). sql/46_model_ensemble.sql opens the ensemble's pieces with the fit in force.
+CREATE OR REPLACE TABLE ensemble_weights AS
+SELECT f.fit_id, f.symbol, f.applies_from, t.half_life_h, t.stop_loss_share, m.feature AS model, r.feature AS side_role,
+       l.feature::INTEGER AS leverage,
+       a.model_weights[m.j] * s.role_weights[r.j] * t.tier_weights[l.j] AS weight
+FROM calibration_fits f
+JOIN calibration_tier_fit t USING (fit_id) JOIN calibration_role_fit s USING (fit_id)
+JOIN calibration_model_fit a USING (fit_id)
+JOIN calibration_features m ON m.stage = 'model' JOIN calibration_features r ON r.stage = 'role'
+JOIN calibration_features l ON l.stage = 'tier';
+
+-- Each fit's prediction of the levels' volume (its weights, half-life and stop-loss share) beside the
+-- unfitted ensemble's and the realized volume, per window, side and cell, over its training windows and
+-- the windows it is used in.
+CREATE OR REPLACE TABLE calibration_predicted AS
+SELECT f.fit_id, k.origin_ts, k.side, k.cell, k.origin_ts < f.train_to AS in_training,
+       coalesce(any_value(o.realized_usd), 0) AS y,
+       coalesce(sum(crossed_volume(r.slow_usd, r.blown_usd, w.stop_loss_share) * w.weight)
+                FILTER (WHERE r.half_life_h = w.half_life_h), 0) AS fitted_usd,
+       coalesce(sum(crossed_volume(r.slow_usd, r.blown_usd, param('stop_loss_share')))
+                FILTER (WHERE r.half_life_h = param('fade_half_life_h')), 0) AS default_usd
+FROM calibration_fits f
+JOIN calibration_windows cw ON cw.symbol = f.symbol
+    AND (cw.origin_ts >= f.train_from AND cw.end_ts <= f.train_to OR cw.origin_ts >= f.applies_from AND cw.end_ts <= f.applies_to)
+JOIN calibration_keys k ON k.symbol = cw.symbol AND k.origin_ts = cw.origin_ts
+LEFT JOIN calibration_observations o ON o.symbol = k.symbol AND o.origin_ts = k.origin_ts AND o.side = k.side AND o.cell = k.cell
+LEFT JOIN calibration_regressors r ON r.symbol = k.symbol AND r.origin_ts = k.origin_ts AND r.side = k.side AND r.cell = k.cell
+LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = r.model AND w.side_role = r.side_role
+    AND w.leverage = r.leverage
+GROUP BY ALL;
+
+-- Each fit scored: the Pearson correlation of its levels' prediction with the realized volume over its
+-- training windows, and over the windows it is used in (the next period: out of sample), beside the
+-- unfitted ensemble's on the same windows (summed over the cells: the score is per window, as the
+-- backtest's).
+CREATE OR REPLACE TABLE calibration_scores AS
+WITH predicted AS (
+    SELECT fit_id, origin_ts, side, in_training, sum(y) AS y, sum(fitted_usd) AS fitted_usd, sum(default_usd) AS default_usd
+    FROM calibration_predicted GROUP BY ALL
+)
+SELECT fit_id,
+       corr(fitted_usd, y) FILTER (WHERE in_training) AS train_pearson,
+       count(*) FILTER (WHERE in_training) / 2 AS train_windows,
+       sum(fitted_usd) FILTER (WHERE in_training) / nullif(sum(default_usd) FILTER (WHERE in_training), 0) AS kept_share,
+       corr(fitted_usd, y) FILTER (WHERE NOT in_training) AS test_pearson,
+       corr(default_usd, y) FILTER (WHERE NOT in_training) AS default_test_pearson
+FROM predicted GROUP BY fit_id;
+
 -- Stage 4: the unmodelled part. Some liquidations hit no level the models hold: cross-margin accounts
 -- (whose liquidation price moves with the rest of the account), positions opened and closed between
 -- the data's steps, margin eroded by funding. So an hour whose path crosses no level still liquidates
@@ -272,76 +321,21 @@ FROM backtest_crossed_buckets c JOIN calibration_windows w USING (symbol, horizo
 LEFT JOIN calibration_by_price b ON b.symbol = c.symbol
 GROUP BY ALL;
 CREATE OR REPLACE TABLE calibration_unmodelled_fit AS
-WITH levels AS (
-    SELECT c.fit_id, c.origin_ts, c.side, c.cell, any_value(c.y) AS y,
-           coalesce(sum(c.x * c.q * r.role_weights[CASE c.side_role WHEN 'levered' THEN 1 ELSE 2 END] * a.model_weights[m.j]), 0)
-               AS predicted
-    FROM calibration_chosen c JOIN calibration_role_fit r USING (fit_id) JOIN calibration_model_fit a USING (fit_id)
-    LEFT JOIN calibration_features m ON m.stage = 'model' AND m.feature = c.model
-    GROUP BY ALL
-),
-unmodelled AS (
+WITH unmodelled AS (
     SELECT f.fit_id, u.origin_ts, u.side, u.cell, u.x
     FROM calibration_fits f
     JOIN calibration_windows w ON w.symbol = f.symbol AND w.origin_ts >= f.train_from AND w.end_ts <= f.train_to
     JOIN calibration_unmodelled u ON u.symbol = w.symbol AND u.origin_ts = w.origin_ts
 ),
 residuals AS (
-    SELECT fit_id, coalesce(l.y, 0) - coalesce(l.predicted, 0) AS r, coalesce(u.x, 0) AS x
-    FROM levels l FULL JOIN unmodelled u USING (fit_id, origin_ts, side, cell)
+    SELECT fit_id, coalesce(p.y, 0) - coalesce(p.fitted_usd, 0) AS r, coalesce(u.x, 0) AS x
+    FROM (SELECT * FROM calibration_predicted WHERE in_training) p
+    FULL JOIN unmodelled u USING (fit_id, origin_ts, side, cell)
 )
 SELECT fit_id, greatest(0, (coalesce(sum(x * r) / nullif(sum(x * x), 0), param('unmodelled_share'))
                             + param('calibration_ridge') * param('unmodelled_share')) / (1 + param('calibration_ridge')))
                    AS unmodelled_share
 FROM residuals GROUP BY fit_id;
-
--- The fitted weight of every group of the ensemble's pieces, per fit: a_model x s_role x q_tier
--- (1 = the default). sql/46_model_ensemble.sql opens the ensemble's pieces with the fit in force.
-CREATE OR REPLACE TABLE ensemble_weights AS
-SELECT f.fit_id, f.symbol, f.applies_from, t.half_life_h, t.stop_loss_share, m.feature AS model, r.feature AS side_role,
-       l.feature::INTEGER AS leverage,
-       a.model_weights[m.j] * s.role_weights[r.j] * t.tier_weights[l.j] AS weight
-FROM calibration_fits f
-JOIN calibration_tier_fit t USING (fit_id) JOIN calibration_role_fit s USING (fit_id)
-JOIN calibration_model_fit a USING (fit_id)
-JOIN calibration_features m ON m.stage = 'model' JOIN calibration_features r ON r.stage = 'role'
-JOIN calibration_features l ON l.stage = 'tier';
-
--- Each fit scored: the Pearson correlation of its levels' prediction with the realized volume over its training
--- windows, and over the windows it is used in (the next period: out of sample), beside the unfitted
--- ensemble's on the same windows (summed over the cells: the score is per window, as the backtest's).
-CREATE OR REPLACE TABLE calibration_scores AS
-WITH observed AS (
-    SELECT symbol, origin_ts, end_ts, side, sum(realized_usd) AS realized_usd FROM calibration_observations GROUP BY ALL
-),
-crossed AS (
-    SELECT symbol, origin_ts, side, half_life_h, model, side_role, leverage,
-           sum(slow_usd) AS slow_usd, sum(blown_usd) AS blown_usd
-    FROM calibration_regressors GROUP BY ALL
-),
-predicted AS (
-    SELECT f.fit_id, o.origin_ts, o.side, o.realized_usd AS y,
-           o.origin_ts < f.train_to AS in_training,
-           coalesce(sum(crossed_volume(r.slow_usd, r.blown_usd, w.stop_loss_share) * w.weight)
-                    FILTER (WHERE r.half_life_h = w.half_life_h), 0) AS fitted_usd,
-           coalesce(sum(crossed_volume(r.slow_usd, r.blown_usd, param('stop_loss_share')))
-                    FILTER (WHERE r.half_life_h = param('fade_half_life_h')), 0) AS default_usd
-    FROM calibration_fits f
-    JOIN observed o ON o.symbol = f.symbol
-        AND (o.origin_ts >= f.train_from AND o.end_ts <= f.train_to
-             OR o.origin_ts >= f.applies_from AND o.end_ts <= f.applies_to)
-    LEFT JOIN crossed r ON r.symbol = o.symbol AND r.origin_ts = o.origin_ts AND r.side = o.side
-    LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = r.model AND w.side_role = r.side_role
-        AND w.leverage = r.leverage
-    GROUP BY ALL
-)
-SELECT fit_id,
-       corr(fitted_usd, y) FILTER (WHERE in_training) AS train_pearson,
-       count(*) FILTER (WHERE in_training) / 2 AS train_windows,
-       sum(fitted_usd) FILTER (WHERE in_training) / nullif(sum(default_usd) FILTER (WHERE in_training), 0) AS kept_share,
-       corr(fitted_usd, y) FILTER (WHERE NOT in_training) AS test_pearson,
-       corr(default_usd, y) FILTER (WHERE NOT in_training) AS default_test_pearson
-FROM predicted GROUP BY fit_id;
 
 -- What each fit says, in the defaults' terms, one row per fit and parameter, with its window and score:
 --   fade_half_life_h         the half-life of alive levels (churn);
