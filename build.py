@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import hashlib
 import http.client
 import os
 import random
@@ -37,6 +36,9 @@ import duckdb
 import sqlite_utils
 import yaml
 
+import stage
+from stage import SOURCE_TABLES, checksum_status, sha256
+
 ROOT = Path(__file__).resolve().parent
 SQL_DIR = ROOT / "sql"
 SQL_FILES = sorted(p.name for p in SQL_DIR.glob("*.sql"))  # 00_macros.sql, 01_sources.sql, then the layers
@@ -50,10 +52,6 @@ FILE_NAME = re.compile(
     r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>[A-Za-z]+|\d+[smhdwM])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.(?P<ext>zip|csv)$"
 )
 KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines")
-SOURCE_TABLES = {"metrics": "src_metrics", "fundingRate": "src_funding_rate", "aggTrades": "src_agg_trades",
-                 "trades": "src_trades", "liquidationSnapshot": "src_liquidation_snapshot",
-                 "forceOrder": "src_force_orders", "liquidationsAggregated": "src_liquidations_aggregated",
-                 **{kind: "src_klines" for kind in KLINE_TYPES}}
 # Realized liquidations that are not Binance files, known by their header: a recorded forceOrder
 # stream, and aggregated exports with one row per period (domain.md §3).
 LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price", "filled_qty", "usd_value"},
@@ -147,61 +145,6 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
     return list(found.values())
 
 
-# ---------------------------------------------------------------- checking and unpacking
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def checksum_status(path: Path) -> str:
-    """'ok', 'absent' or 'mismatch' against Binance's NAME.zip.CHECKSUM ("<sha256>  NAME.zip")."""
-    checksum_file = path.with_name(path.name + ".CHECKSUM")
-    if not checksum_file.exists():
-        return "absent"
-    expected = checksum_file.read_text(errors="replace").split()
-    return "ok" if expected and expected[0].lower() == sha256(path) else "mismatch"
-
-
-def unpack(info: dict, tmp: Path, n_columns: int) -> dict:
-    """Verify, unzip and look at the first line of one file. Sets status, problem and csv_path."""
-    path = info["path"]
-    info.update(checksum=checksum_status(path) if path.suffix == ".zip" else "absent",
-                status="quarantined", problem=None, detail=None, has_header=None, csv_path=None)
-    if info["checksum"] == "mismatch":
-        return {**info, "problem": "checksum_mismatch",
-                "detail": f"sha256 of {path.name} differs from {path.name}.CHECKSUM; file not ingested"}
-    csv_path = path
-    if path.suffix == ".zip":
-        try:
-            with zipfile.ZipFile(path) as archive:
-                members = [m for m in archive.namelist() if m.lower().endswith(".csv")]
-                if len(members) != 1:
-                    raise zipfile.BadZipFile(f"expected one CSV inside, found {len(members)}")
-                csv_path = tmp / f"{info['file_id']}.csv"
-                with archive.open(members[0]) as src, csv_path.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
-            return {**info, "problem": "unreadable_zip", "detail": f"{path.name}: {error}"}
-    with csv_path.open(encoding="utf-8", errors="replace") as f:
-        first_line = f.readline().lstrip("\ufeff").strip()
-    if not first_line:
-        return {**info, "problem": "empty_file", "detail": f"{path.name} holds no rows"}
-    fields = [field.strip().strip('"') for field in first_line.split(",")]
-    # Binance files have a header in some periods and not in others: a header's first field is a
-    # column name; a data row's first field is a number or a 'YYYY-MM-DD ...' time.
-    has_header = not fields[0][:1].isdigit()
-    if has_header and n_columns and len(fields) != n_columns:
-        return {**info, "problem": "unexpected_columns",
-                "detail": f"{path.name}: header has {len(fields)} columns ({first_line[:120]}), "
-                          f"a {info['data_type']} file has {n_columns}"}
-    return {**info, "status": "loaded", "has_header": has_header, "csv_path": str(csv_path)}
-
-
 # ---------------------------------------------------------------- DuckDB
 
 
@@ -211,46 +154,6 @@ def run_sql_files(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
             con.execute((SQL_DIR / name).read_text())
         except duckdb.Error as error:
             raise BuildError(f"sql/{name}: {error}") from error
-
-
-def source_columns(con, table: str) -> dict[str, str]:
-    rows = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
-                       "AND column_name <> 'file_id' ORDER BY column_index", [table]).fetchall()
-    return dict(rows)
-
-
-def load_sources(con, files: list[dict], tmp: Path) -> None:
-    """Unpack every file and read it into its src_* table; bad rows go to src_rejects."""
-    columns_of: dict[str, dict] = {}  # asked once per table, not once per file
-    for file_id, info in enumerate(files, 1):
-        table = SOURCE_TABLES[info["data_type"]]
-        columns = columns_of.get(table) or columns_of.setdefault(table, source_columns(con, table))
-        by_name = info["data_type"] in LIQUIDATION_HEADERS  # their columns vary: read by header name, as text
-        info = unpack({**info, "file_id": file_id}, tmp, None if by_name else len(columns))
-        try:
-            if info["status"] == "loaded" and by_name:
-                con.execute(f"INSERT INTO {table} BY NAME SELECT *, {file_id} AS file_id FROM read_csv(?, "
-                            "header = true, all_varchar = true)", [info["csv_path"]])
-            elif info["status"] == "loaded":
-                con.execute(
-                    f"INSERT INTO {table} SELECT *, {file_id} FROM read_csv(?, header = ?, auto_detect = false, "
-                    "delim = ',', quote = '\"', columns = ?, timestampformat = '%Y-%m-%d %H:%M:%S', "
-                    "store_rejects = true)", [info["csv_path"], info["has_header"], columns])
-        except duckdb.Error as error:
-            info.update(status="quarantined", problem="unreadable_csv", detail=f"{info['name']}: {error}")
-        if info["status"] != "loaded":
-            log(f"quarantined {info['name']}: {info['detail']}")
-        con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"],
-                     info["period"], info["has_header"], info["checksum"], info["status"], info["problem"],
-                     info["detail"], info["csv_path"]])
-        if file_id % 100 == 0 or file_id == len(files):
-            log(f"loaded {file_id}/{len(files)} files")
-    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'reject_errors'").fetchone()[0]:
-        con.execute("""INSERT INTO src_rejects
-            SELECT f.file_id, e.line, e.column_name, e.error_type, e.csv_line, e.error_message
-            FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id)
-            JOIN src_files f ON f.csv_path = s.file_path""")
 
 
 def set_parameters(con, args) -> None:
@@ -494,8 +397,9 @@ def create_sources(con, args) -> None:
 def run_models(con) -> None:
     """Every SQL layer after the sources: staging, parameters, models, data quality, outputs."""
     for name in SQL_FILES[2:]:
+        began = time.perf_counter()
         run_sql_files(con, [name])
-        log(f"ran sql/{name}")
+        log(f"ran sql/{name} ({time.perf_counter() - began:.1f} s)")
 
 
 def configure(con, memory_limit: str, spill_dir: Path) -> None:
@@ -508,6 +412,12 @@ def configure(con, memory_limit: str, spill_dir: Path) -> None:
         raise BuildError(f"--memory-limit {memory_limit!r} is no size DuckDB knows (e.g. 4GB, 512MB): {error}") from error
     con.execute("SET temp_directory = ?", [str(spill_dir)])
     con.execute("SET asof_loop_join_threshold = 0")
+
+
+def memory_megabytes(con) -> int:
+    """DuckDB's memory limit in MB, as it understood --memory-limit (it reports e.g. '667.5 MiB')."""
+    number, unit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0].split()
+    return int(float(number) * 1024 ** "KMGTP".index(unit[0]) // 1024 if unit[0] in "KMGTP" else float(number) / 2**20)
 
 
 def default_memory_limit() -> str:
@@ -531,14 +441,21 @@ def build(args) -> Path:
     try:
         with tempfile.TemporaryDirectory(prefix="liquidation-heatmap-") as tmp:
             configure(con, args.memory_limit, Path(tmp) / "spill")
+            try:
+                files = stage.stage_files(files, Path(args.cache or db_path.parent / "cache"), args.jobs,
+                                          memory_megabytes(con), log)
+            except stage.StageError as error:
+                raise BuildError(str(error)) from error
+            for info in files:
+                if info["status"] != "loaded":
+                    log(f"quarantined {info['name']}: {info['detail']}")
             create_sources(con, args)
-            load_sources(con, files, Path(tmp))
+            stage.register(con, files)
             if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
                 raise BuildError(f"none of the {len(files)} files under {args.data} could be read (see messages above)")
             write_build_info(con, args, files)
             run_models(con)
         describe_outputs(con, tables)
-        con.execute("UPDATE src_files SET csv_path = NULL")  # the temporary copies are gone
         summarize(con)
         export_sqlite(con, tables, db_path)
         con.close()
@@ -709,6 +626,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--horizons", default="1h,4h,24h", help="backtest forecast horizons (default 1h,4h,24h)")
     p.add_argument("--memory-limit", default=default_memory_limit(),
                    help="DuckDB's memory limit, e.g. 4GB (default: a quarter of RAM); beyond it, work spills to disk")
+    p.add_argument("--cache", type=Path, help="staged Parquet of every file read (default: cache/ beside --db)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="files staged in parallel (default: one per core)")
     p = commands.add_parser("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
     p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
     p.add_argument("--start", type=date, required=True, help="first day (YYYY-MM-DD, UTC)")

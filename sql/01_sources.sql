@@ -1,6 +1,9 @@
 -- Layer 1: sources. One table per Binance file type, with the columns exactly as Binance writes
--- them (domain.md §3), filled by build.py's loader with DuckDB's read_csv. Rows that do not parse
--- are not lost: DuckDB's reject tables are copied into src_rejects, with file and line.
+-- them (domain.md §3). stage.py reads each file once with DuckDB's read_csv into these tables, on a
+-- connection of its own, and writes the valid rows, one per key, to Parquet in the cache
+-- (sql/staging/one_file.sql). Rows that do not parse are not lost: DuckDB's reject tables are copied
+-- into src_rejects, with file and line, and reported in the file's stage_quality rows. A build then
+-- reads the cached Parquet: build.py turns each table with staged files into a view over them.
 -- Every row carries file_id, pointing into src_files, which says which symbol, type and interval
 -- the file holds (Binance puts those in the file's name and folders, not in its rows).
 
@@ -16,7 +19,28 @@ CREATE TABLE src_files (
     status         VARCHAR NOT NULL,  -- 'loaded' or 'quarantined' (not ingested; see problem)
     problem        VARCHAR,           -- why it was quarantined
     detail         VARCHAR,
-    csv_path       VARCHAR            -- where the CSV was read from (inside a temporary folder for zips)
+    csv_path       VARCHAR,           -- while staging: where the CSV was read from (a temporary copy for zips)
+    staged_path    VARCHAR,           -- its Parquet in the cache (loaded files)
+    sha256         VARCHAR,           -- of the file's bytes: the cache's key
+    rows_read      BIGINT,            -- rows parsed, before invalid rows and repeated keys were left out
+    first_ts       TIMESTAMP,         -- the staged rows' time range: files of one series whose ranges
+    last_ts        TIMESTAMP          -- meet are deduplicated against each other (sql/02_staging.sql)
+);
+
+-- What staging found wrong in each file (unparseable rows, invalid values, keys repeated within the
+-- file), in data_quality's shape; computed once per file and kept in the cache beside its Parquet.
+CREATE TABLE stage_quality (
+    file_id        INTEGER,
+    symbol         VARCHAR,
+    data_type      VARCHAR,
+    kline_interval VARCHAR,
+    line           BIGINT,
+    problem        VARCHAR,
+    severity       VARCHAR,
+    detail         VARCHAR,
+    rows_affected  BIGINT,
+    first_ts       TIMESTAMP,
+    last_ts        TIMESTAMP
 );
 
 CREATE TABLE src_rejects (            -- rows DuckDB could not parse, from its reject_errors table

@@ -3,8 +3,10 @@
 --   typed_*  every row, with its symbol and UTC time, a key and a hash of its values;
 --   stg_*    one row per key (the first file wins), limited to --start/--end, with rows that
 --            cannot be right (zero or negative prices, open interest or quantities) left out.
--- Nothing is dropped silently: data_quality (sql/90_data_quality.sql) counts every duplicate and
--- every row left out here, from the typed_* views.
+-- The same views serve twice. While a file is staged (stage.py, sql/staging/one_file.sql), they
+-- hold that file alone: its invalid rows and repeated keys are counted and left out of its Parquet.
+-- In a build they read the staged Parquet, where only keys repeated across files remain to drop.
+-- Nothing is dropped silently: data_quality (sql/80_data_quality.sql) reports every row left out.
 
 CREATE OR REPLACE MACRO in_build_window(ts) AS
     ts >= coalesce((SELECT start_ts FROM build_window), '-infinity'::TIMESTAMP)
@@ -23,11 +25,11 @@ SELECT coalesce(m.symbol, f.symbol)              AS symbol,
        hash(m.sum_open_interest, m.sum_open_interest_value, m.count_long_short_ratio,
             m.count_toptrader_long_short_ratio, m.sum_toptrader_long_short_ratio,
             m.sum_taker_long_short_vol_ratio)    AS row_hash,
-       m.file_id
+       m.file_id, m.rowid AS src_rowid
 FROM src_metrics m JOIN src_files f USING (file_id);
 
 CREATE OR REPLACE VIEW stg_open_interest AS
-SELECT * EXCLUDE (is_valid, row_hash) FROM typed_open_interest
+SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_open_interest
 WHERE is_valid AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
 
@@ -38,11 +40,11 @@ SELECT f.symbol,
        r.last_funding_rate         AS funding_rate,   -- per interval; positive: longs pay shorts
        r.last_funding_rate IS NOT NULL AND abs(r.last_funding_rate) < 0.05 AS is_valid,
        hash(r.funding_interval_hours, r.last_funding_rate) AS row_hash,
-       r.file_id
+       r.file_id, r.rowid AS src_rowid
 FROM src_funding_rate r JOIN src_files f USING (file_id);
 
 CREATE OR REPLACE VIEW stg_funding_rates AS
-SELECT * EXCLUDE (is_valid, row_hash) FROM typed_funding_rates
+SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_funding_rates
 WHERE is_valid AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
 
@@ -57,11 +59,11 @@ SELECT f.symbol, f.data_type, f.kline_interval,
        least(k.open, k.high, k.low, k.close) > 0 AND k.high >= greatest(k.open, k.close, k.low)
            AND k.low <= least(k.open, k.close) AS is_valid,
        hash(k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.count) AS row_hash,
-       k.file_id
+       k.file_id, k.rowid AS src_rowid
 FROM src_klines k JOIN src_files f USING (file_id);
 
 CREATE OR REPLACE VIEW stg_klines_all AS
-SELECT * EXCLUDE (is_valid, row_hash) FROM typed_klines
+SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_klines
 WHERE is_valid AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, data_type, kline_interval, ts ORDER BY file_id) = 1;
 
@@ -86,17 +88,33 @@ SELECT f.symbol, f.data_type, t.agg_trade_id AS trade_id, ts_from_epoch(t.transa
        t.price, t.quantity, t.price * t.quantity AS notional_usd,
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END AS taker_side,
        t.price > 0 AND t.quantity > 0 AS is_valid,
-       hash(t.price, t.quantity, t.transact_time, t.is_buyer_maker) AS row_hash, t.file_id
+       hash(t.price, t.quantity, t.transact_time, t.is_buyer_maker) AS row_hash, t.file_id, t.rowid AS src_rowid
 FROM src_agg_trades t JOIN src_files f USING (file_id)
 UNION ALL
 SELECT f.symbol, f.data_type, t.id, ts_from_epoch(t.time), t.price, t.qty, t.price * t.qty,
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END,
-       t.price > 0 AND t.qty > 0, hash(t.price, t.qty, t.time, t.is_buyer_maker), t.file_id
+       t.price > 0 AND t.qty > 0, hash(t.price, t.qty, t.time, t.is_buyer_maker), t.file_id, t.rowid
 FROM src_trades t JOIN src_files f USING (file_id);
 
+-- Files whose rows' time range meets another loaded file's of the same series (a monthly file beside
+-- its daily ones, a day downloaded twice, metrics' next-day 00:00 row): only their keys can repeat
+-- in a build, each file being unique in itself once staged. A file without a range (not staged)
+-- counts as meeting every other.
+CREATE OR REPLACE VIEW overlapping_files AS
+SELECT DISTINCT a.file_id
+FROM src_files a JOIN src_files b ON a.file_id <> b.file_id AND a.symbol = b.symbol AND a.data_type = b.data_type
+    AND a.kline_interval IS NOT DISTINCT FROM b.kline_interval
+    AND coalesce(a.first_ts <= b.last_ts AND b.first_ts <= a.last_ts, true)
+WHERE a.status = 'loaded' AND b.status = 'loaded';
+
+-- Trades are millions a day: deduplicating them all would hold a month in memory. Only the files
+-- that overlap another are; the rest stream through.
 CREATE OR REPLACE VIEW stg_trades AS
-SELECT * EXCLUDE (is_valid, row_hash) FROM typed_trades
-WHERE is_valid AND in_build_window(ts)
+SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_trades
+WHERE is_valid AND in_build_window(ts) AND file_id NOT IN (SELECT file_id FROM overlapping_files)
+UNION ALL
+SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_trades
+WHERE is_valid AND in_build_window(ts) AND file_id IN (SELECT file_id FROM overlapping_files)
 QUALIFY row_number() OVER (PARTITION BY symbol, data_type, trade_id ORDER BY file_id) = 1;
 
 -- Realized liquidations, one row per event (or per period and side for aggregated exports), from
@@ -109,25 +127,26 @@ SELECT f.symbol, ts_from_epoch(l.time) AS ts,
        coalesce(nullif(l.accumulated_fill_quantity, 0), l.original_quantity) AS quantity,
        coalesce(nullif(l.average_price, 0), l.price)
            * coalesce(nullif(l.accumulated_fill_quantity, 0), l.original_quantity) AS volume_usd,
-       f.data_type AS source, l.file_id
+       f.data_type AS source, l.file_id, l.rowid AS src_rowid
 FROM src_liquidation_snapshot l JOIN src_files f USING (file_id)
 UNION ALL
 SELECT upper(trim(o.symbol)), parse_time(o."timestamp"),
        CASE upper(trim(o.side)) WHEN 'SELL' THEN 'long' WHEN 'BUY' THEN 'short' END,
        try_cast(o.avg_price AS DOUBLE), try_cast(o.filled_qty AS DOUBLE),
        coalesce(try_cast(o.usd_value AS DOUBLE), try_cast(o.avg_price AS DOUBLE) * try_cast(o.filled_qty AS DOUBLE)),
-       'forceOrder', o.file_id
+       'forceOrder', o.file_id, o.rowid
 FROM src_force_orders o
 UNION ALL
 SELECT coalesce(upper(trim(a.symbol)), (SELECT CASE WHEN count(DISTINCT symbol) = 1 THEN min(symbol) END
                                         FROM src_files WHERE data_type IN ('klines', 'markPriceKlines'))),
        parse_time(a."time"), s.side, NULL, NULL,
        try_cast(CASE s.side WHEN 'long' THEN a.long_usd ELSE a.short_usd END AS DOUBLE), 'liquidationsAggregated',
-       a.file_id
+       a.file_id, a.rowid
 FROM src_liquidations_aggregated a CROSS JOIN (VALUES ('long'), ('short')) s(side);
 
 CREATE OR REPLACE VIEW typed_realized_liquidations AS  -- every row, checked, with a hash for duplicates
-SELECT *, symbol IS NOT NULL AND ts IS NOT NULL AND side IS NOT NULL AND volume_usd >= 0
+SELECT *, (symbol IS NOT NULL OR source = 'liquidationsAggregated')   -- (its symbol may be decided by the build)
+          AND ts IS NOT NULL AND side IS NOT NULL AND volume_usd >= 0
           AND (price IS NULL AND source = 'liquidationsAggregated' OR price > 0) AS is_valid,
        hash(ts, side, price, quantity, volume_usd) AS row_hash
 FROM realized_rows;
@@ -135,7 +154,20 @@ FROM realized_rows;
 -- One row per event, for the symbols with market data: Binance's files repeat rows, forceOrder
 -- recordings hold every symbol, and an aggregated period with nothing liquidated adds nothing.
 CREATE OR REPLACE VIEW stg_realized_liquidations AS
-SELECT * EXCLUDE (is_valid, row_hash) FROM typed_realized_liquidations
+SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_realized_liquidations
 WHERE is_valid AND volume_usd > 0 AND in_build_window(ts)
   AND symbol IN (SELECT symbol FROM src_files WHERE data_type NOT IN ('forceOrder', 'liquidationsAggregated'))
 QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity, volume_usd, source ORDER BY file_id) = 1;
+
+-- Every typed row in one shape, for the checks that are the same for every file type: invalid
+-- values and repeated keys (within a file while staging it, across files in a build).
+CREATE OR REPLACE VIEW dq_rows AS
+SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, hash(ts) AS row_key, row_hash, is_valid, file_id,
+       src_rowid
+FROM typed_open_interest
+UNION ALL SELECT symbol, 'fundingRate', '', ts, hash(ts), row_hash, is_valid, file_id, src_rowid FROM typed_funding_rates
+UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, hash(ts), row_hash, is_valid, file_id, src_rowid
+FROM typed_klines
+UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), row_hash, is_valid, file_id, src_rowid FROM typed_trades
+UNION ALL SELECT symbol, source, '', ts, hash(ts, side, price, quantity), row_hash, is_valid, file_id, src_rowid
+FROM typed_realized_liquidations;

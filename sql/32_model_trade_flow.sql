@@ -19,7 +19,7 @@ WITH source AS (    -- 'aggTrades' < 'trades'
     WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' GROUP BY symbol
 ),
 large AS (          -- stg_trades' rules (valid, in the window, one row per trade id), on the large trades only
-    SELECT t.* EXCLUDE (is_valid, row_hash),
+    SELECT t.* EXCLUDE (is_valid, row_hash, src_rowid),
            time_bucket(to_seconds(param('time_bucket_s')::BIGINT), t.ts) AS time_bucket_start
     FROM typed_trades t JOIN source USING (symbol, data_type)
     WHERE t.notional_usd >= param('trade_flow_min_notional_usd') AND t.is_valid AND in_build_window(t.ts)

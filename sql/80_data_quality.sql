@@ -1,18 +1,10 @@
 -- Data quality and coverage: every problem found in the inputs, one row each, so that nothing is
--- dropped or guessed silently. Built from the sources and the typed_* / stg_* staging views.
+-- dropped or guessed silently. What is wrong within one file (unparseable rows, invalid values, keys
+-- repeated in it) was found when the file was staged (stage_quality, sql/staging/one_file.sql); what
+-- is wrong across files and in the series is found here, from the staging views.
 -- severity: 'error'   data could not be used at all (file quarantined, rows unparseable);
 --           'warning' data is missing, left out of the models, or suspicious;
 --           'info'    a known quirk of Binance's files that the build handled (e.g. overlapping files).
-
--- Every typed row in one shape: the checks below are the same for every file type.
-CREATE OR REPLACE VIEW dq_rows AS
-SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, hash(ts) AS row_key, row_hash, is_valid, file_id
-FROM typed_open_interest
-UNION ALL SELECT symbol, 'fundingRate', '', ts, hash(ts), row_hash, is_valid, file_id FROM typed_funding_rates
-UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, hash(ts), row_hash, is_valid, file_id FROM typed_klines
-UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), row_hash, is_valid, file_id FROM typed_trades
-UNION ALL SELECT symbol, source, '', ts, hash(ts, side, price, quantity), row_hash, is_valid, file_id
-FROM typed_realized_liquidations;
 
 -- The deduplicated, valid time series, with the step from the previous row, for gaps and cadence.
 CREATE OR REPLACE VIEW dq_series_steps AS
@@ -37,56 +29,38 @@ quarantined AS (
            detail, NULL::BIGINT AS rows_affected, NULL::TIMESTAMP AS first_ts, NULL::TIMESTAMP AS last_ts
     FROM files WHERE status = 'quarantined'
 ),
-unparseable AS (
-    SELECT f.symbol, f.data_type, f.kline_interval, f.path, min(r.line), 'unparseable_rows', 'error',
-           format('{} rows could not be read and were left out; first at line {}: "{}" ({})',
-                  count(DISTINCT r.line), min(r.line), arg_min(r.csv_line, r.line)[:100],
-                  arg_min(r.error_message, r.line)[:160]),
-           count(DISTINCT r.line), NULL::TIMESTAMP, NULL::TIMESTAMP
-    FROM src_rejects r JOIN files f USING (file_id) GROUP BY ALL
-),
-invalid AS (
-    SELECT d.symbol, d.data_type, d.kline_interval, f.path, NULL::BIGINT,
-           CASE d.data_type WHEN 'metrics' THEN 'non_positive_open_interest'
-                            WHEN 'fundingRate' THEN 'invalid_funding_rate'
-                            WHEN 'liquidationSnapshot' THEN 'invalid_liquidation'
-                            WHEN 'forceOrder' THEN 'invalid_liquidation'
-                            WHEN 'liquidationsAggregated' THEN 'invalid_liquidation'
-                            WHEN 'aggTrades' THEN 'non_positive_trade' WHEN 'trades' THEN 'non_positive_trade'
-                            ELSE 'invalid_price_bar' END,
-           'warning', format('{} rows with zero, negative, missing or inconsistent values left out of the models',
-                             count(*)),
-           count(*), min(d.ts), max(d.ts)
-    FROM dq_rows d JOIN files f USING (file_id)
-    WHERE NOT coalesce(d.is_valid, false) AND (d.ts IS NULL OR in_build_window(d.ts)) GROUP BY ALL
+in_file AS (        -- found when each file was staged
+    SELECT coalesce(q.symbol, f.symbol), q.data_type, q.kline_interval, f.path, q.line, q.problem, q.severity, q.detail,
+           q.rows_affected, q.first_ts, q.last_ts
+    FROM stage_quality q JOIN files f USING (file_id)
 ),
 other_symbols AS (  -- forceOrder recordings hold every symbol: the rows of symbols not built are left out
+    -- (and an aggregated export without a symbol column, when the build holds several symbols)
     SELECT '*', r.source, NULL, f.path, NULL::BIGINT, 'other_symbols', 'info',
            format('{} rows of {} symbols without market data in this build left out', count(*),
-                  count(DISTINCT r.symbol)), count(*), min(r.ts), max(r.ts)
+                  count(DISTINCT coalesce(r.symbol, '?'))), count(*), min(r.ts), max(r.ts)
     FROM typed_realized_liquidations r JOIN files f USING (file_id)
-    WHERE r.is_valid AND r.symbol NOT IN (SELECT symbol FROM stg_realized_liquidations) GROUP BY ALL
+    WHERE r.is_valid AND coalesce(r.symbol NOT IN (SELECT symbol FROM stg_realized_liquidations), true) GROUP BY ALL
 ),
-duplicate_keys AS (
+duplicate_keys AS ( -- keys in more than one file (each file is unique in itself once staged)
     SELECT symbol, data_type, kline_interval, row_key, count(*) AS n, count(DISTINCT row_hash) AS variants,
            list(DISTINCT file_id ORDER BY file_id) AS file_ids, min(ts) AS ts
-    FROM dq_rows WHERE in_build_window(ts) GROUP BY ALL HAVING count(*) > 1
+    FROM dq_rows WHERE in_build_window(ts) AND file_id IN (SELECT file_id FROM overlapping_files)
+    GROUP BY ALL HAVING count(DISTINCT file_id) > 1
 ),
 duplicates AS (
-    -- The same row twice in one file is a fault of that file; the same row in two files is how
-    -- Binance writes metrics (a day's file repeats the next day's 00:00) or overlapping downloads.
+    -- The same row in two files is how Binance writes metrics (a day's file repeats the next day's
+    -- 00:00) or overlapping downloads; the same key with other values is a conflict.
     SELECT symbol, data_type, kline_interval, file, NULL::BIGINT, problem,
            CASE problem WHEN 'overlapping_files' THEN 'info' ELSE 'warning' END,
            format(CASE problem
                   WHEN 'conflicting_duplicates' THEN '{} keys appear with different values in several files; the first file''s row is used'
-                  WHEN 'duplicate_rows' THEN '{} rows appear more than once in this file; one of each is used'
                   ELSE '{} rows appear in more than one file with the same values; one of each is used' END,
                   count(*)),
            sum(n - 1), min(ts), max(ts)
     FROM (
-        SELECT d.*, CASE WHEN d.variants > 1 THEN 'conflicting_duplicates'
-                         WHEN len(d.file_ids) = 1 THEN 'duplicate_rows' ELSE 'overlapping_files' END AS problem,
-               CASE WHEN len(d.file_ids) = 1 OR d.variants > 1 THEN f.path END AS file
+        SELECT d.*, CASE WHEN d.variants > 1 THEN 'conflicting_duplicates' ELSE 'overlapping_files' END AS problem,
+               CASE WHEN d.variants > 1 THEN f.path END AS file
         FROM duplicate_keys d JOIN files f ON f.file_id = d.file_ids[1]
     )
     GROUP BY symbol, data_type, kline_interval, file, problem
@@ -143,7 +117,7 @@ outliers AS (
 )
 SELECT symbol, data_type, nullif(kline_interval, '') AS kline_interval, file, line, problem, severity, detail, rows_affected,
        first_ts, last_ts
-FROM (SELECT * FROM quarantined UNION ALL SELECT * FROM unparseable UNION ALL SELECT * FROM invalid
+FROM (SELECT * FROM quarantined UNION ALL SELECT * FROM in_file
       UNION ALL SELECT * FROM duplicates UNION ALL SELECT * FROM missing_days UNION ALL SELECT * FROM gaps
       UNION ALL SELECT * FROM outliers UNION ALL SELECT * FROM other_symbols)
 ORDER BY CASE severity WHEN 'error' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, symbol, data_type, first_ts, file;

@@ -14,19 +14,11 @@ FROM stg_open_interest ORDER BY symbol, ts;
 CREATE OR REPLACE TABLE funding_rates AS
 SELECT symbol, ts, funding_interval_hours, funding_rate FROM stg_funding_rates ORDER BY symbol, ts;
 
--- Every file found, whether it was loaded, and how many rows it gave.
+-- Every file found, whether it was loaded, and how many rows it gave (counted when it was staged).
 CREATE OR REPLACE TABLE source_files AS
-WITH row_counts AS (
-    SELECT file_id, count(*) AS n FROM (
-        SELECT file_id FROM src_metrics UNION ALL SELECT file_id FROM src_funding_rate
-        UNION ALL SELECT file_id FROM src_klines UNION ALL SELECT file_id FROM src_agg_trades
-        UNION ALL SELECT file_id FROM src_trades UNION ALL SELECT file_id FROM src_liquidation_snapshot
-        UNION ALL SELECT file_id FROM src_force_orders UNION ALL SELECT file_id FROM src_liquidations_aggregated)
-    GROUP BY file_id
-)
-SELECT f.path AS file, f.symbol, f.data_type, f.kline_interval, f.period, f.has_header, f.checksum,
-       f.status, f.problem, coalesce(r.n, 0) AS rows_read
-FROM src_files f LEFT JOIN row_counts r USING (file_id) ORDER BY f.symbol, f.data_type, f.period;
+SELECT path AS file, symbol, data_type, kline_interval, period, has_header, checksum, status, problem,
+       coalesce(rows_read, 0) AS rows_read
+FROM src_files ORDER BY symbol, data_type, period;
 
 -- SQLite names. Datasette serves a table before a stored query of the same name, and the stored
 -- queries (datasette.yaml) need the short names heatmap, levels, liquidation_map, coverage and

@@ -170,7 +170,8 @@ def test_bad_input_exits_non_zero_and_keeps_the_previous_database(demo_db, tmp_p
     assert db.read_bytes() == before
     result = run_build("--data", str(empty.parent / "junk"), "--db", str(db), "--memory-limit", "lots")
     assert result.returncode == 2 and "--memory-limit 'lots'" in result.stderr and db.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "junk", "liquidations.db"]
+    # nothing left behind but the staging cache (which remembers the junk file as quarantined)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "empty", "junk", "liquidations.db"]
 
 
 def test_a_failing_export_keeps_the_previous_database(demo_dir, demo_db, tmp_path, monkeypatch):

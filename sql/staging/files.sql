@@ -1,0 +1,63 @@
+-- Staging a batch of files (stage.py): run on a connection of its own whose src_* tables hold those
+-- files' rows only, with the staging views of sql/02_staging.sql over them. What is found here is
+-- found once per file and kept in the cache beside its Parquet, so a build never reads its raw rows again.
+
+-- Keys the file holds more than once (valid rows only: an invalid row is left out anyway).
+CREATE OR REPLACE TABLE stage_repeated_keys AS
+SELECT file_id, symbol, data_type, kline_interval, row_key, count(*) AS n, count(DISTINCT row_hash) AS variants,
+       min(ts) AS first_ts, max(ts) AS last_ts
+FROM dq_rows WHERE is_valid GROUP BY ALL HAVING count(*) > 1;
+
+-- The rows left out of the Parquet: invalid ones, and every copy of a key after its first in the file.
+CREATE OR REPLACE TABLE stage_dropped AS
+SELECT src_rowid FROM dq_rows WHERE NOT coalesce(is_valid, false)
+UNION ALL
+SELECT src_rowid FROM dq_rows d SEMI JOIN stage_repeated_keys k USING (file_id, symbol, data_type, kline_interval, row_key)
+WHERE d.is_valid
+QUALIFY row_number() OVER (PARTITION BY d.file_id, d.symbol, d.data_type, d.kline_interval, d.row_key
+                           ORDER BY d.src_rowid) > 1;
+
+-- What was read and what is staged: the staged rows' time range decides which files a build must
+-- deduplicate against each other (overlapping_files).
+CREATE OR REPLACE TABLE stage_stats AS
+SELECT file_id, count(*) AS rows_read,
+       min(ts) FILTER (WHERE is_valid AND src_rowid NOT IN (SELECT src_rowid FROM stage_dropped)) AS first_ts,
+       max(ts) FILTER (WHERE is_valid AND src_rowid NOT IN (SELECT src_rowid FROM stage_dropped)) AS last_ts
+FROM dq_rows GROUP BY file_id;
+
+-- Each file's data-quality rows, in data_quality's shape (sql/80_data_quality.sql adds the file name).
+CREATE OR REPLACE TABLE stage_quality AS
+WITH unparseable AS (
+    SELECT f.file_id, f.symbol, f.data_type, coalesce(f.kline_interval, '') AS kline_interval, min(r.line) AS line,
+           'unparseable_rows' AS problem, 'error' AS severity,
+           format('{} rows could not be read and were left out; first at line {}: "{}" ({})',
+                  count(DISTINCT r.line), min(r.line), arg_min(r.csv_line, r.line)[:100],
+                  arg_min(r.error_message, r.line)[:160]) AS detail,
+           count(DISTINCT r.line) AS rows_affected, NULL::TIMESTAMP AS first_ts, NULL::TIMESTAMP AS last_ts
+    FROM src_rejects r JOIN src_files f USING (file_id) GROUP BY ALL
+),
+invalid AS (
+    SELECT file_id, symbol, data_type, kline_interval, NULL::BIGINT,
+           CASE data_type WHEN 'metrics' THEN 'non_positive_open_interest'
+                          WHEN 'fundingRate' THEN 'invalid_funding_rate'
+                          WHEN 'liquidationSnapshot' THEN 'invalid_liquidation'
+                          WHEN 'forceOrder' THEN 'invalid_liquidation'
+                          WHEN 'liquidationsAggregated' THEN 'invalid_liquidation'
+                          WHEN 'aggTrades' THEN 'non_positive_trade' WHEN 'trades' THEN 'non_positive_trade'
+                          ELSE 'invalid_price_bar' END,
+           'warning', format('{} rows with zero, negative, missing or inconsistent values left out of the models',
+                             count(*)),
+           count(*), min(ts), max(ts)
+    FROM dq_rows WHERE NOT coalesce(is_valid, false) GROUP BY ALL
+),
+repeated AS (
+    -- The same key twice in one file is a fault of that file (Binance repeats rows across files, not
+    -- within one): one of each is used, the first.
+    SELECT file_id, symbol, data_type, kline_interval, NULL::BIGINT, 'duplicate_rows', 'warning',
+           format('{} rows appear more than once in this file{}; one of each is used', count(*),
+                  CASE WHEN max(variants) > 1 THEN format(' ({} with different values: the first is used)',
+                                                          count(*) FILTER (WHERE variants > 1)) ELSE '' END),
+           sum(n - 1), min(first_ts), max(last_ts)
+    FROM stage_repeated_keys GROUP BY ALL
+)
+SELECT * FROM unparseable UNION ALL SELECT * FROM invalid UNION ALL SELECT * FROM repeated;

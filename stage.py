@@ -1,0 +1,315 @@
+"""Staging: every source file read once into typed, deduplicated Parquet, kept in a cache by checksum.
+
+A file is staged on a DuckDB connection of its own: verified against Binance's .CHECKSUM, unzipped,
+read with read_csv into its src_* table (sql/01_sources.sql), checked by sql/staging/one_file.sql
+(unparseable rows, invalid values, keys repeated in the file), and its valid rows, one per key, are
+written to CACHE/<version>/<type>/<symbol>/<period>-<sha256>.parquet, with a JSON file beside it that
+holds what staging found. A build reads only the files it has not seen (a new or changed file has a
+new checksum); a file that is gone is simply not read; deleting the cache stages everything again.
+The version is a digest of the SQL that shapes the Parquet, so a change to it restages every file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parent
+SQL_DIR = ROOT / "sql"
+STAGE_SQL = ["00_macros.sql", "01_sources.sql", "02_staging.sql"]  # the tables and views a file is read into
+CHECK_SQL = SQL_DIR / "staging" / "files.sql"
+BATCH_BYTES = 32 << 20  # small files are staged many at a time: a connection and the checks cost ~0.2 s
+SOURCE_TABLES = {"metrics": "src_metrics", "fundingRate": "src_funding_rate", "aggTrades": "src_agg_trades",
+                 "trades": "src_trades", "liquidationSnapshot": "src_liquidation_snapshot",
+                 "forceOrder": "src_force_orders", "liquidationsAggregated": "src_liquidations_aggregated",
+                 **{kind: "src_klines" for kind in ("klines", "markPriceKlines", "indexPriceKlines",
+                                                    "premiumIndexKlines")}}
+BY_NAME = ("forceOrder", "liquidationsAggregated")  # their columns vary: read by header name, as text
+LOADED_STATS = ("rows_read", "first_ts", "last_ts")
+QUALITY_COLUMNS = ("symbol", "data_type", "kline_interval", "line", "problem", "severity", "detail", "rows_affected",
+                   "first_ts::VARCHAR", "last_ts::VARCHAR")
+
+
+class StageError(Exception):
+    """A file or the cache could not be used; build.py reports it like any build error."""
+
+
+def version() -> str:
+    """Digest of the SQL that decides what a staged file holds: any change to it restages every file."""
+    digest = hashlib.sha256()
+    for path in [SQL_DIR / name for name in STAGE_SQL] + [CHECK_SQL]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- checking and unpacking
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_status(path: Path, digest: str | None = None) -> str:
+    """'ok', 'absent' or 'mismatch' against Binance's NAME.zip.CHECKSUM ("<sha256>  NAME.zip")."""
+    checksum_file = path.with_name(path.name + ".CHECKSUM")
+    if not checksum_file.exists():
+        return "absent"
+    expected = checksum_file.read_text(errors="replace").split()
+    return "ok" if expected and expected[0].lower() == (digest or sha256(path)) else "mismatch"
+
+
+class Checksums:
+    """sha256 of each file, remembered by path, size and modification time: an unchanged file is not reread."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+        self.lock = threading.Lock()
+
+    def of(self, path: Path) -> str:
+        stat, key = path.stat(), str(path.resolve())
+        seen = self.known.get(key)
+        if seen and seen[:2] == [stat.st_size, stat.st_mtime_ns]:
+            return seen[2]
+        digest = sha256(path)
+        with self.lock:
+            self.known[key] = [stat.st_size, stat.st_mtime_ns, digest]
+        return digest
+
+    def save(self) -> None:
+        write_atomic(self.path, json.dumps(self.known, indent=0, sort_keys=True))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
+    """Unzip one file and look at its first line. Sets status, problem, has_header and csv_path."""
+    path = info["path"]
+    info = {**info, "status": "quarantined", "problem": None, "detail": None, "has_header": None, "csv_path": None}
+    csv_path = path
+    if path.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.namelist() if m.lower().endswith(".csv")]
+                if len(members) != 1:
+                    raise zipfile.BadZipFile(f"expected one CSV inside, found {len(members)}")
+                csv_path = tmp / f"{info['sha256']}.csv"
+                with archive.open(members[0]) as src, csv_path.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            return {**info, "problem": "unreadable_zip", "detail": f"{path.name}: {error}"}
+    with csv_path.open(encoding="utf-8", errors="replace") as f:
+        first_line = f.readline().lstrip("\ufeff").strip()
+    if not first_line:
+        return {**info, "problem": "empty_file", "detail": f"{path.name} holds no rows"}
+    fields = [field.strip().strip('"') for field in first_line.split(",")]
+    # Binance files have a header in some periods and not in others: a header's first field is a
+    # column name; a data row's first field is a number or a 'YYYY-MM-DD ...' time.
+    has_header = not fields[0][:1].isdigit()
+    if has_header and n_columns and len(fields) != n_columns:
+        return {**info, "problem": "unexpected_columns",
+                "detail": f"{path.name}: header has {len(fields)} columns ({first_line[:120]}), "
+                          f"a {info['data_type']} file has {n_columns}"}
+    return {**info, "status": "loaded", "has_header": has_header, "csv_path": str(csv_path)}
+
+
+# ---------------------------------------------------------------- staging one file
+
+
+def source_columns(con, table: str) -> dict[str, str]:
+    rows = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
+                       "AND column_name <> 'file_id' ORDER BY column_index", [table]).fetchall()
+    return dict(rows)
+
+
+def run_sql(con, path: Path) -> None:
+    try:
+        con.execute(path.read_text())
+    except duckdb.Error as error:
+        raise StageError(f"{path.relative_to(ROOT)}: {error}") from error
+
+
+def stage_connection(threads: int, memory_limit: str, spill: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET temp_directory = ?", [str(spill)])
+    con.execute("SET preserve_insertion_order = true")  # rowid = order in the file: the first copy of a key wins
+    return con
+
+
+def read_file(con, info: dict, file_id: int, tmp: Path) -> dict:
+    """Read one file into its src_* table; rows DuckDB cannot parse go to DuckDB's reject tables."""
+    table = SOURCE_TABLES[info["data_type"]]
+    by_name = info["data_type"] in BY_NAME
+    info = unpack(info, tmp, None if by_name else len(source_columns(con, table)))
+    try:
+        if info["status"] == "loaded" and by_name:
+            con.execute(f"INSERT INTO {table} BY NAME SELECT *, {file_id} AS file_id FROM read_csv(?, header = true, "
+                        "all_varchar = true)", [info["csv_path"]])
+        elif info["status"] == "loaded":
+            con.execute(f"INSERT INTO {table} SELECT *, {file_id} FROM read_csv(?, header = ?, auto_detect = false, "
+                        "delim = ',', quote = '\"', columns = ?, timestampformat = '%Y-%m-%d %H:%M:%S', "
+                        "store_rejects = true)", [info["csv_path"], info["has_header"], source_columns(con, table)])
+    except duckdb.Error as error:
+        info.update(status="quarantined", problem="unreadable_csv", detail=f"{info['name']}: {error}")
+    con.execute("INSERT INTO src_files (file_id, path, symbol, data_type, kline_interval, period, has_header, checksum, "
+                "status, csv_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
+                 info["has_header"], info["checksum"], info["status"], info["csv_path"]])
+    return info
+
+
+def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
+    """Stage files of one src_* table together: each to its target (.parquet, with .json beside it)."""
+    for name in STAGE_SQL:
+        run_sql(con, SQL_DIR / name)
+    infos = [read_file(con, info, file_id, tmp) for file_id, info in enumerate(batch, 1)]
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'reject_errors'").fetchone()[0]:
+        con.execute("""INSERT INTO src_rejects
+            SELECT f.file_id, e.line, e.column_name, e.error_type, e.csv_line, e.error_message
+            FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id) JOIN src_files f ON f.csv_path = s.file_path""")
+    run_sql(con, CHECK_SQL)
+    records = []
+    for file_id, info in enumerate(infos, 1):
+        record = {key: info[key] for key in ("status", "problem", "detail", "has_header")}
+        if info["status"] == "loaded":
+            stats = con.execute("SELECT rows_read, first_ts::VARCHAR, last_ts::VARCHAR FROM stage_stats "
+                                "WHERE file_id = ?", [file_id]).fetchone()
+            record.update(zip(LOADED_STATS, stats or (0, None, None)))
+            record["quality"] = [dict(zip(QUALITY_COLUMNS, row)) for row in con.execute(
+                f"SELECT {', '.join(QUALITY_COLUMNS)} FROM stage_quality WHERE file_id = ?", [file_id]).fetchall()]
+            target = info["target"]
+            part = target.with_name(f".{target.name}.tmp")
+            con.execute(f"COPY (SELECT * EXCLUDE (file_id) FROM {SOURCE_TABLES[info['data_type']]} WHERE file_id = {file_id} "
+                        "AND rowid NOT IN (SELECT src_rowid FROM stage_dropped) ORDER BY rowid) "
+                        f"TO '{part}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000)")
+            os.replace(part, target.with_suffix(".parquet"))
+        write_atomic(info["target"].with_suffix(".json"), json.dumps(record))
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------- staging every file
+
+
+def cache_target(cache: Path, info: dict) -> Path:
+    """Where a file's Parquet and JSON live: by type, symbol and period, named by checksum."""
+    folder = cache / info["data_type"] / info["symbol"].replace("*", "all-symbols")
+    return folder / f"{info['period'] or 'any'}{'-' + info['kline_interval'] if info['kline_interval'] else ''}" \
+                    f"-{info['sha256'][:24]}"
+
+
+def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb: int, log) -> list[dict]:
+    """Stage every file the cache lacks, `jobs` at a time; return each file with what staging found."""
+    cache = cache_root / version()
+    for stale in (p for p in cache_root.glob("*") if p.is_dir() and p != cache and len(p.name) == 12):
+        shutil.rmtree(stale, ignore_errors=True)   # staged by other SQL: never read again
+        log(f"removed the cache of older staging SQL: {stale}")
+    cache.mkdir(parents=True, exist_ok=True)
+    checksums = Checksums(cache_root / "checksums.json")
+    started = time.perf_counter()
+    for info in files:
+        info["sha256"] = checksums.of(info["path"])
+        info["checksum"] = checksum_status(info["path"], info["sha256"]) if info["path"].suffix == ".zip" else "absent"
+        info["target"] = cache_target(cache, info)
+    checksums.save()
+    todo = [info for info in files if info["checksum"] != "mismatch" and not info["target"].with_suffix(".json").exists()]
+    log(f"checksums of {len(files)} files in {time.perf_counter() - started:.1f} s; "
+        f"{len(files) - len(todo)} already staged, {len(todo)} to stage in {cache}")
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    memory_mb = max(256, memory_limit_mb // max(1, jobs))
+
+    def work(batch: list[dict]) -> tuple[list[dict], float]:
+        began = time.perf_counter()
+        for info in batch:
+            info["target"].parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="stage-", dir=cache) as tmp, \
+                stage_connection(threads, f"{memory_mb}MB", Path(tmp) / "spill") as con:
+            return stage_batch(con, batch, Path(tmp)), time.perf_counter() - began
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(work, batch): batch for batch in batches(todo)}
+        for future in as_completed(futures):
+            batch = futures[future]
+            try:
+                records, seconds = future.result()
+            except (duckdb.Error, OSError) as error:
+                raise StageError(f"{batch[0]['name']}: staging failed: {error}") from error
+            done += len(batch)
+            rows = sum(record.get("rows_read") or 0 for record in records)
+            log(f"staged {done}/{len(todo)} files: {batch[0]['name']}" + (f" and {len(batch) - 1} more" if len(batch) > 1
+                else "") + f" ({rows:,} rows, {seconds:.1f} s)")
+    return [{**info, **staged(info)} for info in files]
+
+
+def batches(files: list[dict]) -> list[list[dict]]:
+    """Files of one src_* table, up to BATCH_BYTES together; a large file alone. Largest first."""
+    out: list[list[dict]] = []
+    for info in sorted(files, key=lambda info: (SOURCE_TABLES[info["data_type"]], info["name"])):
+        size = info["path"].stat().st_size
+        last = out[-1] if out else None
+        if last and SOURCE_TABLES[last[0]["data_type"]] == SOURCE_TABLES[info["data_type"]] \
+                and sum(i["path"].stat().st_size for i in last) + size <= BATCH_BYTES:
+            last.append(info)
+        else:
+            out.append([info])
+    return sorted(out, key=lambda batch: -sum(i["path"].stat().st_size for i in batch))
+
+
+def staged(info: dict) -> dict:
+    """What the cache says of a file (a checksum mismatch is never staged: it is quarantined as it is)."""
+    if info["checksum"] == "mismatch":
+        return {"status": "quarantined", "problem": "checksum_mismatch", "has_header": None, "quality": [],
+                "detail": f"sha256 of {info['path'].name} differs from {info['path'].name}.CHECKSUM; file not ingested"}
+    record = json.loads(info["target"].with_suffix(".json").read_text())
+    return {"quality": [], "staged_path": str(info["target"].with_suffix(".parquet"))
+            if record["status"] == "loaded" else None, **record}
+
+
+# ---------------------------------------------------------------- a build reads the cache
+
+
+def register(con, files: list[dict]) -> None:
+    """Fill src_files and stage_quality, and turn each src_* table with staged files into a view over them."""
+    for file_id, info in enumerate(files, 1):
+        info["file_id"] = file_id
+        con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+                    [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
+                     info["has_header"], info["checksum"], info["status"], info["problem"], info["detail"],
+                     info.get("staged_path"), info["sha256"], *(info.get(key) for key in LOADED_STATS)])
+        for row in info["quality"]:
+            con.execute("INSERT INTO stage_quality VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [file_id, *row.values()])
+    for table in sorted(set(SOURCE_TABLES.values())):
+        # (two files with the same bytes share one Parquet: each row then comes once per file, as it would unstaged)
+        paths = sorted({info["staged_path"] for info in files
+                        if info.get("staged_path") and SOURCE_TABLES[info["data_type"]] == table})
+        if paths:
+            columns = ", ".join(f'p."{name}"' for name in source_columns(con, table))
+            con.execute(f"DROP TABLE {table}")
+            # rowid: the row's place in its Parquet, which the staging views read as each row's identity
+            con.execute(f"CREATE VIEW {table} AS SELECT {columns}, f.file_id, p.file_row_number AS rowid "
+                        f"FROM read_parquet({paths!r}, filename = true, file_row_number = true, hive_partitioning = false) p "
+                        "JOIN src_files f ON f.staged_path = p.filename")

@@ -1,0 +1,121 @@
+"""The staging cache: each file read once into Parquet, keyed by its checksum (stage.py)."""
+
+import re
+import sqlite3
+from pathlib import Path
+
+import duckdb
+from conftest import copy_tree, daily_file, read_zip_lines, remove, run_build, write_zip_lines
+
+import stage
+
+
+def staged_files(cache: Path) -> dict[str, float]:
+    """Every staged Parquet in the cache, with its modification time."""
+    return {str(p.relative_to(cache)): p.stat().st_mtime_ns for p in cache.rglob("*.parquet")}
+
+
+def to_stage(stderr: str) -> tuple[int, int]:
+    """(already staged, to stage) from a build's log."""
+    match = re.search(r"(\d+) already staged, (\d+) to stage", stderr)
+    return int(match[1]), int(match[2])
+
+
+def table(db: Path, sql: str, *params) -> list[tuple]:
+    """Rows, floats to 6 significant digits: sums in parallel may differ in the last of their 15."""
+    with sqlite3.connect(db) as con:
+        return [tuple(float(f"{v:.6g}") if isinstance(v, float) else v for v in row)
+                for row in con.execute(sql, params).fetchall()]
+
+
+def test_a_file_is_staged_once_restaged_when_changed_and_dropped_when_gone(demo_dir, tmp_path):
+    data, db = copy_tree(demo_dir, tmp_path / "data"), tmp_path / "out" / "liquidations.db"
+    cache = db.parent / "cache"
+    first = run_build("--data", str(data), "--db", str(db))
+    assert first.returncode == 0, first.stderr
+    n_files = len(list(data.rglob("*.zip")))
+    assert to_stage(first.stderr) == (0, n_files)
+    staged = staged_files(cache)
+    assert len(staged) == n_files and all("/BTCUSDT/" in name for name in staged)
+    outputs = {name: table(db, f"SELECT * FROM {name} ORDER BY 1, 2, 3") for name in ("open_interest", "heatmap_cells")}
+
+    # unchanged: nothing is read again, and the outputs are the same
+    second = run_build("--data", str(data), "--db", str(db))
+    assert second.returncode == 0 and to_stage(second.stderr) == (n_files, 0)
+    assert staged_files(cache) == staged
+    assert {name: table(db, f"SELECT * FROM {name} ORDER BY 1, 2, 3") for name in outputs} == outputs
+
+    # a changed file is staged again, and only it; the build sees its new rows
+    metrics = daily_file(data, "metrics", "2024-09-02")
+    lines = read_zip_lines(metrics)
+    fields = lines[5].split(",")
+    fields[2] = str(float(fields[2]) * 1.5)
+    lines[5] = ",".join(fields)
+    write_zip_lines(metrics, lines)
+    changed = run_build("--data", str(data), "--db", str(db))
+    assert changed.returncode == 0 and to_stage(changed.stderr) == (n_files - 1, 1)
+    assert table(db, "SELECT open_interest FROM open_interest WHERE ts = ?", fields[0].replace(" ", "T") + "Z") \
+        == [(float(f"{float(fields[2]):.6g}"),)]
+
+    # a removed file drops out of the build (its staged copy stays in the cache, unread)
+    remove(daily_file(data, "metrics", "2024-09-03"))
+    gone = run_build("--data", str(data), "--db", str(db))
+    assert gone.returncode == 0 and to_stage(gone.stderr) == (n_files - 1, 0)
+    assert table(db, "SELECT count(*) FROM open_interest WHERE ts > '2024-09-03T00:00:00Z' AND ts < '2024-09-04'") == [(0,)]
+    assert table(db, "SELECT count(*) FROM data_quality_problems WHERE problem = 'missing_day' "
+                     "AND data_type = 'metrics'") == [(1,)]
+
+
+def test_a_deleted_cache_or_parallel_staging_gives_the_same_build(demo_dir, demo_db, tmp_path):
+    db = tmp_path / "liquidations.db"
+    result = run_build("--data", str(demo_dir), "--db", str(db), "--cache", str(tmp_path / "elsewhere"), "--jobs", "1")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "cache").exists() and (tmp_path / "elsewhere").is_dir()
+    for name in ("open_interest", "heatmap_cells", "backtest_scores", "data_quality_problems", "source_files"):
+        assert table(db, f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") == table(demo_db, f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4")
+
+
+def test_files_that_overlap_are_deduplicated_and_reported(demo_dir, demo_db, tmp_path):
+    """The same day's trades twice (a second copy in another folder): one of each trade is used."""
+    data = copy_tree(demo_dir, tmp_path / "data")
+    trades = daily_file(data, "aggTrades", "2024-09-02")
+    (data / "again").mkdir()
+    (data / "again" / trades.name).write_bytes(trades.read_bytes())
+    db = tmp_path / "liquidations.db"
+    assert run_build("--data", str(data), "--db", str(db)).returncode == 0
+    coverage = "SELECT rows FROM data_coverage WHERE data_type = 'aggTrades'"
+    assert table(db, coverage) == table(demo_db, coverage)
+    overlap = table(db, "SELECT severity, rows_affected FROM data_quality_problems "
+                        "WHERE problem = 'overlapping_files' AND data_type = 'aggTrades'")
+    assert overlap == [("info", len(read_zip_lines(trades)) - 1)]   # every row of the day, less the header
+    openings = "SELECT count(*), round(sum(volume_usd), 2) FROM predicted_liquidations WHERE model = 'trade_flow'"
+    assert table(db, openings) == table(demo_db, openings)
+
+
+def test_staged_parquet_holds_the_valid_rows_once(demo_dir, tmp_path):
+    """A repeated key and an invalid row are left out of a file's Parquet and reported with the file."""
+    data = copy_tree(demo_dir, tmp_path / "data")
+    klines = daily_file(data, "klines", "2024-09-02", interval="1m")
+    lines = read_zip_lines(klines)
+    bad = lines[3].split(",")
+    bad[2], bad[3] = "0", "0"                 # high and low of 0: not a price
+    write_zip_lines(klines, lines[:3] + [",".join(bad)] + lines[4:] + [lines[10]])
+    info = {"path": klines, "name": klines.name, "symbol": "BTCUSDT", "data_type": "klines", "kline_interval": "1m",
+            "period": "2024-09-02"}
+    [staged] = stage.stage_files([info], tmp_path / "cache", 1, 512, lambda message: None)
+    assert staged["status"] == "loaded" and staged["rows_read"] == len(lines)   # every data row, plus the repeat
+    problems = {row["problem"]: row["rows_affected"] for row in staged["quality"]}
+    assert problems == {"invalid_price_bar": 1, "duplicate_rows": 1}
+    [rows] = duckdb.sql(f"SELECT count(*), count(DISTINCT open_time) FROM '{staged['staged_path']}'").fetchall()
+    assert rows == (len(lines) - 2, len(lines) - 2)   # less the header and the invalid row, the repeat once
+
+
+def test_changed_staging_sql_restages(demo_dir, tmp_path, monkeypatch):
+    info = {"path": daily_file(demo_dir, "metrics", "2024-09-01")}
+    info.update(name=info["path"].name, symbol="BTCUSDT", data_type="metrics", kline_interval=None, period="2024-09-01")
+    messages: list[str] = []
+    stage.stage_files([dict(info)], tmp_path, 1, 512, messages.append)
+    monkeypatch.setattr(stage, "version", lambda: "0123456789ab")
+    stage.stage_files([dict(info)], tmp_path, 1, 512, messages.append)
+    assert any("removed the cache of older staging SQL" in m for m in messages)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["0123456789ab"]
