@@ -35,7 +35,7 @@ SOURCE_TABLES = {"metrics": "src_metrics", "fundingRate": "src_funding_rate", "a
                  **{kind: "src_klines" for kind in ("klines", "markPriceKlines", "indexPriceKlines",
                                                     "premiumIndexKlines")}}
 BY_NAME = ("forceOrder", "liquidationsAggregated")  # their columns vary: read by header name, as text
-LOADED_STATS = ("rows_read", "first_ts", "last_ts")
+LOADED_STATS = ("rows_read", "rows_staged", "first_ts", "last_ts")
 QUALITY_COLUMNS = ("symbol", "data_type", "kline_interval", "line", "problem", "severity", "detail", "rows_affected",
                    "first_ts::VARCHAR", "last_ts::VARCHAR")
 
@@ -195,16 +195,16 @@ def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
     for file_id, info in enumerate(infos, 1):
         record = {key: info[key] for key in ("status", "problem", "detail", "has_header")}
         if info["status"] == "loaded":
-            stats = con.execute("SELECT rows_read, first_ts::VARCHAR, last_ts::VARCHAR FROM stage_stats "
+            stats = con.execute("SELECT rows_read, rows_staged, first_ts::VARCHAR, last_ts::VARCHAR FROM stage_stats "
                                 "WHERE file_id = ?", [file_id]).fetchone()
-            record.update(zip(LOADED_STATS, stats or (0, None, None)))
+            record.update(zip(LOADED_STATS, stats or (0, 0, None, None)))
             record["quality"] = [dict(zip(QUALITY_COLUMNS, row)) for row in con.execute(
                 f"SELECT {', '.join(QUALITY_COLUMNS)} FROM stage_quality WHERE file_id = ?", [file_id]).fetchall()]
             target = info["target"]
             part = target.with_name(f".{target.name}.tmp")
             con.execute(f"COPY (SELECT * EXCLUDE (file_id) FROM {SOURCE_TABLES[info['data_type']]} WHERE file_id = {file_id} "
                         "AND rowid NOT IN (SELECT src_rowid FROM stage_dropped) ORDER BY rowid) "
-                        f"TO '{part}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000)")
+                        f"TO '{part}' (FORMAT parquet, COMPRESSION zstd)")
             os.replace(part, target.with_suffix(".parquet"))
         write_atomic(info["target"].with_suffix(".json"), json.dumps(record))
         records.append(record)
@@ -238,7 +238,7 @@ def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb:
     todo = [info for info in files if info["checksum"] != "mismatch" and not info["target"].with_suffix(".json").exists()]
     log(f"checksums of {len(files)} files in {time.perf_counter() - started:.1f} s; "
         f"{len(files) - len(todo)} already staged, {len(todo)} to stage in {cache}")
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = os.cpu_count() or 1   # each job may use every core: a large file then stages as fast as alone
     memory_mb = max(256, memory_limit_mb // max(1, jobs))
 
     def work(batch: list[dict]) -> tuple[list[dict], float]:
@@ -296,7 +296,7 @@ def register(con, files: list[dict]) -> None:
     """Fill src_files and stage_quality, and turn each src_* table with staged files into a view over them."""
     for file_id, info in enumerate(files, 1):
         info["file_id"] = file_id
-        con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)",
                     [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
                      info["has_header"], info["checksum"], info["status"], info["problem"], info["detail"],
                      info.get("staged_path"), info["sha256"], *(info.get(key) for key in LOADED_STATS)])

@@ -23,6 +23,7 @@ CREATE TABLE src_files (
     staged_path    VARCHAR,           -- its Parquet in the cache (loaded files)
     sha256         VARCHAR,           -- of the file's bytes: the cache's key
     rows_read      BIGINT,            -- rows parsed, before invalid rows and repeated keys were left out
+    rows_staged    BIGINT,            -- rows in its Parquet
     first_ts       TIMESTAMP,         -- the staged rows' time range: files of one series whose ranges
     last_ts        TIMESTAMP          -- meet are deduplicated against each other (sql/02_staging.sql)
 );

@@ -13,6 +13,7 @@
 -- instead of fixed offsets, and its levels are consumed and shrink like every other model's.
 -- aggTrades are used where a symbol has them, individual trades otherwise.
 -- A table, not a view: it reads every trade (millions a day), so it is computed once.
+SET VARIABLE trade_flow_portion = (SELECT param('trade_flow_portion'));
 CREATE OR REPLACE TABLE openings_trade_flow AS
 WITH source AS (    -- 'aggTrades' < 'trades'
     SELECT symbol, min(data_type) AS data_type FROM src_files
@@ -30,11 +31,12 @@ ranked AS (
               AS size_rank
     FROM large
 ),
-counts AS (  -- all trades per side and time bucket, for the "portion" filter
+counts AS (  -- all trades per side and time bucket, for the "portion" filter; only when it is on: the
+             -- variable is a constant when the query is planned, so with portion 0 not one trade is read
     SELECT t.symbol, t.taker_side, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), t.ts) AS time_bucket_start,
            count(*) AS trades
     FROM stg_trades t JOIN source USING (symbol, data_type)
-    WHERE param('trade_flow_portion') > 0
+    WHERE getvariable('trade_flow_portion') > 0
     GROUP BY ALL
 )
 SELECT 'trade_flow' AS model, r.symbol, max(r.ts) AS created_ts,

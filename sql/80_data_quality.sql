@@ -124,13 +124,26 @@ ORDER BY CASE severity WHEN 'error' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, sym
 
 -- What data there is, per symbol and file type: the health check of a build.
 CREATE OR REPLACE TABLE coverage AS
-WITH rows_by_series AS (
+WITH trade_files_counted AS (
+    SELECT * FROM src_files
+    WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' AND rows_staged IS NOT NULL
+      AND file_id NOT IN (SELECT file_id FROM overlapping_files) AND in_build_window(first_ts) AND in_build_window(last_ts)
+),
+rows_by_series_parts AS (
     SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, min(ts) AS first_ts, max(ts) AS last_ts,
            count(*) AS rows FROM stg_open_interest GROUP BY ALL
     UNION ALL SELECT symbol, 'fundingRate', '', min(ts), max(ts), count(*) FROM stg_funding_rates GROUP BY ALL
     UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), min(ts), max(ts), count(*) FROM stg_klines_all GROUP BY ALL
-    UNION ALL SELECT symbol, data_type, '', min(ts), max(ts), count(*) FROM stg_trades GROUP BY ALL
+    -- trades: a file that overlaps no other and lies inside --start/--end was counted when staged;
+    -- only the others are counted row by row (a month of trades is tens of millions of rows)
+    UNION ALL SELECT symbol, data_type, '', min(ts), max(ts), count(*) FROM stg_trades
+    WHERE file_id NOT IN (SELECT file_id FROM trade_files_counted) GROUP BY ALL
+    UNION ALL SELECT symbol, data_type, '', min(first_ts), max(last_ts), sum(rows_staged) FROM trade_files_counted GROUP BY ALL
     UNION ALL SELECT symbol, source, '', min(ts), max(ts), count(*) FROM stg_realized_liquidations GROUP BY ALL
+),
+rows_by_series AS (
+    SELECT symbol, data_type, kline_interval, min(first_ts) AS first_ts, max(last_ts) AS last_ts, sum(rows)::BIGINT AS rows
+    FROM rows_by_series_parts GROUP BY ALL
 ),
 file_counts AS (
     SELECT symbol, data_type, coalesce(kline_interval, '') AS kline_interval,

@@ -1,6 +1,6 @@
 """Speed and memory of builds at real Binance volume, as ratios measured side by side in one run.
 
-    .venv/bin/python tests/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--markdown]
+    .venv/bin/python tests/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--readme]
 
 Simulates days + 1 of BTCUSDT at real aggTrades volume (or reuses --data, a folder simulated before
 with at least that many days), then, on the same files and the same machine, one after another:
@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30, help="days of the full build (one more is simulated)")
     parser.add_argument("--trades-per-day", type=int, default=2_000_000)
     parser.add_argument("--data", type=Path, help="reuse a folder simulated before (days + 1 days at least)")
-    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    parser.add_argument("--readme", action="store_true", help="also write the table into README.md's benchmark block")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="benchmark-") as name:
         tmp = Path(name)
@@ -101,12 +102,15 @@ def main() -> None:
         ("one day, whole build", f"{one_s:.2f} s (bare read {one_read_s:.2f} s)", f"{one_s / one_read_s:.1f}x the bare read",
          "<= 2.5 s"),
     ]
-    print(f"{rows:,} aggTrades in {args.days} days ({csv_bytes / 1e9:.2f} GB of CSV); {machine()}")
-    if args.markdown:
-        print("\n".join("| " + " | ".join(row) + " |" + ("\n|---|---|---|---|" if i == 0 else "") for i, row in enumerate(table)))
-    else:
-        for row in table:
-            print(f"{row[0]:42}{row[1]:38}{row[2]:48}{row[3]}")
+    header = f"{rows:,} aggTrades in {args.days} days ({csv_bytes / 1e9:.2f} GB of CSV); {machine()}; {dt.date.today()}"
+    print(header)
+    for row in table:
+        print(f"{row[0]:42}{row[1]:38}{row[2]:48}{row[3]}")
+    if args.readme:
+        markdown = "\n".join("| " + " | ".join(row) + " |" for row in table[:1] + [("---",) * 4] + table[1:])
+        readme = ROOT / "README.md"
+        block = re.compile(r"(<!-- benchmark: python tests/benchmark.py --readme -->\n).*?(<!-- end of benchmark -->)", re.DOTALL)
+        readme.write_text(block.sub(lambda m: f"{m[1]}{header}\n\n{markdown}\n{m[2]}", readme.read_text()))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 import duckdb
+import pytest
 from conftest import copy_tree, daily_file, read_zip_lines, remove, run_build, write_zip_lines
 
 import stage
@@ -119,3 +120,22 @@ def test_changed_staging_sql_restages(demo_dir, tmp_path, monkeypatch):
     stage.stage_files([dict(info)], tmp_path, 1, 512, messages.append)
     assert any("removed the cache of older staging SQL" in m for m in messages)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["0123456789ab"]
+
+
+def test_trade_flow_reads_every_trade_only_for_its_portion_filter(demo_dir, tmp_path):
+    """With the "portion" filter on, trade_flow ranks all trades per side and hour (a full scan of them);
+    off, it reads only the large ones. Both from the staged Parquet."""
+    db = tmp_path / "liquidations.db"
+    result = run_build("--data", str(demo_dir), "--db", str(db), "--param", "trade_flow_min_notional_usd=0",
+                       "--param", "trade_flow_portion=0.01")
+    assert result.returncode == 0, result.stderr
+    con = duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True)
+    [(opened, expected)] = con.execute("""
+        SELECT (SELECT sum(volume_usd) FROM openings_trade_flow WHERE signal <> 0),
+               (SELECT sum(notional_usd) FROM (
+                    SELECT notional_usd, row_number() OVER w AS rank, count(*) OVER (PARTITION BY taker_side, hour) AS n
+                    FROM (SELECT *, time_bucket(INTERVAL 1 HOUR, ts) AS hour FROM stg_trades)
+                    WINDOW w AS (PARTITION BY taker_side, hour ORDER BY notional_usd DESC, ts))
+                WHERE rank <= ceil(0.01 * n))""").fetchall()
+    total = con.execute("SELECT sum(notional_usd) FROM stg_trades").fetchone()[0]
+    assert opened == pytest.approx(expected) and expected < 0.5 * total   # the top 1 % of trades by value
