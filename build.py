@@ -37,7 +37,7 @@ import sqlite_utils
 import yaml
 
 import stage
-from stage import SOURCE_TABLES, checksum_status, sha256
+from stage import KLINE_TYPES, SOURCE_TABLES, checksum_status, sha256
 
 ROOT = Path(__file__).resolve().parent
 SQL_DIR = ROOT / "sql"
@@ -51,7 +51,6 @@ DATABASE_NAME = "liquidations"  # Datasette names the database after the file's 
 FILE_NAME = re.compile(
     r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>[A-Za-z]+|\d+[smhdwM])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.(?P<ext>zip|csv)$"
 )
-KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines")
 # Realized liquidations that are not Binance files, known by their header: a recorded forceOrder
 # stream, and aggregated exports with one row per period (domain.md §3).
 LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price", "filled_qty", "usd_value"},

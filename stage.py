@@ -29,11 +29,11 @@ SQL_DIR = ROOT / "sql"
 STAGE_SQL = ["00_macros.sql", "01_sources.sql", "02_staging.sql"]  # the tables and views a file is read into
 CHECK_SQL = SQL_DIR / "staging" / "files.sql"
 BATCH_BYTES = 32 << 20  # small files are staged many at a time: a connection and the checks cost ~0.2 s
+KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines")
 SOURCE_TABLES = {"metrics": "src_metrics", "fundingRate": "src_funding_rate", "aggTrades": "src_agg_trades",
                  "trades": "src_trades", "liquidationSnapshot": "src_liquidation_snapshot",
                  "forceOrder": "src_force_orders", "liquidationsAggregated": "src_liquidations_aggregated",
-                 **{kind: "src_klines" for kind in ("klines", "markPriceKlines", "indexPriceKlines",
-                                                    "premiumIndexKlines")}}
+                 **{kind: "src_klines" for kind in KLINE_TYPES}}
 BY_NAME = ("forceOrder", "liquidationsAggregated")  # their columns vary: read by header name, as text
 LOADED_STATS = ("rows_read", "rows_staged", "first_ts", "last_ts")
 QUALITY_COLUMNS = ("symbol", "data_type", "kline_interval", "line", "problem", "severity", "detail", "rows_affected",
@@ -163,7 +163,8 @@ def read_file(con, info: dict, file_id: int, tmp: Path) -> dict:
     """Read one file into its src_* table; rows DuckDB cannot parse go to DuckDB's reject tables."""
     table = SOURCE_TABLES[info["data_type"]]
     by_name = info["data_type"] in BY_NAME
-    info = unpack(info, tmp, None if by_name else len(source_columns(con, table)))
+    columns = source_columns(con, table)
+    info = unpack(info, tmp, None if by_name else len(columns))
     try:
         if info["status"] == "loaded" and by_name:
             con.execute(f"INSERT INTO {table} BY NAME SELECT *, {file_id} AS file_id FROM read_csv(?, header = true, "
@@ -171,7 +172,7 @@ def read_file(con, info: dict, file_id: int, tmp: Path) -> dict:
         elif info["status"] == "loaded":
             con.execute(f"INSERT INTO {table} SELECT *, {file_id} FROM read_csv(?, header = ?, auto_detect = false, "
                         "delim = ',', quote = '\"', columns = ?, timestampformat = '%Y-%m-%d %H:%M:%S', "
-                        "store_rejects = true)", [info["csv_path"], info["has_header"], source_columns(con, table)])
+                        "store_rejects = true)", [info["csv_path"], info["has_header"], columns])
     except duckdb.Error as error:
         info.update(status="quarantined", problem="unreadable_csv", detail=f"{info['name']}: {error}")
     con.execute("INSERT INTO src_files (file_id, path, symbol, data_type, kline_interval, period, has_header, checksum, "
@@ -203,7 +204,7 @@ def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
             target = info["target"]
             part = target.with_name(f".{target.name}.tmp")
             con.execute(f"COPY (SELECT * EXCLUDE (file_id) FROM {SOURCE_TABLES[info['data_type']]} WHERE file_id = {file_id} "
-                        "AND rowid NOT IN (SELECT src_rowid FROM stage_dropped) ORDER BY rowid) "
+                        "AND rowid NOT IN (SELECT src_rowid FROM stage_dropped)) "
                         f"TO '{part}' (FORMAT parquet, COMPRESSION zstd)")
             os.replace(part, target.with_suffix(".parquet"))
         write_atomic(info["target"].with_suffix(".json"), json.dumps(record))
@@ -267,16 +268,14 @@ def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb:
 
 def batches(files: list[dict]) -> list[list[dict]]:
     """Files of one src_* table, up to BATCH_BYTES together; a large file alone. Largest first."""
-    out: list[list[dict]] = []
+    out: list[tuple[int, str, list[dict]]] = []   # (bytes, table, files)
     for info in sorted(files, key=lambda info: (SOURCE_TABLES[info["data_type"]], info["name"])):
-        size = info["path"].stat().st_size
-        last = out[-1] if out else None
-        if last and SOURCE_TABLES[last[0]["data_type"]] == SOURCE_TABLES[info["data_type"]] \
-                and sum(i["path"].stat().st_size for i in last) + size <= BATCH_BYTES:
-            last.append(info)
+        size, table = info["path"].stat().st_size, SOURCE_TABLES[info["data_type"]]
+        if out and out[-1][1] == table and out[-1][0] + size <= BATCH_BYTES:
+            out[-1] = (out[-1][0] + size, table, out[-1][2] + [info])
         else:
-            out.append([info])
-    return sorted(out, key=lambda batch: -sum(i["path"].stat().st_size for i in batch))
+            out.append((size, table, [info]))
+    return [batch for _, _, batch in sorted(out, key=lambda entry: -entry[0])]
 
 
 def staged(info: dict) -> dict:

@@ -26,11 +26,10 @@ QUALIFY row_number() OVER (PARTITION BY d.file_id, d.symbol, d.data_type, d.klin
 -- What was read and what is staged: the staged rows' time range decides which files a build must
 -- deduplicate against each other (overlapping_files).
 CREATE OR REPLACE TABLE stage_stats AS
-SELECT file_id, count(*) AS rows_read,
-       count(*) FILTER (WHERE is_valid AND src_rowid NOT IN (SELECT src_rowid FROM stage_dropped)) AS rows_staged,
-       min(ts) FILTER (WHERE is_valid AND src_rowid NOT IN (SELECT src_rowid FROM stage_dropped)) AS first_ts,
-       max(ts) FILTER (WHERE is_valid AND src_rowid NOT IN (SELECT src_rowid FROM stage_dropped)) AS last_ts
-FROM dq_rows GROUP BY file_id;
+SELECT file_id, count(*) AS rows_read, count(*) FILTER (WHERE kept) AS rows_staged,
+       min(ts) FILTER (WHERE kept) AS first_ts, max(ts) FILTER (WHERE kept) AS last_ts
+FROM (SELECT *, src_rowid NOT IN (SELECT src_rowid FROM stage_dropped) AS kept FROM dq_rows)
+GROUP BY file_id;
 
 -- Each file's data-quality rows, in data_quality's shape (sql/80_data_quality.sql adds the file name).
 CREATE OR REPLACE TABLE stage_quality AS
