@@ -295,7 +295,7 @@ def register(con, files: list[dict]) -> None:
     """Fill src_files and stage_quality, and turn each src_* table with staged files into a view over them."""
     for file_id, info in enumerate(files, 1):
         info["file_id"] = file_id
-        con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, NULL, NULL)",
                     [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
                      info["has_header"], info["checksum"], info["status"], info["problem"], info["detail"],
                      info.get("staged_path"), info["sha256"], *(info.get(key) for key in LOADED_STATS)])

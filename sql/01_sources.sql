@@ -25,7 +25,9 @@ CREATE TABLE src_files (
     rows_read      BIGINT,            -- rows parsed, before invalid rows and repeated keys were left out
     rows_staged    BIGINT,            -- rows in its Parquet
     first_ts       TIMESTAMP,         -- the staged rows' time range: files of one series whose ranges
-    last_ts        TIMESTAMP          -- meet are deduplicated against each other (sql/02_staging.sql)
+    last_ts        TIMESTAMP,         -- meet are deduplicated against each other (sql/02_staging.sql)
+    overlapping    BOOLEAN,           -- its range meets another loaded file's of its series (set in sql/02_staging.sql)
+    inside_window  BOOLEAN            -- all its rows lie inside --start/--end (set in sql/02_staging.sql)
 );
 
 -- What staging found wrong in each file (unparseable rows, invalid values, keys repeated within the

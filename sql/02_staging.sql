@@ -25,11 +25,11 @@ SELECT coalesce(m.symbol, f.symbol)              AS symbol,
        hash(m.sum_open_interest, m.sum_open_interest_value, m.count_long_short_ratio,
             m.count_toptrader_long_short_ratio, m.sum_toptrader_long_short_ratio,
             m.sum_taker_long_short_vol_ratio)    AS row_hash,
-       m.file_id, m.rowid AS src_rowid
+       f.overlapping, m.file_id, m.rowid AS src_rowid
 FROM src_metrics m JOIN src_files f USING (file_id);
 
 CREATE OR REPLACE VIEW stg_open_interest AS
-SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_open_interest
+SELECT * EXCLUDE (is_valid, row_hash, overlapping, src_rowid) FROM typed_open_interest
 WHERE is_valid AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
 
@@ -40,11 +40,11 @@ SELECT f.symbol,
        r.last_funding_rate         AS funding_rate,   -- per interval; positive: longs pay shorts
        r.last_funding_rate IS NOT NULL AND abs(r.last_funding_rate) < 0.05 AS is_valid,
        hash(r.funding_interval_hours, r.last_funding_rate) AS row_hash,
-       r.file_id, r.rowid AS src_rowid
+       f.overlapping, r.file_id, r.rowid AS src_rowid
 FROM src_funding_rate r JOIN src_files f USING (file_id);
 
 CREATE OR REPLACE VIEW stg_funding_rates AS
-SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_funding_rates
+SELECT * EXCLUDE (is_valid, row_hash, overlapping, src_rowid) FROM typed_funding_rates
 WHERE is_valid AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
 
@@ -59,11 +59,11 @@ SELECT f.symbol, f.data_type, f.kline_interval,
        least(k.open, k.high, k.low, k.close) > 0 AND k.high >= greatest(k.open, k.close, k.low)
            AND k.low <= least(k.open, k.close) AS is_valid,
        hash(k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.count) AS row_hash,
-       k.file_id, k.rowid AS src_rowid
+       f.overlapping, k.file_id, k.rowid AS src_rowid
 FROM src_klines k JOIN src_files f USING (file_id);
 
 CREATE OR REPLACE VIEW stg_klines_all AS
-SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_klines
+SELECT * EXCLUDE (is_valid, row_hash, overlapping, src_rowid) FROM typed_klines
 WHERE is_valid AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, data_type, kline_interval, ts ORDER BY file_id) = 1;
 
@@ -88,33 +88,39 @@ SELECT f.symbol, f.data_type, t.agg_trade_id AS trade_id, ts_from_epoch(t.transa
        t.price, t.quantity, t.price * t.quantity AS notional_usd,
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END AS taker_side,
        t.price > 0 AND t.quantity > 0 AS is_valid,
-       hash(t.price, t.quantity, t.transact_time, t.is_buyer_maker) AS row_hash, t.file_id, t.rowid AS src_rowid
+       hash(t.price, t.quantity, t.transact_time, t.is_buyer_maker) AS row_hash, f.overlapping, f.inside_window,
+       t.file_id, t.rowid AS src_rowid
 FROM src_agg_trades t JOIN src_files f USING (file_id)
 UNION ALL
 SELECT f.symbol, f.data_type, t.id, ts_from_epoch(t.time), t.price, t.qty, t.price * t.qty,
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END,
-       t.price > 0 AND t.qty > 0, hash(t.price, t.qty, t.time, t.is_buyer_maker), t.file_id, t.rowid
+       t.price > 0 AND t.qty > 0, hash(t.price, t.qty, t.time, t.is_buyer_maker), f.overlapping, f.inside_window,
+       t.file_id, t.rowid
 FROM src_trades t JOIN src_files f USING (file_id);
 
 -- Files whose rows' time range meets another loaded file's of the same series (a monthly file beside
 -- its daily ones, a day downloaded twice, metrics' next-day 00:00 row): only their keys can repeat
 -- in a build, each file being unique in itself once staged. A file without a range (not staged)
--- counts as meeting every other.
-CREATE OR REPLACE VIEW overlapping_files AS
-SELECT DISTINCT a.file_id
-FROM src_files a JOIN src_files b ON a.file_id <> b.file_id AND a.symbol = b.symbol AND a.data_type = b.data_type
-    AND a.kline_interval IS NOT DISTINCT FROM b.kline_interval
-    AND coalesce(a.first_ts <= b.last_ts AND b.first_ts <= a.last_ts, true)
-WHERE a.status = 'loaded' AND b.status = 'loaded';
+-- counts as meeting every other. The typed views below carry this mark: a filter on a column of
+-- src_files reaches the Parquet scan, which then skips the other files whole, where a
+-- `file_id IN (subquery)` reads every trade first (0.02 s against 0.4 s a query at 30 days).
+UPDATE src_files SET
+    overlapping = file_id IN (
+        SELECT a.file_id
+        FROM src_files a JOIN src_files b ON a.file_id <> b.file_id AND a.symbol = b.symbol AND a.data_type = b.data_type
+            AND a.kline_interval IS NOT DISTINCT FROM b.kline_interval
+            AND coalesce(a.first_ts <= b.last_ts AND b.first_ts <= a.last_ts, true)
+        WHERE a.status = 'loaded' AND b.status = 'loaded'),
+    inside_window = coalesce(in_build_window(first_ts) AND in_build_window(last_ts), false);
 
 -- Trades are millions a day: deduplicating them all would hold a month in memory. Only the files
 -- that overlap another are; the rest stream through.
 CREATE OR REPLACE VIEW stg_trades AS
 SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_trades
-WHERE is_valid AND in_build_window(ts) AND file_id NOT IN (SELECT file_id FROM overlapping_files)
+WHERE is_valid AND in_build_window(ts) AND NOT overlapping
 UNION ALL
 SELECT * EXCLUDE (is_valid, row_hash, src_rowid) FROM typed_trades
-WHERE is_valid AND in_build_window(ts) AND file_id IN (SELECT file_id FROM overlapping_files)
+WHERE is_valid AND in_build_window(ts) AND overlapping
 QUALIFY row_number() OVER (PARTITION BY symbol, data_type, trade_id ORDER BY file_id) = 1;
 
 -- Realized liquidations, one row per event (or per period and side for aggregated exports), from
@@ -162,12 +168,16 @@ QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity, volum
 -- Every typed row in one shape, for the checks that are the same for every file type: invalid
 -- values and repeated keys (within a file while staging it, across files in a build).
 CREATE OR REPLACE VIEW dq_rows AS
-SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, hash(ts) AS row_key, row_hash, is_valid, file_id,
-       src_rowid
+SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, hash(ts) AS row_key, row_hash, is_valid, overlapping,
+       file_id, src_rowid
 FROM typed_open_interest
-UNION ALL SELECT symbol, 'fundingRate', '', ts, hash(ts), row_hash, is_valid, file_id, src_rowid FROM typed_funding_rates
-UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, hash(ts), row_hash, is_valid, file_id, src_rowid
+UNION ALL SELECT symbol, 'fundingRate', '', ts, hash(ts), row_hash, is_valid, overlapping, file_id, src_rowid
+FROM typed_funding_rates
+UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, hash(ts), row_hash, is_valid, overlapping, file_id,
+                 src_rowid
 FROM typed_klines
-UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), row_hash, is_valid, file_id, src_rowid FROM typed_trades
-UNION ALL SELECT symbol, source, '', ts, hash(ts, side, price, quantity), row_hash, is_valid, file_id, src_rowid
-FROM typed_realized_liquidations;
+UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), row_hash, is_valid, overlapping, file_id, src_rowid
+FROM typed_trades
+UNION ALL SELECT r.symbol, r.source, '', r.ts, hash(r.ts, r.side, r.price, r.quantity), r.row_hash, r.is_valid,
+                 f.overlapping, r.file_id, r.src_rowid
+FROM typed_realized_liquidations r JOIN src_files f USING (file_id);

@@ -45,7 +45,7 @@ other_symbols AS (  -- forceOrder recordings hold every symbol: the rows of symb
 duplicate_keys AS ( -- keys in more than one file (each file is unique in itself once staged)
     SELECT symbol, data_type, kline_interval, row_key, count(*) AS n, count(DISTINCT row_hash) AS variants,
            list(DISTINCT file_id ORDER BY file_id) AS file_ids, min(ts) AS ts
-    FROM dq_rows WHERE in_build_window(ts) AND file_id IN (SELECT file_id FROM overlapping_files)
+    FROM dq_rows WHERE in_build_window(ts) AND overlapping
     GROUP BY ALL HAVING count(DISTINCT file_id) > 1
 ),
 duplicates AS (
@@ -127,7 +127,7 @@ CREATE OR REPLACE TABLE coverage AS
 WITH trade_files_counted AS (
     SELECT * FROM src_files
     WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' AND rows_staged IS NOT NULL
-      AND file_id NOT IN (SELECT file_id FROM overlapping_files) AND in_build_window(first_ts) AND in_build_window(last_ts)
+      AND NOT overlapping AND inside_window
 ),
 rows_by_series_parts AS (
     SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, min(ts) AS first_ts, max(ts) AS last_ts,
@@ -137,7 +137,7 @@ rows_by_series_parts AS (
     -- trades: a file that overlaps no other and lies inside --start/--end was counted when staged;
     -- only the others are counted row by row (a month of trades is tens of millions of rows)
     UNION ALL SELECT symbol, data_type, '', min(ts), max(ts), count(*) FROM stg_trades
-    WHERE file_id NOT IN (SELECT file_id FROM trade_files_counted) GROUP BY ALL
+    WHERE overlapping OR NOT inside_window GROUP BY ALL
     UNION ALL SELECT symbol, data_type, '', min(first_ts), max(last_ts), sum(rows_staged) FROM trade_files_counted GROUP BY ALL
     UNION ALL SELECT symbol, source, '', min(ts), max(ts), count(*) FROM stg_realized_liquidations GROUP BY ALL
 ),

@@ -24,7 +24,7 @@ QUALIFY row_number() OVER (PARTITION BY d.file_id, d.symbol, d.data_type, d.klin
                            ORDER BY d.src_rowid) > 1;
 
 -- What was read and what is staged: the staged rows' time range decides which files a build must
--- deduplicate against each other (overlapping_files).
+-- deduplicate against each other (src_files.overlapping, sql/02_staging.sql).
 CREATE OR REPLACE TABLE stage_stats AS
 SELECT file_id, count(*) AS rows_read, count(*) FILTER (WHERE kept) AS rows_staged,
        min(ts) FILTER (WHERE kept) AS first_ts, max(ts) FILTER (WHERE kept) AS last_ts
