@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import hashlib
 import http.client
 import os
 import random
@@ -27,6 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from importlib.metadata import version
@@ -64,6 +66,13 @@ INDEXES = {"data_quality_problems": [["symbol"], ["problem"], ["severity"], ["da
            "model_comparison": [["symbol"]], "realized_liquidations": [["symbol", "side", "ts"]],
            "backtest_scores": [["symbol", "model"]], "backtest_skill": [["symbol", "horizon"]],
            "backtest_series": [["symbol", "model", "horizon", "ts"]]}
+# Output tables whose rows an incremental build appends instead of rewriting: their rows before the
+# first time the SQL recomputed (column, DuckDB expression) are the previous build's, unchanged.
+APPENDED = {"heatmap_cells": ("ts", "first_bucket_rebuilt()")}
+# Tables the SQL keeps from one build to the next (`CREATE TABLE IF NOT EXISTS`): an incremental
+# build recomputes only their rows from rebuild_from on.
+PERSISTED = sorted({name for path in SQL_DIR.glob("*.sql")
+                    for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", path.read_text())})
 
 
 class BuildError(Exception):
@@ -171,16 +180,17 @@ def set_parameters(con, args) -> None:
             raise BuildError(f"--param {item}: expected NAME=NUMBER, e.g. --param price_bucket_usd=50") from None
 
 
-def write_build_info(con, args, files: list[dict]) -> None:
+def write_build_info(con, args, files: list[dict], key: str, since: str) -> None:
     info = {
         "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "build_id": uuid.uuid4().hex, "build_key": key, "rebuilt_from": since,
         "data_dir": str(args.data), "symbols": ",".join(args.symbol or []) or "all found",
         "start": str(args.start or ""), "end": str(args.end or ""), "files_found": str(len(files)),
         "python": sys.version.split()[0], "duckdb": duckdb.__version__,
         "sqlite_utils": version("sqlite-utils"), "datasette": version("datasette"),
         "memory_limit": con.execute("SELECT current_setting('memory_limit')").fetchone()[0],
     }
-    con.execute("CREATE TABLE build_info (key VARCHAR, value VARCHAR)")
+    con.execute("CREATE OR REPLACE TABLE build_info (key VARCHAR, value VARCHAR)")
     con.executemany("INSERT INTO build_info VALUES (?, ?)", list(info.items()))
 
 
@@ -200,26 +210,39 @@ SQLITE_TYPES = {"BIGINT": int, "INTEGER": int, "HUGEINT": int, "UBIGINT": int, "
                 "DOUBLE": float, "FLOAT": float, "DECIMAL": float}
 
 
-def export_sqlite(con, tables: dict[str, dict], db_path: Path) -> None:
-    """Write the output tables to a new SQLite file, then swap it in: a failed build leaves the old one."""
+def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None = None) -> None:
+    """Write the output tables to a new SQLite file, then swap it in: a failed build leaves the old one.
+    With `since` (an incremental build, whose previous SQLite file matches its previous DuckDB file), the
+    new file starts as a copy of the previous one: the APPENDED tables keep their rows before `since` and
+    get only the rows from then on; every other table is written whole."""
     tmp_path = db_path.with_name(db_path.name + ".tmp")
     tmp_path.unlink(missing_ok=True)
     try:
+        if since:
+            shutil.copyfile(db_path, tmp_path)
         db = sqlite_utils.Database(tmp_path)
         for table in tables:
             relation = con.table(table)
             columns = {name: SQLITE_TYPES.get(str(kind).split("(")[0], str)
                        for name, kind in zip(relation.columns, relation.types)}
-            db[table].create(columns)
+            appended = since and table in APPENDED and table in db.table_names()
+            where = f" WHERE {APPENDED[table][0]} >= {APPENDED[table][1]}" if appended else ""
+            if appended:   # (times are ISO-8601 text in SQLite; 'infinity' sorts after every one)
+                first = con.execute(f"SELECT coalesce(iso_utc({APPENDED[table][1]}), 'infinity')").fetchone()[0]
+                db.conn.execute(f"DELETE FROM [{table}] WHERE [{APPENDED[table][0]}] >= ?", [first])
+            else:
+                db[table].drop(ignore=True)
+                db[table].create(columns)
             placeholders = ", ".join("?" * len(columns))
-            cursor = con.execute(f"SELECT {export_columns(relation)} FROM {table}")
+            cursor = con.execute(f"SELECT {export_columns(relation)} FROM {table}{where}")
             while batch := cursor.fetchmany(50_000):
                 db.conn.executemany(f"INSERT INTO [{table}] VALUES ({placeholders})", batch)
             for index in INDEXES.get(table, []):
-                db[table].create_index(index)
+                db[table].create_index(index, if_not_exists=True)
             db.conn.commit()
-            log(f"exported {table}: {db[table].count:,} rows")
-        db.conn.execute("VACUUM")
+            log(f"exported {table}: {db[table].count:,} rows" + (f" (from {first} on)" if appended else ""))
+        if not since:
+            db.conn.execute("VACUUM")
         db.close()
         os.replace(tmp_path, db_path)
     finally:
@@ -385,8 +408,10 @@ def fetch(args) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def create_sources(con, args) -> None:
-    """The empty source tables, the --start/--end window and the model parameters."""
+def create_sources(con, args, since: str = "-infinity") -> None:
+    """The empty source tables, the --start/--end window, the time from which to recompute (sql/00_macros.sql,
+    rebuild_from) and the model parameters."""
+    con.execute("SET VARIABLE rebuild_from = CAST(? AS TIMESTAMP)", [since])
     run_sql_files(con, SQL_FILES[:2])
     con.execute("INSERT INTO build_window VALUES (?, ?)",
                 [args.start, args.end + dt.timedelta(days=1) if args.end else None])
@@ -424,6 +449,84 @@ def default_memory_limit() -> str:
     return f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 4 // 2**20}MB"
 
 
+def build_key(args) -> str:
+    """What a build's results depend on besides its files: the SQL and seeds, the code, the options. A
+    build whose key differs from the previous build's recomputes everything."""
+    digest = hashlib.sha256()
+    for path in sorted(SQL_DIR.rglob("*.*")) + [ROOT / "build.py", ROOT / "stage.py"] + [
+            Path(getattr(args, name)) for name in ("parameters", "leverage_tiers", "maintenance_brackets")
+            if getattr(args, name)]:
+        digest.update(path.name.encode() + path.read_bytes())
+    # (not --end: a later end is like a day's files added, and rebuild_from treats it so)
+    digest.update(repr([args.start, sorted(args.symbol), args.param, args.horizons]).encode())
+    return digest.hexdigest()[:24]
+
+
+def previous_build(duck_path: Path, key: str) -> tuple[dict, list] | None:
+    """The previous build's info and files (path, sha256, status, period, first_ts), when its DuckDB file
+    was built with the same key; None otherwise (no previous build, other options or code)."""
+    try:
+        with duckdb.connect(str(duck_path), read_only=True) as con:
+            info = dict(con.execute("SELECT key, value FROM build_info").fetchall())
+            if info.get("build_key") != key or not all(con.execute(
+                    "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0] for name in PERSISTED):
+                return None
+            return info, con.execute("SELECT path, sha256, status, period, first_ts::VARCHAR FROM src_files").fetchall()
+    except duckdb.Error:
+        return None
+
+
+def period_start(period: str, first_ts: str | None) -> dt.datetime | None:
+    """The first time a file can hold: the start of its day or month, or of its first row if earlier."""
+    starts = [dt.datetime.fromisoformat(first_ts)] if first_ts else []
+    if period:
+        starts.append(dt.datetime.fromisoformat(period if len(period) == 10 else period + "-01"))
+    return min(starts) if starts else None
+
+
+def rebuild_from(previous: tuple[dict, list], files: list[dict], end: dt.date | None) -> str:
+    """The UTC day from which the SQL recomputes: the first day any new, changed or removed file holds,
+    or the day after the earlier --end if it moved ('infinity' when nothing did; '-infinity', everything,
+    when such a file has no time at all). Everything the SQL computes is causal (a row at time t reads
+    nothing after t), so what lies before that day is what the previous build computed."""
+    info, previous_files = previous
+    before = {(path, digest, status): (period, first) for path, digest, status, period, first in previous_files}
+    now = {(info["name"], info["sha256"], info["status"]): (info["period"], info.get("first_ts")) for info in files}
+    starts = [period_start(*(before | now)[key]) for key in before.keys() ^ now.keys()]
+    ends = {info["end"], str(end or "")}
+    if len(ends) > 1:
+        starts.append(dt.datetime.fromisoformat(min(ends - {""})) + dt.timedelta(days=1))
+    if not starts:
+        return "infinity"
+    if None in starts:
+        return "-infinity"
+    return str(dt.datetime.combine(min(starts).date(), dt.time()))
+
+
+def open_build(duck_path: Path, duck_tmp: Path, previous) -> duckdb.DuckDBPyConnection:
+    """A new DuckDB file for the build: empty, or a copy of the previous build's holding only its
+    PERSISTED tables (the SQL recomputes their rows from rebuild_from on, and everything else)."""
+    duck_tmp.unlink(missing_ok=True)
+    if previous:
+        shutil.copyfile(duck_path, duck_tmp)
+    con = duckdb.connect(str(duck_tmp))
+    if previous:
+        for (name,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall():
+            con.execute(f'DROP VIEW "{name}"')
+        for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+            if name not in PERSISTED:
+                con.execute(f'DROP TABLE "{name}"')
+    return con
+
+
+def sqlite_build_id(db_path: Path) -> str | None:
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+            return dict(db.execute("SELECT key, value FROM build_info").fetchall()).get("build_id")
+    except sqlite3.Error:
+        return None
+
+
 def build(args) -> Path:
     db_path = Path(args.db)
     duck_path = db_path.with_suffix(".duckdb")
@@ -434,9 +537,10 @@ def build(args) -> Path:
                          + (f" for {', '.join(args.symbol)}" if args.symbol else ""))
     log(f"found {len(files)} files under {args.data}")
     tables = output_tables(load_metadata())
+    key = build_key(args)
+    previous = None if getattr(args, "full", False) else previous_build(duck_path, key)
     duck_tmp = duck_path.with_name(duck_path.name + ".tmp")
-    duck_tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(duck_tmp))
+    con = open_build(duck_path, duck_tmp, previous)
     try:
         with tempfile.TemporaryDirectory(prefix="liquidation-heatmap-") as tmp:
             configure(con, args.memory_limit, Path(tmp) / "spill")
@@ -448,15 +552,19 @@ def build(args) -> Path:
             for info in files:
                 if info["status"] != "loaded":
                     log(f"quarantined {info['name']}: {info['detail']}")
-            create_sources(con, args)
+            since = rebuild_from(previous, files, args.end) if previous else "-infinity"
+            log("a full build" if since == "-infinity" else
+                f"incremental: the previous build's results before {since} are kept, the rest recomputed")
+            create_sources(con, args, since)
             stage.register(con, files)
             if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
                 raise BuildError(f"none of the {len(files)} files under {args.data} could be read (see messages above)")
-            write_build_info(con, args, files)
+            write_build_info(con, args, files, key, since)
             run_models(con)
         describe_outputs(con, tables)
         summarize(con)
-        export_sqlite(con, tables, db_path)
+        appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")
+        export_sqlite(con, tables, db_path, since if appends else None)
         con.close()
         os.replace(duck_tmp, duck_path)
     finally:
@@ -628,6 +736,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, help="staged Parquet of every file read (default: cache/ beside --db)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                    help="files staged in parallel (default: one per core)")
+    p.add_argument("--full", action="store_true",
+                   help="recompute everything (default: only what new, changed or removed files change)")
     p = commands.add_parser("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
     p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
     p.add_argument("--start", type=date, required=True, help="first day (YYYY-MM-DD, UTC)")

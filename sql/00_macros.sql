@@ -30,3 +30,9 @@ CREATE OR REPLACE MACRO parse_time(t) AS
 CREATE OR REPLACE MACRO duration_text(s) AS
     CASE WHEN s % 86400 = 0 THEN (s // 86400) || ' d' WHEN s % 3600 = 0 THEN (s // 3600) || ' h'
          WHEN s % 60 = 0 THEN (s // 60) || ' min' ELSE s || ' s' END;
+
+-- Incremental builds. A build recomputes the rows of its persisted tables (`CREATE TABLE IF NOT EXISTS`)
+-- from this time on and keeps the previous build's rows before it: the first day that a new, changed or
+-- removed file holds (build.py, rebuild_from), '-infinity' for a full build. This is exact because every
+-- model is causal: what it says at time t reads nothing after t (the backtest's forecasts rely on it too).
+CREATE OR REPLACE MACRO rebuild_from() AS coalesce(getvariable('rebuild_from'), '-infinity'::TIMESTAMP);

@@ -20,7 +20,15 @@ ASOF LEFT JOIN level_scale s ON s.model = m.model AND s.symbol = g.symbol AND s.
 
 -- Alive volume at the end of every time bucket: +volume where a position starts being alive,
 -- -volume where it is consumed, summed along time per bucket, times the open-interest scale.
-CREATE OR REPLACE TABLE alive_cells AS
+-- Persisted: a build computes the buckets that end at or after rebuild_from() (sql/00_macros.sql: the
+-- volume alive at a bucket's end reads the data up to that end, inclusive) and keeps the earlier ones;
+-- what was alive at the last kept end is carried in as the sum of the changes until then.
+CREATE OR REPLACE MACRO first_bucket_rebuilt() AS rebuild_from() - to_seconds(param('time_bucket_s')::BIGINT);
+CREATE TABLE IF NOT EXISTS alive_cells (
+    model VARCHAR, symbol VARCHAR, start_ts TIMESTAMP, end_ts TIMESTAMP, side VARCHAR, leverage INTEGER,
+    bucket_index BIGINT, alive_volume_usd DOUBLE);
+DELETE FROM alive_cells WHERE start_ts >= first_bucket_rebuilt();
+INSERT INTO alive_cells
 WITH events AS (
     SELECT model, symbol, side, leverage, bucket_index, first_alive_end_ts AS end_ts, scale_free_volume AS change
     FROM position_grid
@@ -32,37 +40,47 @@ changes AS (SELECT model, symbol, side, leverage, bucket_index, end_ts, sum(chan
 series AS (
     SELECT model, symbol, side, leverage, bucket_index, min(end_ts) AS first_end_ts,
            -- a series whose changes add up to nothing is empty after its last change: no rows needed
-           CASE WHEN abs(sum(change)) <= 1e-9 * max(abs(change)) THEN max(end_ts) END AS last_end_ts
+           CASE WHEN abs(sum(change)) <= 1e-9 * max(abs(change)) THEN max(end_ts) END AS last_end_ts,
+           -- what was alive at the end of the last bucket kept from the previous build
+           coalesce(sum(change) FILTER (end_ts < rebuild_from()), 0) AS carried
     FROM changes GROUP BY ALL
 ),
 dense AS (
     SELECT s.model, s.symbol, s.side, s.leverage, s.bucket_index, g.end_ts - to_seconds(param('time_bucket_s')::BIGINT)
-               AS start_ts, g.end_ts, g.log_scale
+               AS start_ts, g.end_ts, g.log_scale, s.carried
     FROM series s JOIN grid_scale g ON g.model = s.model AND g.symbol = s.symbol AND g.side = s.side
         AND g.end_ts >= s.first_end_ts
         AND g.end_ts <= coalesce(s.last_end_ts, g.end_ts)
+        AND g.end_ts >= rebuild_from()
 ),
 running AS (
-    SELECT d.*, sum(coalesce(c.change, 0)) OVER (PARTITION BY d.model, d.symbol, d.side, d.leverage, d.bucket_index
-                                                 ORDER BY d.end_ts) AS alive_scale_free
+    SELECT d.*, d.carried + sum(coalesce(c.change, 0)) OVER (PARTITION BY d.model, d.symbol, d.side, d.leverage,
+                                                                       d.bucket_index ORDER BY d.end_ts) AS alive_scale_free
     FROM dense d LEFT JOIN changes c USING (model, symbol, side, leverage, bucket_index, end_ts)
 )
 SELECT model, symbol, start_ts, end_ts, side, leverage, bucket_index,
        alive_scale_free * exp(log_scale) AS alive_volume_usd
 FROM running
-WHERE alive_scale_free * exp(log_scale) >= 0.01;   -- drop what is left of rounding after consumption
+WHERE alive_scale_free * exp(log_scale) >= 0.01    -- drop what is left of rounding after consumption
+ORDER BY start_ts, model, symbol, side, leverage, bucket_index;
 
-CREATE OR REPLACE TABLE heatmap AS
+-- The heatmap: alive volume per time and price bucket, both sides side by side. Persisted like
+-- alive_cells, in time order so that a build's new rows follow the kept ones.
+CREATE TABLE IF NOT EXISTS heatmap (
+    model VARCHAR, symbol VARCHAR, ts TIMESTAMP, price_bucket DOUBLE, long_usd DOUBLE, short_usd DOUBLE);
+DELETE FROM heatmap WHERE ts >= first_bucket_rebuilt();
+INSERT INTO heatmap
 SELECT model, symbol, start_ts AS ts, bucket_index * param('price_bucket_usd') AS price_bucket,
        coalesce(sum(alive_volume_usd) FILTER (side = 'long'), 0) AS long_usd,
        coalesce(sum(alive_volume_usd) FILTER (side = 'short'), 0) AS short_usd
-FROM alive_cells GROUP BY ALL ORDER BY model, symbol, ts, price_bucket;
+FROM alive_cells WHERE start_ts >= first_bucket_rebuilt()
+GROUP BY ALL ORDER BY ts, model, symbol, price_bucket;
 
 -- Alive levels at every time, by side and leverage: the heatmap before it is summed over leverage.
-CREATE OR REPLACE TABLE level_history AS
+CREATE OR REPLACE VIEW level_history AS
 SELECT model, symbol, start_ts AS ts, side, leverage, bucket_index * param('price_bucket_usd') AS price_bucket,
        alive_volume_usd
-FROM alive_cells ORDER BY model, symbol, ts, side, leverage, price_bucket;
+FROM alive_cells;
 
 -- The last time of each symbol's grid, and the price then.
 CREATE OR REPLACE VIEW last_time AS
