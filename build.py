@@ -180,10 +180,10 @@ def set_parameters(con, args) -> None:
             raise BuildError(f"--param {item}: expected NAME=NUMBER, e.g. --param price_bucket_usd=50") from None
 
 
-def write_build_info(con, args, files: list[dict], key: str, since: str) -> None:
+def write_build_info(con, args, files: list[dict], key: str, since: str, choices: str) -> None:
     info = {
         "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "build_id": uuid.uuid4().hex, "build_key": key, "rebuilt_from": since,
+        "build_id": uuid.uuid4().hex, "build_key": key, "rebuilt_from": since, "source_choices": choices,
         "data_dir": str(args.data), "symbols": ",".join(args.symbol or []) or "all found",
         "start": str(args.start or ""), "end": str(args.end or ""), "files_found": str(len(files)),
         "python": sys.version.split()[0], "duckdb": duckdb.__version__,
@@ -418,9 +418,9 @@ def create_sources(con, args, since: str = "-infinity") -> None:
     set_parameters(con, args)
 
 
-def run_models(con) -> None:
-    """Every SQL layer after the sources: staging, parameters, models, data quality, outputs."""
-    for name in SQL_FILES[2:]:
+def run_models(con, names: list[str] = SQL_FILES[2:]) -> None:
+    """SQL layers after the sources (by default all: staging, parameters, models, data quality, outputs)."""
+    for name in names:
         began = time.perf_counter()
         run_sql_files(con, [name])
         log(f"ran sql/{name} ({time.perf_counter() - began:.1f} s)")
@@ -559,8 +559,14 @@ def build(args) -> Path:
             stage.register(con, files)
             if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
                 raise BuildError(f"none of the {len(files)} files under {args.data} could be read (see messages above)")
-            write_build_info(con, args, files, key, since)
-            run_models(con)
+            run_models(con, SQL_FILES[2:3])
+            choices = con.execute("SELECT choices FROM source_choices").fetchone()[0]
+            if since != "-infinity" and choices != previous[0].get("source_choices"):
+                log(f"a full build after all: the sources the models read changed (now {choices})")
+                since = "-infinity"
+                con.execute("SET VARIABLE rebuild_from = '-infinity'::TIMESTAMP")
+            write_build_info(con, args, files, key, since, choices)
+            run_models(con, SQL_FILES[3:])
         describe_outputs(con, tables)
         summarize(con)
         appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")

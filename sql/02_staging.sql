@@ -82,6 +82,17 @@ SELECT k.* EXCLUDE (volume, quote_volume_usd, trade_count, taker_buy_volume, tak
 FROM stg_klines_all k JOIN stg_kline_intervals_used USING (symbol, data_type, kline_interval)
 WHERE data_type = 'markPriceKlines';
 
+-- What each symbol's models read, where the files offer a choice: the kline intervals used, whether
+-- mark-price bars exist (then they trigger liquidations), and aggTrades or trades. A choice holds for a
+-- symbol's whole history, so an incremental build whose choices differ from the previous build's
+-- recomputes everything (build.py).
+CREATE OR REPLACE VIEW source_choices AS
+SELECT coalesce(string_agg(choice, '; ' ORDER BY choice), '') AS choices FROM (
+    SELECT symbol || ' ' || data_type || ' ' || kline_interval AS choice FROM stg_kline_intervals_used
+    UNION ALL
+    SELECT symbol || ' ' || min(data_type) FROM src_files
+    WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' GROUP BY symbol);
+
 -- aggTrades and individual trades in one shape: each row is one taker fill.
 CREATE OR REPLACE VIEW typed_trades AS
 SELECT f.symbol, f.data_type, t.agg_trade_id AS trade_id, ts_from_epoch(t.transact_time) AS ts,
@@ -89,13 +100,13 @@ SELECT f.symbol, f.data_type, t.agg_trade_id AS trade_id, ts_from_epoch(t.transa
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END AS taker_side,
        t.price > 0 AND t.quantity > 0 AS is_valid,
        hash(t.price, t.quantity, t.transact_time, t.is_buyer_maker) AS row_hash, f.overlapping, f.inside_window,
-       t.file_id, t.rowid AS src_rowid
+       f.last_ts AS file_last_ts, t.file_id, t.rowid AS src_rowid
 FROM src_agg_trades t JOIN src_files f USING (file_id)
 UNION ALL
 SELECT f.symbol, f.data_type, t.id, ts_from_epoch(t.time), t.price, t.qty, t.price * t.qty,
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END,
        t.price > 0 AND t.qty > 0, hash(t.price, t.qty, t.time, t.is_buyer_maker), f.overlapping, f.inside_window,
-       t.file_id, t.rowid
+       f.last_ts, t.file_id, t.rowid
 FROM src_trades t JOIN src_files f USING (file_id);
 
 -- Files whose rows' time range meets another loaded file's of the same series (a monthly file beside

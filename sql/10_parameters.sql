@@ -39,8 +39,9 @@ SELECT CASE
       OR (SELECT value FROM model_parameters WHERE name = 'time_bucket_s') < 60
         THEN error('price_bucket_usd must be > 0 and time_bucket_s >= 60')
     -- (an incremental build recomputes from a UTC day on: sql/00_macros.sql, rebuild_from)
-    WHEN 86400 % param('time_bucket_s')::BIGINT <> 0
-        THEN error('time_bucket_s must divide a day (86400 s), e.g. 300, 900 or 3600; got ' || param('time_bucket_s'))
+    WHEN 86400 % param('time_bucket_s')::BIGINT <> 0 OR 86400 % param('trade_flow_bucket_s')::BIGINT <> 0
+        THEN error('time_bucket_s and trade_flow_bucket_s must divide a day (86400 s), e.g. 300, 900 or 3600; got '
+                   || param('time_bucket_s') || ' and ' || param('trade_flow_bucket_s'))
     WHEN NOT (param('stop_loss_share') >= 0 AND param('stop_loss_share') < 1
               AND param('stop_distance_share') BETWEEN 0 AND 1 AND param('calibration_cell_share') >= 0)
         THEN error('stop_loss_share must be in [0, 1), stop_distance_share in [0, 1] and calibration_cell_share >= 0')

@@ -12,9 +12,15 @@
 -- adds the whole amount to every leverage: counted four times), uses the exact liquidation price
 -- instead of fixed offsets, and its levels are consumed and shrink like every other model's.
 -- aggTrades are used where a symbol has them, individual trades otherwise.
--- A table, not a view: it reads every trade (millions a day), so it is computed once.
+-- A table, not a view: it reads every trade (millions a day), so it is computed once, and kept from
+-- one build to the next: a build reads only the trade files that hold rows from rebuild_from() on
+-- (a filter on their src_files range, which skips the other files' Parquet whole).
 SET VARIABLE trade_flow_portion = (SELECT param('trade_flow_portion'));
-CREATE OR REPLACE TABLE openings_trade_flow AS
+CREATE TABLE IF NOT EXISTS openings_trade_flow (
+    model VARCHAR, symbol VARCHAR, created_ts TIMESTAMP, entry_price DOUBLE, reference_price DOUBLE, volume_usd DOUBLE,
+    signal DOUBLE);
+DELETE FROM openings_trade_flow WHERE created_ts >= rebuild_from();
+INSERT INTO openings_trade_flow
 WITH source AS (    -- 'aggTrades' < 'trades'
     SELECT symbol, min(data_type) AS data_type FROM src_files
     WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' GROUP BY symbol
@@ -24,6 +30,7 @@ large AS (          -- stg_trades' rules (valid, in the window, one row per trad
            time_bucket(to_seconds(param('time_bucket_s')::BIGINT), t.ts) AS time_bucket_start
     FROM typed_trades t JOIN source USING (symbol, data_type)
     WHERE t.notional_usd >= param('trade_flow_min_notional_usd') AND t.is_valid AND in_build_window(t.ts)
+      AND t.file_last_ts >= rebuild_from() AND t.ts >= rebuild_from()
     QUALIFY row_number() OVER (PARTITION BY t.symbol, t.data_type, t.trade_id ORDER BY t.file_id) = 1
 ),
 ranked AS (
@@ -36,7 +43,7 @@ counts AS (  -- all trades per side and time bucket, for the "portion" filter; o
     SELECT t.symbol, t.taker_side, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), t.ts) AS time_bucket_start,
            count(*) AS trades
     FROM stg_trades t JOIN source USING (symbol, data_type)
-    WHERE getvariable('trade_flow_portion') > 0
+    WHERE getvariable('trade_flow_portion') > 0 AND t.file_last_ts >= rebuild_from() AND t.ts >= rebuild_from()
     GROUP BY ALL
 )
 SELECT 'trade_flow' AS model, r.symbol, max(r.ts) AS created_ts,
@@ -49,4 +56,4 @@ WHERE (param('trade_flow_top_n') <= 0 OR r.size_rank <= param('trade_flow_top_n'
 GROUP BY r.symbol, r.taker_side, time_bucket(to_seconds(param('trade_flow_bucket_s')::BIGINT), r.ts)
 UNION ALL   -- the warm start (sql/20_model_inputs.sql); trades then churn the book, and levels fade
 SELECT 'trade_flow', symbol, created_ts, entry_price, reference_price, volume_usd, 0 FROM prior_openings
-WHERE symbol IN (SELECT symbol FROM source);   -- no trades, no trade_flow
+WHERE symbol IN (SELECT symbol FROM source) AND created_ts >= rebuild_from();   -- no trades, no trade_flow
