@@ -16,13 +16,19 @@
 CREATE OR REPLACE MACRO blow_through_factor(blown_through, stop_share) AS
     CASE WHEN blown_through THEN 1 / (1 - stop_share) ELSE 1 END;
 
-CREATE OR REPLACE TABLE pieces AS
+-- Persisted: a build opens the pieces of the openings from rebuild_from() on and keeps the earlier ones
+-- (the ensemble's too: sql/46_model_ensemble.sql adds its pieces to this table).
+CREATE TABLE IF NOT EXISTS pieces (
+    model VARCHAR, symbol VARCHAR, created_ts TIMESTAMP, side VARCHAR, leverage INTEGER, entry_price DOUBLE,
+    liquidation_price DOUBLE, volume_usd DOUBLE, side_role VARCHAR);
+DELETE FROM pieces WHERE created_ts >= rebuild_from();
+INSERT INTO pieces BY NAME
 WITH openings AS (
     SELECT row_number() OVER () AS opening_id, * FROM (
         SELECT * FROM openings_binance_standard
         UNION ALL SELECT * FROM openings_funding_adjusted
         UNION ALL SELECT * FROM openings_trade_flow)
-    WHERE volume_usd > 0
+    WHERE volume_usd > 0 AND created_ts >= rebuild_from()
 ),
 tiered AS (
     SELECT o.*, s.side, s.sign, t.leverage,
@@ -55,11 +61,29 @@ WHERE piece_usd > 0 AND CASE side WHEN 'long' THEN liquidation_price < reference
 -- different models that share (symbol, side, open time, LP) share the answer, so it is asked once;
 -- the ensemble's pieces (sql/46_model_ensemble.sql) are the components' pieces reweighted, so their
 -- crossings are among these.
-CREATE OR REPLACE TABLE crossings AS
+--
+-- Persisted: a crossing found at a bar that opened before rebuild_from() is kept (the bars before it are
+-- the previous build's), and so is a level never crossed that the bars from rebuild_from() on do not reach;
+-- every other piece's crossing is looked for again (recrossed: what sql/50_lifecycle.sql revalues).
+CREATE TABLE IF NOT EXISTS crossings (
+    symbol VARCHAR, side VARCHAR, created_ts TIMESTAMP, liquidation_price DOUBLE, consumed_bar_ts TIMESTAMP,
+    consumed_ts TIMESTAMP, blown_through BOOLEAN);
+CREATE OR REPLACE TABLE recrossed AS
+WITH reach AS (SELECT symbol, min(low) AS low, max(high) AS high FROM trigger_bars WHERE ts >= rebuild_from() GROUP BY symbol)
+SELECT c.symbol, c.side, c.created_ts, c.liquidation_price
+FROM crossings c LEFT JOIN reach r USING (symbol)
+WHERE c.created_ts >= rebuild_from() OR c.consumed_bar_ts >= rebuild_from()
+   OR c.consumed_bar_ts IS NULL AND CASE c.side WHEN 'long' THEN c.liquidation_price >= r.low ELSE c.liquidation_price <= r.high END;
+DELETE FROM crossings c USING recrossed r
+WHERE c.symbol = r.symbol AND c.side = r.side AND c.created_ts = r.created_ts AND c.liquidation_price = r.liquidation_price;
+INSERT INTO recrossed
+SELECT DISTINCT symbol, side, created_ts, liquidation_price FROM pieces p
+ANTI JOIN crossings c USING (symbol, side, created_ts, liquidation_price);
+INSERT INTO crossings BY NAME
 WITH RECURSIVE triggers AS (
     SELECT row_number() OVER () AS trigger_id, k.*, b.symbol_id, b.bar_index AS first_bar
     FROM (SELECT symbol, side, created_ts, liquidation_price, any_value(entry_price) AS entry_price
-          FROM pieces GROUP BY ALL) k
+          FROM pieces SEMI JOIN recrossed USING (symbol, side, created_ts, liquidation_price) GROUP BY ALL) k
     ASOF LEFT JOIN trigger_bars b ON k.symbol = b.symbol AND k.created_ts <= b.ts
 ),
 descent(trigger_id, symbol_id, side, liquidation_price, bar_index, k) USING KEY (trigger_id) AS (

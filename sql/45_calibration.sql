@@ -102,9 +102,10 @@ SELECT DISTINCT stop_loss_share FROM (VALUES (0.0), (0.8), (0.95), (param('stop_
 -- Measured on the first day of openings only (no look-ahead beyond it; no realized data).
 CREATE OR REPLACE TABLE ensemble_base AS
 WITH first_day AS (SELECT symbol, min(created_ts) + INTERVAL 1 DAY AS until FROM pieces GROUP BY symbol),
-totals AS (
+totals AS (   -- (an incremental build's pieces hold the ensemble's earlier ones: sql/46_model_ensemble.sql)
     SELECT p.symbol, p.model, sum(p.volume_usd) AS opened_usd, param('weight_' || p.model) AS weight
-    FROM pieces p JOIN first_day f ON p.symbol = f.symbol AND p.created_ts < f.until GROUP BY ALL
+    FROM pieces p JOIN first_day f ON p.symbol = f.symbol AND p.created_ts < f.until
+    WHERE p.model <> 'ensemble' GROUP BY ALL
 )
 SELECT symbol, model, weight / sum(weight) OVER (PARTITION BY symbol)
                       * avg(opened_usd) OVER (PARTITION BY symbol) / opened_usd AS factor

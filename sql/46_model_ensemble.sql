@@ -12,7 +12,7 @@
 -- and the ensemble's levels fade at the fitted half-life from each refit on. No fit reads realized data
 -- from after the time it is used at, so the ensemble's backtest stays a forecast. The lifecycle is linear
 -- in volume, so the ensemble's heatmap, levels and predictions are that mix of the models' pieces.
-INSERT INTO pieces
+INSERT INTO pieces BY NAME
 SELECT * FROM (
 SELECT 'ensemble' AS model, p.symbol, p.created_ts, p.side, p.leverage, p.entry_price, p.liquidation_price,
        -- a fitted stop-loss share keeps (1 - share) of a slowly crossed level where the pieces keep (1 - default)
@@ -25,6 +25,7 @@ ASOF LEFT JOIN calibration_fits f ON f.symbol = p.symbol AND p.created_ts >= f.a
 LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = p.model AND w.side_role = p.side_role
     AND w.leverage = p.leverage
 LEFT JOIN calibration_scores c ON c.fit_id = f.fit_id
+WHERE p.model <> 'ensemble' AND p.created_ts >= rebuild_from()   -- (the earlier ones are kept: sql/40_pieces.sql)
 ) WHERE volume_usd > 0;
 
 -- What every model assumes over time: the default fade half-life, stop-loss share and unmodelled share,

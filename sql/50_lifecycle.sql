@@ -59,10 +59,19 @@ ASOF LEFT JOIN ensemble_scale e ON e.symbol = s.symbol AND s.ts >= e.from_ts;
 -- Every piece with its fate. scale_free_volume is the volume divided by the scale at its opening, so
 -- that alive(t) = scale_free_volume * exp(log_scale(t)) for a model and side; a consumed piece is
 -- valued with the scale before the step that consumed it (its shrink is netted of the consumption).
-CREATE OR REPLACE TABLE positions AS
+-- Persisted: only the pieces whose crossing was looked for in this build (recrossed, sql/40_pieces.sql:
+-- the new ones, and those its bars may cross) are valued again; the others' fate and values are kept.
+CREATE TABLE IF NOT EXISTS positions (
+    model VARCHAR, symbol VARCHAR, created_ts TIMESTAMP, side VARCHAR, leverage INTEGER, entry_price DOUBLE,
+    liquidation_price DOUBLE, bucket_index BIGINT, price_bucket DOUBLE, volume_usd DOUBLE, scale_free_volume DOUBLE,
+    consumed_bar_ts TIMESTAMP, consumed_ts TIMESTAMP, blown_through BOOLEAN, consumed_volume_usd DOUBLE);
+DELETE FROM positions p USING recrossed r
+WHERE p.symbol = r.symbol AND p.side = r.side AND p.created_ts = r.created_ts AND p.liquidation_price = r.liquidation_price;
+INSERT INTO positions BY NAME
 WITH fated AS (
     SELECT p.*, c.consumed_bar_ts, c.consumed_ts, c.blown_through
-    FROM pieces p JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
+    FROM pieces p SEMI JOIN recrossed USING (symbol, side, created_ts, liquidation_price)
+    JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
 ),
 opened AS (
     SELECT f.*, coalesce(s.log_scale, 0) AS created_log_scale
