@@ -137,10 +137,15 @@ def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
 # ---------------------------------------------------------------- staging one file
 
 
+# Columns of the src_* tables that a build takes from src_files, not from the files' rows.
+FILE_COLUMNS = {"file_id": "file_id", "file_last_ts": "last_ts"}
+
+
 def source_columns(con, table: str) -> dict[str, str]:
+    """The columns of a src_* table that its files' rows hold, in order."""
     rows = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
-                       "AND column_name <> 'file_id' ORDER BY column_index", [table]).fetchall()
-    return dict(rows)
+                       "ORDER BY column_index", [table]).fetchall()
+    return {name: kind for name, kind in rows if name not in FILE_COLUMNS}
 
 
 def run_sql(con, path: Path) -> None:
@@ -170,7 +175,7 @@ def read_file(con, info: dict, file_id: int, tmp: Path) -> dict:
             con.execute(f"INSERT INTO {table} BY NAME SELECT *, {file_id} AS file_id FROM read_csv(?, header = true, "
                         "all_varchar = true)", [info["csv_path"]])
         elif info["status"] == "loaded":
-            con.execute(f"INSERT INTO {table} SELECT *, {file_id} FROM read_csv(?, header = ?, auto_detect = false, "
+            con.execute(f"INSERT INTO {table} BY NAME SELECT *, {file_id} AS file_id FROM read_csv(?, header = ?, auto_detect = false, "
                         "delim = ',', quote = '\"', columns = ?, timestampformat = '%Y-%m-%d %H:%M:%S', "
                         "store_rejects = true)", [info["csv_path"], info["has_header"], columns])
     except duckdb.Error as error:
@@ -203,7 +208,9 @@ def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
                 f"SELECT {', '.join(QUALITY_COLUMNS)} FROM stage_quality WHERE file_id = ?", [file_id]).fetchall()]
             target = info["target"]
             part = target.with_name(f".{target.name}.tmp")
-            con.execute(f"COPY (SELECT * EXCLUDE (file_id) FROM {SOURCE_TABLES[info['data_type']]} WHERE file_id = {file_id} "
+            table = SOURCE_TABLES[info["data_type"]]
+            columns = ", ".join(f'"{name}"' for name in source_columns(con, table))
+            con.execute(f"COPY (SELECT {columns} FROM {table} WHERE file_id = {file_id} "
                         "AND rowid NOT IN (SELECT src_rowid FROM stage_dropped)) "
                         f"TO '{part}' (FORMAT parquet, COMPRESSION zstd)")
             os.replace(part, target.with_suffix(".parquet"))
@@ -306,9 +313,12 @@ def register(con, files: list[dict]) -> None:
         paths = sorted({info["staged_path"] for info in files
                         if info.get("staged_path") and SOURCE_TABLES[info["data_type"]] == table})
         if paths:
-            columns = ", ".join(f'p."{name}"' for name in source_columns(con, table))
+            columns = [f'p."{name}"' for name in source_columns(con, table)] + [
+                f"f.{column} AS {name}" for name, column in FILE_COLUMNS.items()
+                if con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
+                               [table, name]).fetchone()[0]]
             con.execute(f"DROP TABLE {table}")
             # rowid: the row's place in its Parquet, which the staging views read as each row's identity
-            con.execute(f"CREATE VIEW {table} AS SELECT {columns}, f.file_id, p.file_row_number AS rowid "
+            con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(columns)}, p.file_row_number AS rowid "
                         f"FROM read_parquet({paths!r}, filename = true, file_row_number = true, hive_partitioning = false) p "
                         "JOIN src_files f ON f.staged_path = p.filename")

@@ -98,7 +98,8 @@ CREATE TABLE src_agg_trades (
     last_trade_id  BIGINT,
     transact_time  BIGINT,   -- epoch ms
     is_buyer_maker BOOLEAN,  -- true: the seller was the taker
-    file_id        INTEGER
+    file_id        INTEGER,
+    file_last_ts   TIMESTAMP -- in a build, its file's last time (src_files.last_ts): a filter on it skips whole files
 );
 
 CREATE TABLE src_trades (
@@ -108,7 +109,8 @@ CREATE TABLE src_trades (
     quote_qty      DOUBLE,
     time           BIGINT,   -- epoch ms
     is_buyer_maker BOOLEAN,
-    file_id        INTEGER
+    file_id        INTEGER,
+    file_last_ts   TIMESTAMP -- as in src_agg_trades
 );
 
 CREATE TABLE src_liquidation_snapshot (

@@ -100,13 +100,13 @@ SELECT f.symbol, f.data_type, t.agg_trade_id AS trade_id, ts_from_epoch(t.transa
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END AS taker_side,
        t.price > 0 AND t.quantity > 0 AS is_valid,
        hash(t.price, t.quantity, t.transact_time, t.is_buyer_maker) AS row_hash, f.overlapping, f.inside_window,
-       f.last_ts AS file_last_ts, t.file_id, t.rowid AS src_rowid
+       t.file_last_ts, t.file_id, t.rowid AS src_rowid
 FROM src_agg_trades t JOIN src_files f USING (file_id)
 UNION ALL
 SELECT f.symbol, f.data_type, t.id, ts_from_epoch(t.time), t.price, t.qty, t.price * t.qty,
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END,
        t.price > 0 AND t.qty > 0, hash(t.price, t.qty, t.time, t.is_buyer_maker), f.overlapping, f.inside_window,
-       f.last_ts, t.file_id, t.rowid
+       t.file_last_ts, t.file_id, t.rowid
 FROM src_trades t JOIN src_files f USING (file_id);
 
 -- Files whose rows' time range meets another loaded file's of the same series (a monthly file beside

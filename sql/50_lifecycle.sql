@@ -16,14 +16,27 @@
 -- a constant rate (exponential fade) is the memoryless version, and keeps the scale one product over
 -- time. The rate is per model and time: fit_schedule (sql/46_model_ensemble.sql) has the fitted ones.
 -- The ensemble's levels are also multiplied by its fitted overall scale from each refit on (ensemble_scale).
-CREATE OR REPLACE TABLE level_scale AS
-WITH gross AS (
+-- Persisted: a build computes the steps from rebuild_from() on, carrying in what the last kept step left
+-- (log_shrink: the running sum of the shrinks; alive_weighed: of what opened less what was consumed).
+CREATE TABLE IF NOT EXISTS level_scale (
+    model VARCHAR, symbol VARCHAR, side VARCHAR, ts TIMESTAMP, log_scale DOUBLE, log_shrink DOUBLE, alive_weighed DOUBLE);
+DELETE FROM level_scale WHERE ts >= rebuild_from();
+INSERT INTO level_scale BY NAME
+WITH carried AS (
+    SELECT model, symbol, side, max(ts) AS kept_ts, arg_max(log_shrink, ts) AS log_shrink,
+           arg_max(alive_weighed, ts) AS alive_weighed
+    FROM level_scale GROUP BY ALL
+),
+kept AS (SELECT symbol, max(kept_ts) AS kept_ts FROM carried GROUP BY symbol),
+gross AS (
     SELECT symbol, ts, log_fall_scale - ln(2) * elapsed_s / (3600 * param('fade_half_life_h')) AS log_scale FROM oi_falls
 ),
-weighed AS (
-    SELECT p.model, p.symbol, p.side, p.created_ts, c.consumed_ts, p.volume_usd / exp(coalesce(g.log_scale, 0)) AS v
+weighed AS (        -- the pieces with an event in the steps recomputed: opened at or after the last kept step, or consumed after it
+    SELECT p.model, p.symbol, p.side, p.created_ts, c.consumed_ts, p.volume_usd / exp(coalesce(g.log_scale, 0)) AS v, k.kept_ts
     FROM pieces p JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
+    LEFT JOIN kept k ON k.symbol = p.symbol
     ASOF LEFT JOIN gross g ON p.symbol = g.symbol AND p.created_ts >= g.ts
+    WHERE k.kept_ts IS NULL OR p.created_ts >= k.kept_ts OR c.consumed_ts > k.kept_ts
 ),
 events AS (        -- openings in the step after the one they opened at the end of (they can only be consumed from
                    -- then on), consumptions in the step (previous_ts, ts] that holds them
@@ -38,23 +51,29 @@ steps AS (
            coalesce(sum(e.opened), 0) AS opened, coalesce(sum(e.consumed), 0) AS consumed
     FROM oi_falls s JOIN (SELECT DISTINCT model, symbol, side FROM pieces) m USING (symbol)
     LEFT JOIN events e USING (model, symbol, side, ts)
+    WHERE s.ts >= rebuild_from()
     GROUP BY ALL
 ),
 shares AS (
     -- what could be consumed in a step: alive before it, plus what opened in it
-    SELECT *, consumed / nullif(sum(opened - consumed) OVER w + consumed, 0) AS consumed_share
-    FROM steps WINDOW w AS (PARTITION BY model, symbol, side ORDER BY ts ROWS UNBOUNDED PRECEDING)
-)
-SELECT s.model, s.symbol, s.side, s.ts,
-       sum(CASE WHEN s.closed_share > 0 AND coalesce(s.consumed_share, 0) < 1
+    SELECT s.*, coalesce(c.alive_weighed, 0) + sum(opened - consumed) OVER w AS alive_weighed,
+           consumed / nullif(coalesce(c.alive_weighed, 0) + sum(opened - consumed) OVER w + consumed, 0) AS consumed_share,
+           coalesce(c.log_shrink, 0) AS carried_shrink
+    FROM steps s LEFT JOIN carried c USING (model, symbol, side)
+    WINDOW w AS (PARTITION BY s.model, s.symbol, s.side ORDER BY s.ts ROWS UNBOUNDED PRECEDING)
+),
+shrunk AS (
+    SELECT s.*, s.carried_shrink + sum(CASE WHEN s.closed_share > 0 AND coalesce(s.consumed_share, 0) < 1
                 THEN ln(greatest(1e-9, 1 - greatest(0, s.closed_share - coalesce(s.consumed_share, 0))
                                            / (1 - coalesce(s.consumed_share, 0))))
                 ELSE 0 END
            - ln(2) * epoch(s.ts - s.previous_ts) / (3600 * f.half_life_h))
-           OVER (PARTITION BY s.model, s.symbol, s.side ORDER BY s.ts)
-       + CASE s.model WHEN 'ensemble' THEN coalesce(e.log_scale, 0) ELSE 0 END AS log_scale
-FROM shares s ASOF JOIN fit_schedule f ON f.model = s.model AND f.symbol = s.symbol AND s.previous_ts >= f.from_ts
-ASOF LEFT JOIN ensemble_scale e ON e.symbol = s.symbol AND s.ts >= e.from_ts;
+           OVER (PARTITION BY s.model, s.symbol, s.side ORDER BY s.ts) AS log_shrink
+    FROM shares s ASOF JOIN fit_schedule f ON f.model = s.model AND f.symbol = s.symbol AND s.previous_ts >= f.from_ts
+)
+SELECT s.model, s.symbol, s.side, s.ts, s.log_shrink, s.alive_weighed,
+       s.log_shrink + CASE s.model WHEN 'ensemble' THEN coalesce(e.log_scale, 0) ELSE 0 END AS log_scale
+FROM shrunk s ASOF LEFT JOIN ensemble_scale e ON e.symbol = s.symbol AND s.ts >= e.from_ts;
 
 -- Every piece with its fate. scale_free_volume is the volume divided by the scale at its opening, so
 -- that alive(t) = scale_free_volume * exp(log_scale(t)) for a model and side; a consumed piece is
