@@ -82,17 +82,6 @@ SELECT k.* EXCLUDE (volume, quote_volume_usd, trade_count, taker_buy_volume, tak
 FROM stg_klines_all k JOIN stg_kline_intervals_used USING (symbol, data_type, kline_interval)
 WHERE data_type = 'markPriceKlines';
 
--- What each symbol's models read, where the files offer a choice: the kline intervals used, whether
--- mark-price bars exist (then they trigger liquidations), and aggTrades or trades. A choice holds for a
--- symbol's whole history, so an incremental build whose choices differ from the previous build's
--- recomputes everything (build.py).
-CREATE OR REPLACE VIEW source_choices AS
-SELECT coalesce(string_agg(choice, '; ' ORDER BY choice), '') AS choices FROM (
-    SELECT symbol || ' ' || data_type || ' ' || kline_interval AS choice FROM stg_kline_intervals_used
-    UNION ALL
-    SELECT symbol || ' ' || min(data_type) FROM src_files
-    WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' GROUP BY symbol);
-
 -- aggTrades and individual trades in one shape: each row is one taker fill.
 CREATE OR REPLACE VIEW typed_trades AS
 SELECT f.symbol, f.data_type, t.agg_trade_id AS trade_id, ts_from_epoch(t.transact_time) AS ts,
@@ -192,3 +181,17 @@ FROM typed_trades
 UNION ALL SELECT r.symbol, r.source, '', r.ts, hash(r.ts, r.side, r.price, r.quantity), r.row_hash, r.is_valid,
                  f.overlapping, r.file_id, r.src_rowid
 FROM typed_realized_liquidations r JOIN src_files f USING (file_id);
+
+-- What each symbol's models read, where the files offer a choice: the kline intervals used, whether
+-- mark-price bars exist (then they trigger liquidations), and aggTrades or trades. A choice holds for a
+-- symbol's whole history, so an incremental build whose choices differ from the previous build's
+-- recomputes everything (build.py).
+CREATE OR REPLACE VIEW source_choices AS
+SELECT coalesce(string_agg(choice, '; ' ORDER BY choice), '') AS choices FROM (
+    SELECT symbol || ' ' || data_type || ' ' || kline_interval AS choice FROM stg_kline_intervals_used
+    UNION ALL
+    SELECT symbol || ' ' || min(data_type) FROM src_files
+    WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' GROUP BY symbol
+    UNION ALL   -- whether every realized liquidation has a price (the fit then compares cells of the price axis)
+    SELECT symbol || ' realized liquidations ' || CASE WHEN bool_and(price IS NOT NULL) THEN 'with' ELSE 'without' END
+           || ' prices' FROM stg_realized_liquidations GROUP BY symbol);

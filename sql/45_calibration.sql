@@ -115,7 +115,15 @@ FROM totals WHERE opened_usd > 0 AND weight > 0;
 -- was alive at the window's start and whose liquidation price the path crossed in it, under each
 -- candidate fade (valued at the start with the open-interest falls since the piece opened; a level the
 -- path blew through whole).
-CREATE OR REPLACE TABLE calibration_regressors AS
+-- Persisted: a window that ends before rebuild_from() read nothing after it (its pieces opened by its
+-- start, its crossings came from bars that opened before its end), so a build computes only the windows
+-- ending from then on.
+CREATE TABLE IF NOT EXISTS calibration_regressors (
+    symbol VARCHAR, origin_ts TIMESTAMP, side VARCHAR, cell BIGINT, half_life_h DOUBLE, model VARCHAR,
+    side_role VARCHAR, leverage INTEGER, slow_usd DOUBLE, blown_usd DOUBLE);
+DELETE FROM calibration_regressors
+WHERE origin_ts >= rebuild_from() - to_seconds((SELECT min(horizon_s) FROM backtest_horizons));
+INSERT INTO calibration_regressors BY NAME
 WITH crossed AS (
     SELECT p.model, p.symbol, p.side, p.side_role, p.leverage, p.created_ts, o.origin_ts,
            calibration_cell(b.by_price, floor(p.liquidation_price / param('price_bucket_usd'))) AS cell,
@@ -123,7 +131,7 @@ WITH crossed AS (
     FROM pieces p
     JOIN ensemble_base e USING (symbol, model)
     JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
-    JOIN calibration_windows o ON o.symbol = p.symbol
+    JOIN calibration_windows o ON o.symbol = p.symbol AND o.end_ts >= rebuild_from()
         AND c.consumed_ts > o.origin_ts AND c.consumed_ts <= o.end_ts AND p.created_ts <= o.origin_ts
     LEFT JOIN calibration_by_price b ON b.symbol = p.symbol
 ),
