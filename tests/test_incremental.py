@@ -8,6 +8,8 @@ from pathlib import Path
 
 from conftest import DAYS, START, copy_tree, daily_file, read_zip_lines, run_build, write_zip_lines
 
+import build
+
 LAST_DAY = str(dt.date.fromisoformat(START) + dt.timedelta(days=DAYS - 1))
 
 
@@ -83,3 +85,9 @@ def test_nothing_changed_recomputes_nothing_and_other_options_recompute_everythi
     assert tables(db)["heatmap_cells"] != before["heatmap_cells"]
     forced = run_build("--data", str(demo_dir), "--db", str(db), "--param", "price_bucket_usd=50", "--full")
     assert recomputed_from(forced.stderr) == "a full build"
+
+
+def test_the_readme_names_every_persisted_table():
+    readme = (build.ROOT / "README.md").read_text()
+    listed = re.search(r"creates with `CREATE TABLE IF NOT EXISTS`: (.*?)\.\n", readme, re.DOTALL)[1]
+    assert sorted(re.findall(r"`(\w+)`", listed)) == build.PERSISTED
