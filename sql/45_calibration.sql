@@ -167,7 +167,9 @@ dates AS (
                                   to_seconds(86400 * param('calibration_refit_days')::BIGINT))) AS applies_from
     FROM span
 )
-SELECT row_number() OVER (ORDER BY symbol, applies_from) AS fit_id, symbol,
+-- (fit_id counts each symbol's fits in time order, 10000 apart per symbol: it stays the same when data is added)
+SELECT row_number() OVER (PARTITION BY symbol ORDER BY applies_from) + 10000 * (dense_rank() OVER (ORDER BY symbol) - 1)
+           AS fit_id, symbol,
        greatest(first_ts, applies_from - to_seconds(86400 * param('calibration_train_days')::BIGINT)) AS train_from,
        applies_from AS train_to, applies_from,
        CASE WHEN applies_from < last_ts
@@ -175,6 +177,28 @@ SELECT row_number() OVER (ORDER BY symbol, applies_from) AS fit_id, symbol,
 FROM dates
 -- a fit needs three days of history at least: before that the defaults stay
 WHERE applies_from >= time_bucket(INTERVAL 1 DAY, first_ts) + INTERVAL 3 DAY;
+
+-- The fits this build trains: those whose training windows end after rebuild_from() (the others were
+-- trained on what the previous build saw, and their results are kept: the tables below are persisted).
+CREATE TABLE IF NOT EXISTS calibration_fade_fit (fit_id BIGINT, half_life_h DOUBLE);
+CREATE TABLE IF NOT EXISTS calibration_tier_fit (
+    fit_id BIGINT, half_life_h DOUBLE, stop_loss_share DOUBLE, tier_weights DOUBLE[], error DOUBLE);
+CREATE TABLE IF NOT EXISTS calibration_role_fit (fit_id BIGINT, role_weights DOUBLE[]);
+CREATE TABLE IF NOT EXISTS calibration_model_fit (fit_id BIGINT, model_weights DOUBLE[]);
+CREATE TABLE IF NOT EXISTS calibration_unmodelled_fit (fit_id BIGINT, unmodelled_share DOUBLE);
+CREATE OR REPLACE TABLE calibration_refits AS
+SELECT fit_id FROM calibration_fits
+WHERE train_to > rebuild_from() OR fit_id NOT IN (SELECT fit_id FROM calibration_unmodelled_fit);
+DELETE FROM calibration_fade_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
+    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
+DELETE FROM calibration_tier_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
+    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
+DELETE FROM calibration_role_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
+    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
+DELETE FROM calibration_model_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
+    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
+DELETE FROM calibration_unmodelled_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
+    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
 
 -- Every window, side and cell where something was realized or crossed (and every window and side).
 CREATE OR REPLACE TABLE calibration_keys AS
@@ -185,7 +209,7 @@ UNION SELECT symbol, origin_ts, side, cell FROM calibration_regressors;
 CREATE OR REPLACE TABLE calibration_training AS
 SELECT f.fit_id, k.symbol, k.origin_ts, k.side, k.cell, coalesce(o.realized_usd, 0) AS y, c.half_life_h, r.model,
        r.side_role, r.leverage, coalesce(r.slow_usd, 0) AS slow_usd, coalesce(r.blown_usd, 0) AS blown_usd
-FROM calibration_fits f
+FROM calibration_fits f SEMI JOIN calibration_refits USING (fit_id)
 JOIN calibration_windows w ON w.symbol = f.symbol AND w.origin_ts >= f.train_from AND w.end_ts <= f.train_to
 JOIN calibration_keys k ON k.symbol = w.symbol AND k.origin_ts = w.origin_ts
 CROSS JOIN fade_candidates c
@@ -222,7 +246,7 @@ CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('cal
 -- (errors equal to 9 digits are a tie, which the default wins: where the data cannot tell candidates
 -- apart, as every stop-loss share when nothing was blown through, sums in another order must not pick)
 CREATE OR REPLACE MACRO relative_error(error, fit_id) AS round(error / max(abs(error)) OVER (PARTITION BY fit_id), 9);
-CREATE OR REPLACE TABLE calibration_fade_fit AS
+INSERT INTO calibration_fade_fit BY NAME
 SELECT fit_id, half_life_h FROM (
     SELECT k.fit_id, k.half_life_h, relative_error(s.error, k.fit_id) AS error
     FROM nnls('calibration_problems') s
@@ -235,7 +259,7 @@ SELECT dense_rank() OVER (ORDER BY c.fit_id, s.stop_loss_share) AS problem_id, c
 FROM calibration_training c JOIN calibration_fade_fit USING (fit_id, half_life_h) CROSS JOIN stop_candidates s;
 CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('tier', 'calibration_stage_rows');
 CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
-CREATE OR REPLACE TABLE calibration_tier_fit AS
+INSERT INTO calibration_tier_fit BY NAME
 SELECT * EXCLUDE (relative_error) FROM (
     SELECT k.fit_id, k.half_life_h, k.stop_loss_share, s.w AS tier_weights, s.error,
            relative_error(s.error, k.fit_id) AS relative_error
@@ -255,7 +279,7 @@ CREATE OR REPLACE TABLE calibration_stage_rows AS
 SELECT fit_id AS problem_id, *, side_role AS feature, q AS weight FROM calibration_chosen;
 CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('role', 'calibration_stage_rows');
 CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
-CREATE OR REPLACE TABLE calibration_role_fit AS
+INSERT INTO calibration_role_fit BY NAME
 SELECT problem_id AS fit_id, w AS role_weights FROM nnls('calibration_problems');
 
 -- Stage 3: the models, with q and s fixed.
@@ -264,7 +288,7 @@ SELECT c.fit_id AS problem_id, c.*, c.model AS feature, c.q * r.role_weights[CAS
 FROM calibration_chosen c JOIN calibration_role_fit r USING (fit_id);
 CREATE OR REPLACE TABLE calibration_design AS SELECT * FROM calibration_design('model', 'calibration_stage_rows');
 CREATE OR REPLACE TABLE calibration_problems AS SELECT * FROM nnls_problems('calibration_design');
-CREATE OR REPLACE TABLE calibration_model_fit AS
+INSERT INTO calibration_model_fit BY NAME
 SELECT problem_id AS fit_id, w AS model_weights FROM nnls('calibration_problems');
 
 -- The fitted weight of every group of the ensemble's pieces, per fit: a_model x s_role x q_tier
@@ -329,16 +353,16 @@ SELECT c.symbol, c.origin_ts, c.side, calibration_cell(b.by_price, c.bucket_inde
 FROM backtest_crossed_buckets c JOIN calibration_windows w USING (symbol, horizon, origin_ts)
 LEFT JOIN calibration_by_price b ON b.symbol = c.symbol
 GROUP BY ALL;
-CREATE OR REPLACE TABLE calibration_unmodelled_fit AS
+INSERT INTO calibration_unmodelled_fit BY NAME
 WITH unmodelled AS (
     SELECT f.fit_id, u.origin_ts, u.side, u.cell, u.x
-    FROM calibration_fits f
+    FROM calibration_fits f SEMI JOIN calibration_refits USING (fit_id)
     JOIN calibration_windows w ON w.symbol = f.symbol AND w.origin_ts >= f.train_from AND w.end_ts <= f.train_to
     JOIN calibration_unmodelled u ON u.symbol = w.symbol AND u.origin_ts = w.origin_ts
 ),
 residuals AS (
     SELECT fit_id, coalesce(p.y, 0) - coalesce(p.fitted_usd, 0) AS r, coalesce(u.x, 0) AS x
-    FROM (SELECT * FROM calibration_predicted WHERE in_training) p
+    FROM (SELECT * FROM calibration_predicted SEMI JOIN calibration_refits USING (fit_id) WHERE in_training) p
     FULL JOIN unmodelled u USING (fit_id, origin_ts, side, cell)
 )
 SELECT fit_id, greatest(0, (coalesce(sum(x * r) / nullif(sum(x * x), 0), param('unmodelled_share'))
