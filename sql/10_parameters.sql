@@ -21,8 +21,12 @@ FROM read_csv(getvariable('model_parameters_file'), header = true, auto_detect =
               columns = {'name': 'VARCHAR', 'value': 'DOUBLE', 'description': 'VARCHAR'}) p
 LEFT JOIN parameter_overrides o USING (name);
 
-CREATE OR REPLACE MACRO param(parameter_name) AS
-    (SELECT value FROM model_parameters WHERE name = parameter_name);
+-- A parameter's value, as a constant: DuckDB folds it into each query when it plans it. (Read from the
+-- table with a subquery, every use was a join of every row against it: at 30 days the heatmap's
+-- positions went through three nested-loop joins for time_bucket_s alone.) sql/90_outputs.sql defines
+-- it again over the table for users of the .duckdb file, where the build's variable is gone.
+SET VARIABLE model_parameter_values = (SELECT map(list(name), list(value)) FROM model_parameters);
+CREATE OR REPLACE MACRO param(parameter_name) AS getvariable('model_parameter_values')[parameter_name];
 
 -- Refuse parameters that cannot be right, with a message naming them.
 SELECT CASE
