@@ -117,10 +117,21 @@ CREATE OR REPLACE MACRO range_key(k, symbol_id, bar_index) AS
     (k::BIGINT << 48) + (symbol_id::BIGINT << 32) + bar_index::BIGINT;
 CREATE OR REPLACE MACRO top_range_level() AS
     (SELECT ceil(log2(greatest(2, max(bar_index) + 1)))::BIGINT FROM trigger_bars);
-CREATE OR REPLACE TABLE trigger_ranges AS
+-- Persisted: a run that ends before the first bar from rebuild_from() on (per symbol; or after the last bar)
+-- is kept, and the others are computed again from the bars they span.
+CREATE TABLE IF NOT EXISTS trigger_ranges (range_key BIGINT, low DOUBLE, high DOUBLE);
+CREATE OR REPLACE TABLE trigger_ranges_from AS
+SELECT symbol_id, coalesce(min(bar_index) FILTER (ts >= rebuild_from()), max(bar_index) + 1) AS first_bar
+FROM trigger_bars GROUP BY symbol_id;
+DELETE FROM trigger_ranges t USING trigger_ranges_from f
+WHERE (t.range_key >> 32) & 65535 = f.symbol_id                              -- (range_key's symbol,
+  AND (t.range_key & 4294967295) + (1::BIGINT << (t.range_key >> 48)) - 1 >= f.first_bar;  -- bar and k)
+INSERT INTO trigger_ranges
 SELECT range_key(k, symbol_id, bar_index) AS range_key,
        min(low) OVER w AS low, max(high) OVER w AS high
-FROM trigger_bars CROSS JOIN (SELECT unnest(range(0, top_range_level() + 1)) AS k)
+FROM trigger_bars JOIN trigger_ranges_from f USING (symbol_id)
+CROSS JOIN (SELECT unnest(range(0, top_range_level() + 1)) AS k)
+WHERE bar_index >= f.first_bar - (1::BIGINT << k) + 1
 WINDOW w AS (PARTITION BY symbol_id, k ORDER BY bar_index ROWS BETWEEN CURRENT ROW AND (1::BIGINT << k) - 1 FOLLOWING);
 
 -- The heatmap's time grid per symbol: the ends of whole time buckets covered by trigger bars.

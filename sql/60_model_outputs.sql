@@ -107,12 +107,16 @@ JOIN grid_scale g ON g.model = p.model AND g.symbol = p.symbol AND g.side = p.si
 WHERE p.first_alive_end_ts <= l.end_ts AND (p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts)
 GROUP BY ALL ORDER BY model, symbol, side, leverage, price_bucket;
 
--- The model's forecast of what was liquidated: volume consumed in each time bucket.
-CREATE OR REPLACE TABLE predicted_liquidations AS
+-- The model's forecast of what was liquidated: volume consumed in each time bucket. Persisted like the
+-- heatmap: the buckets that end from rebuild_from() on are computed again.
+CREATE TABLE IF NOT EXISTS predicted_liquidations (
+    model VARCHAR, symbol VARCHAR, ts TIMESTAMP, side VARCHAR, volume_usd DOUBLE, positions BIGINT);
+DELETE FROM predicted_liquidations WHERE ts >= first_bucket_rebuilt();
+INSERT INTO predicted_liquidations BY NAME
 SELECT model, symbol, consumed_end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS ts, side,
        sum(consumed_volume_usd) AS volume_usd, count(*) AS positions
-FROM position_grid WHERE consumed_end_ts IS NOT NULL
-GROUP BY ALL ORDER BY model, symbol, ts, side;
+FROM position_grid WHERE consumed_end_ts >= rebuild_from()
+GROUP BY ALL ORDER BY ts, model, symbol, side;
 
 -- The liquidation map at the last time: volume per price bucket (longs below the price, shorts
 -- above) and the cumulative volume from the current price outward.
