@@ -31,8 +31,16 @@ SELECT * FROM (VALUES
 --              the fit in force when it opened, for the ensemble); the ensemble adds its unmodelled
 --              part, a share of open interest x the share of price crossed in each bucket;
 --   baselines: their volume per bucket times the crossed share of the bucket.
-CREATE OR REPLACE TABLE forecast_levels AS
-WITH consumed AS (    -- each consumed position in the window of each horizon that holds its consumption
+-- Persisted: a window that ends before rebuild_from() read nothing after it, so a build computes the
+-- windows ending from then on, and shuffled (whose partner window depends on the whole span) whole.
+CREATE TABLE IF NOT EXISTS forecast_levels (
+    model VARCHAR, symbol VARCHAR, horizon VARCHAR, origin_ts TIMESTAMP, side VARCHAR, bucket_index BIGINT,
+    volume_usd DOUBLE);
+DELETE FROM forecast_levels f USING backtest_horizons h
+WHERE f.horizon = h.horizon AND (f.model = 'shuffled' OR f.origin_ts + to_seconds(h.horizon_s) >= rebuild_from());
+INSERT INTO forecast_levels BY NAME
+WITH recent AS (SELECT * FROM backtest_windows WHERE end_ts >= rebuild_from()),
+consumed AS (    -- each consumed position in the window of each horizon that holds its consumption
     SELECT p.*, h.horizon, time_bucket(to_seconds(h.horizon_s), p.consumed_ts - INTERVAL 1 MICROSECOND) AS origin_ts
     FROM positions p CROSS JOIN backtest_horizons h WHERE p.consumed_ts IS NOT NULL
 ),
@@ -41,7 +49,7 @@ model_levels AS (
            sum(c.scale_free_volume * exp(g.log_scale)
                * blow_through_factor(c.blown_through, f.stop_loss_share)) AS volume_usd
     FROM consumed c
-    JOIN backtest_windows w USING (symbol, horizon, origin_ts)
+    JOIN recent w USING (symbol, horizon, origin_ts)
     ASOF JOIN fit_schedule f ON f.model = c.model AND f.symbol = c.symbol AND c.created_ts >= f.from_ts
     JOIN grid_scale g ON g.model = c.model AND g.symbol = c.symbol AND g.side = c.side AND g.end_ts = c.origin_ts
     WHERE c.created_ts <= c.origin_ts
@@ -50,10 +58,10 @@ model_levels AS (
 unmodelled AS (     -- the ensemble's unmodelled part (sql/45_calibration.sql), at the share of the fit in force at t
     SELECT 'ensemble' AS model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
            f.unmodelled_share * c.move_exposure_usd AS volume_usd
-    FROM backtest_crossed_buckets c
+    FROM backtest_crossed_buckets c SEMI JOIN recent USING (symbol, horizon, origin_ts)
     ASOF JOIN fit_schedule f ON f.model = 'ensemble' AND f.symbol = c.symbol AND c.origin_ts >= f.from_ts
 ),
-crossed AS (SELECT c.*, w.price, w.prior_low, w.prior_high, w.open_interest_usd
+crossed AS (SELECT c.*, w.price, w.prior_low, w.prior_high, w.open_interest_usd, w.end_ts
             FROM backtest_crossed_buckets c JOIN backtest_windows w USING (symbol, horizon, origin_ts)),
 uniform AS (        -- naive_move, price_move and breakout: even levels over the prices where each applies
     SELECT m.model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
@@ -65,6 +73,7 @@ uniform AS (        -- naive_move, price_move and breakout: even levels over the
                             ELSE greatest(0, c.crossed_high - greatest(c.crossed_low, c.prior_high)) END
            END AS volume_usd
     FROM crossed c CROSS JOIN (VALUES ('naive_move'), ('price_move'), ('breakout')) m(model)
+    WHERE c.end_ts >= rebuild_from()
 ),
 history AS (        -- realized volume per distance from the price at t, window by window, for nearest_buckets
     SELECT r.symbol, r.horizon, r.origin_ts, r.side,
@@ -81,10 +90,10 @@ profile AS (        -- at each crossed bucket, from the windows before t only: r
            sum(volume_usd) OVER all_bins AS all_usd, sum(exposure_usd) OVER all_bins AS all_exposure_usd
     FROM (SELECT symbol, horizon, origin_ts, side, distance_bin(distance_buckets) AS distance_bin, bucket_index,
                  crossed_share, open_interest_usd, open_interest_usd * crossed_share AS exposure_usd,
-                 0 AS volume_usd, 0 AS is_event
+                 0 AS volume_usd, 0 AS is_event, end_ts
           FROM crossed
           UNION ALL
-          SELECT symbol, horizon, origin_ts, side, distance_bin, NULL, NULL, NULL, 0, volume_usd, 1 FROM history)
+          SELECT symbol, horizon, origin_ts, side, distance_bin, NULL, NULL, NULL, 0, volume_usd, 1, NULL FROM history)
     WINDOW bin AS (PARTITION BY symbol, horizon, side, distance_bin ORDER BY origin_ts
                    RANGE BETWEEN UNBOUNDED PRECEDING AND INTERVAL 1 SECOND PRECEDING),
            all_bins AS (PARTITION BY symbol, horizon, side ORDER BY origin_ts
@@ -95,7 +104,7 @@ nearest AS (        -- USD liquidated per USD of open interest that crossed the 
     SELECT 'nearest_buckets' AS model, symbol, horizon, origin_ts, side, bucket_index,
            exposure_usd * (coalesce(bin_usd, 0) + open_interest_usd * all_usd / nullif(all_exposure_usd, 0))
                / (coalesce(bin_exposure_usd, 0) + open_interest_usd) AS volume_usd
-    FROM profile WHERE is_event = 0
+    FROM profile WHERE is_event = 0 AND end_ts >= rebuild_from()   -- (the history before them is all read)
 ),
 other_day AS (      -- each window's partner: half the span of whole days away, wrapping round
     SELECT w.symbol, w.horizon, w.origin_ts, w.price_bucket_index, o.origin_ts AS other_ts,
