@@ -489,11 +489,11 @@ def rebuild_from(previous: tuple[dict, list], files: list[dict], end: dt.date | 
     or the day after the earlier --end if it moved ('infinity' when nothing did; '-infinity', everything,
     when such a file has no time at all). Everything the SQL computes is causal (a row at time t reads
     nothing after t), so what lies before that day is what the previous build computed."""
-    info, previous_files = previous
+    previous_info, previous_files = previous
     before = {(path, digest, status): (period, first) for path, digest, status, period, first in previous_files}
     now = {(info["name"], info["sha256"], info["status"]): (info["period"], info.get("first_ts")) for info in files}
     starts = [period_start(*(before | now)[key]) for key in before.keys() ^ now.keys()]
-    ends = {info["end"], str(end or "")}
+    ends = {previous_info["end"], str(end or "")}
     if len(ends) > 1:
         starts.append(dt.datetime.fromisoformat(min(ends - {""})) + dt.timedelta(days=1))
     if not starts:
