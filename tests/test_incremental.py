@@ -83,8 +83,6 @@ def test_nothing_changed_recomputes_nothing_and_other_options_recompute_everythi
     assert other.returncode == 0, other.stderr
     assert recomputed_from(other.stderr) == "a full build"
     assert tables(db)["heatmap_cells"] != before["heatmap_cells"]
-    forced = run_build("--data", str(demo_dir), "--db", str(db), "--param", "price_bucket_usd=50", "--full")
-    assert recomputed_from(forced.stderr) == "a full build"
 
 
 def test_the_readme_names_every_persisted_table():
