@@ -468,8 +468,8 @@ def previous_build(duck_path: Path, key: str) -> tuple[dict, list] | None:
     try:
         with duckdb.connect(str(duck_path), read_only=True) as con:
             info = dict(con.execute("SELECT key, value FROM build_info").fetchall())
-            if info.get("build_key") != key or not all(con.execute(
-                    "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0] for name in PERSISTED):
+            tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            if info.get("build_key") != key or not tables >= set(PERSISTED):
                 return None
             return info, con.execute("SELECT path, sha256, status, period, first_ts::VARCHAR FROM src_files").fetchall()
     except duckdb.Error:

@@ -313,10 +313,10 @@ def register(con, files: list[dict]) -> None:
         paths = sorted({info["staged_path"] for info in files
                         if info.get("staged_path") and SOURCE_TABLES[info["data_type"]] == table})
         if paths:
+            present = {name for (name,) in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]).fetchall()}
             columns = [f'p."{name}"' for name in source_columns(con, table)] + [
-                f"f.{column} AS {name}" for name, column in FILE_COLUMNS.items()
-                if con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
-                               [table, name]).fetchone()[0]]
+                f"f.{column} AS {name}" for name, column in FILE_COLUMNS.items() if name in present]
             con.execute(f"DROP TABLE {table}")
             # rowid: the row's place in its Parquet, which the staging views read as each row's identity
             con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(columns)}, p.file_row_number AS rowid "

@@ -186,19 +186,15 @@ CREATE TABLE IF NOT EXISTS calibration_tier_fit (
 CREATE TABLE IF NOT EXISTS calibration_role_fit (fit_id BIGINT, role_weights DOUBLE[]);
 CREATE TABLE IF NOT EXISTS calibration_model_fit (fit_id BIGINT, model_weights DOUBLE[]);
 CREATE TABLE IF NOT EXISTS calibration_unmodelled_fit (fit_id BIGINT, unmodelled_share DOUBLE);
-CREATE OR REPLACE TABLE calibration_refits AS
+CREATE OR REPLACE TABLE calibration_kept_fits AS
 SELECT fit_id FROM calibration_fits
-WHERE train_to > rebuild_from() OR fit_id NOT IN (SELECT fit_id FROM calibration_unmodelled_fit);
-DELETE FROM calibration_fade_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
-    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
-DELETE FROM calibration_tier_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
-    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
-DELETE FROM calibration_role_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
-    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
-DELETE FROM calibration_model_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
-    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
-DELETE FROM calibration_unmodelled_fit WHERE fit_id IN (SELECT fit_id FROM calibration_refits)
-    OR fit_id NOT IN (SELECT fit_id FROM calibration_fits);
+WHERE train_to <= rebuild_from() AND fit_id IN (SELECT fit_id FROM calibration_unmodelled_fit);
+CREATE OR REPLACE TABLE calibration_refits AS SELECT fit_id FROM calibration_fits ANTI JOIN calibration_kept_fits USING (fit_id);
+DELETE FROM calibration_fade_fit WHERE fit_id NOT IN (SELECT fit_id FROM calibration_kept_fits);
+DELETE FROM calibration_tier_fit WHERE fit_id NOT IN (SELECT fit_id FROM calibration_kept_fits);
+DELETE FROM calibration_role_fit WHERE fit_id NOT IN (SELECT fit_id FROM calibration_kept_fits);
+DELETE FROM calibration_model_fit WHERE fit_id NOT IN (SELECT fit_id FROM calibration_kept_fits);
+DELETE FROM calibration_unmodelled_fit WHERE fit_id NOT IN (SELECT fit_id FROM calibration_kept_fits);
 
 -- Every window, side and cell where something was realized or crossed (and every window and side).
 CREATE OR REPLACE TABLE calibration_keys AS
