@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -28,7 +29,9 @@ ROOT = Path(__file__).resolve().parent
 SQL_DIR = ROOT / "sql"
 STAGE_SQL = ["00_macros.sql", "01_sources.sql", "02_staging.sql"]  # the tables and views a file is read into
 CHECK_SQL = SQL_DIR / "staging" / "files.sql"
-BATCH_BYTES = 32 << 20  # small files are staged many at a time: a connection and the checks cost ~0.2 s
+# Parquet 2's encodings write a day of trades in 0.26 s (0.38 s as Parquet 1), half as large, and read faster
+PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION V2"
+BATCH_BYTES = 8 << 20  # small files are staged many at a time, a large one alone
 KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines")
 SOURCE_TABLES = {"metrics": "src_metrics", "fundingRate": "src_funding_rate", "aggTrades": "src_agg_trades",
                  "trades": "src_trades", "liquidationSnapshot": "src_liquidation_snapshot",
@@ -46,7 +49,7 @@ class StageError(Exception):
 
 def version() -> str:
     """Digest of the SQL that decides what a staged file holds: any change to it restages every file."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(PARQUET_OPTIONS.encode())
     for path in [SQL_DIR / name for name in STAGE_SQL] + [CHECK_SQL]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -103,24 +106,53 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def gzip_of(path: Path, member: zipfile.ZipInfo, dest: Path) -> None:
+    """Rewrap a zip member's deflate stream as a gzip file, which DuckDB reads itself (RFC 1952: a 10-byte
+    header, the same deflate data, then CRC-32 and size): no unzipped copy on disk and one pass fewer."""
+    with path.open("rb") as src, dest.open("wb") as dst:
+        src.seek(member.header_offset)
+        local = src.read(30)   # the local header: its name and extra field lengths may differ from the central's
+        src.seek(member.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        dst.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
+        left = member.compress_size
+        while left:
+            block = src.read(min(left, 1 << 20))
+            if not block:
+                raise EOFError(f"{member.filename} ends early")
+            dst.write(block)
+            left -= len(block)
+        dst.write(member.CRC.to_bytes(4, "little") + (member.file_size & 0xFFFFFFFF).to_bytes(4, "little"))
+
+
 def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
-    """Unzip one file and look at its first line. Sets status, problem, has_header and csv_path."""
+    """Make one file readable by read_csv and look at its first line. Sets status, problem, has_header and csv_path.
+
+    A zip whose sha256 matches Binance's CHECKSUM is handed to DuckDB as gzip; any other zip is unzipped,
+    so that zipfile checks its CRC (DuckDB does not check a gzip's): damaged bytes are never read as rows."""
     path = info["path"]
     info = {**info, "status": "quarantined", "problem": None, "detail": None, "has_header": None, "csv_path": None}
     csv_path = path
     if path.suffix == ".zip":
         try:
             with zipfile.ZipFile(path) as archive:
-                members = [m for m in archive.namelist() if m.lower().endswith(".csv")]
+                members = [m for m in archive.infolist() if m.filename.lower().endswith(".csv")]
                 if len(members) != 1:
                     raise zipfile.BadZipFile(f"expected one CSV inside, found {len(members)}")
-                csv_path = tmp / f"{info['sha256']}.csv"
-                with archive.open(members[0]) as src, csv_path.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
+                with archive.open(members[0]) as src:
+                    first_line = src.readline().decode("utf-8", errors="replace")
+                if info["checksum"] == "ok" and members[0].compress_type == zipfile.ZIP_DEFLATED:
+                    csv_path = tmp / f"{info['sha256']}.csv.gz"
+                    gzip_of(path, members[0], csv_path)
+                else:
+                    csv_path = tmp / f"{info['sha256']}.csv"
+                    with archive.open(members[0]) as src, csv_path.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
             return {**info, "problem": "unreadable_zip", "detail": f"{path.name}: {error}"}
-    with csv_path.open(encoding="utf-8", errors="replace") as f:
-        first_line = f.readline().lstrip("\ufeff").strip()
+    else:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            first_line = f.readline()
+    first_line = first_line.lstrip("\ufeff").strip()
     if not first_line:
         return {**info, "problem": "empty_file", "detail": f"{path.name} holds no rows"}
     fields = [field.strip().strip('"') for field in first_line.split(",")]
@@ -211,8 +243,8 @@ def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
             table = SOURCE_TABLES[info["data_type"]]
             columns = ", ".join(f'"{name}"' for name in source_columns(con, table))
             con.execute(f"COPY (SELECT {columns} FROM {table} WHERE file_id = {file_id} "
-                        "AND rowid NOT IN (SELECT src_rowid FROM stage_dropped)) "
-                        f"TO '{part}' (FORMAT parquet, COMPRESSION zstd)")
+                        f"AND rowid NOT IN (SELECT src_rowid FROM stage_dropped WHERE file_id = {file_id})) "
+                        f"TO '{part}' ({PARQUET_OPTIONS})")
             os.replace(part, target.with_suffix(".parquet"))
         write_atomic(info["target"].with_suffix(".json"), json.dumps(record))
         records.append(record)
@@ -238,8 +270,10 @@ def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb:
     cache.mkdir(parents=True, exist_ok=True)
     checksums = Checksums(cache_root / "checksums.json")
     started = time.perf_counter()
-    for info in files:
-        info["sha256"] = checksums.of(info["path"])
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:   # (hashlib lets go of the GIL: one file per core)
+        digests = list(pool.map(checksums.of, [info["path"] for info in files]))
+    for info, digest in zip(files, digests, strict=True):
+        info["sha256"] = digest
         info["checksum"] = checksum_status(info["path"], info["sha256"]) if info["path"].suffix == ".zip" else "absent"
         info["target"] = cache_target(cache, info)
     checksums.save()
@@ -274,14 +308,17 @@ def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb:
 
 
 def batches(files: list[dict]) -> list[list[dict]]:
-    """Files of one src_* table, up to BATCH_BYTES together; a large file alone. Largest first."""
-    out: list[tuple[int, str, list[dict]]] = []   # (bytes, table, files)
+    """Files up to BATCH_BYTES together (a connection and the checks cost ~0.2 s a batch); a large file
+    alone. Largest first, so that the small ones fill in beside it. Files read by header name stay among
+    their own kind: which symbol an aggregated export without one is for depends on the other files."""
+    out: list[tuple[int, str, list[dict]]] = []   # (bytes, kind, files)
     for info in sorted(files, key=lambda info: (SOURCE_TABLES[info["data_type"]], info["name"])):
-        size, table = info["path"].stat().st_size, SOURCE_TABLES[info["data_type"]]
-        if out and out[-1][1] == table and out[-1][0] + size <= BATCH_BYTES:
-            out[-1] = (out[-1][0] + size, table, out[-1][2] + [info])
+        size = info["path"].stat().st_size
+        kind = info["data_type"] if info["data_type"] in BY_NAME else "typed"
+        if out and out[-1][1] == kind and out[-1][0] + size <= BATCH_BYTES:
+            out[-1] = (out[-1][0] + size, kind, out[-1][2] + [info])
         else:
-            out.append((size, table, [info]))
+            out.append((size, kind, [info]))
     return [batch for _, _, batch in sorted(out, key=lambda entry: -entry[0])]
 
 

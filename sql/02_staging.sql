@@ -166,20 +166,22 @@ WHERE is_valid AND volume_usd > 0 AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity, volume_usd, source ORDER BY file_id) = 1;
 
 -- Every typed row in one shape, for the checks that are the same for every file type: invalid
--- values and repeated keys (within a file while staging it, across files in a build).
+-- values and repeated keys (within a file while staging it, across files in a build). order_key is the
+-- key as a number that rises row by row through a file written in order, as Binance writes them
+-- (NULL where the key is not one number: realized liquidations).
 CREATE OR REPLACE VIEW dq_rows AS
-SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, hash(ts) AS row_key, row_hash, is_valid, overlapping,
-       file_id, src_rowid
+SELECT symbol, 'metrics' AS data_type, '' AS kline_interval, ts, hash(ts) AS row_key, epoch_ms(ts) AS order_key,
+       row_hash, is_valid, overlapping, file_id, src_rowid
 FROM typed_open_interest
-UNION ALL SELECT symbol, 'fundingRate', '', ts, hash(ts), row_hash, is_valid, overlapping, file_id, src_rowid
+UNION ALL SELECT symbol, 'fundingRate', '', ts, hash(ts), epoch_ms(ts), row_hash, is_valid, overlapping, file_id, src_rowid
 FROM typed_funding_rates
-UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, hash(ts), row_hash, is_valid, overlapping, file_id,
-                 src_rowid
+UNION ALL SELECT symbol, data_type, coalesce(kline_interval, ''), ts, hash(ts), epoch_ms(ts), row_hash, is_valid,
+                 overlapping, file_id, src_rowid
 FROM typed_klines
-UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), row_hash, is_valid, overlapping, file_id, src_rowid
+UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), trade_id, row_hash, is_valid, overlapping, file_id, src_rowid
 FROM typed_trades
-UNION ALL SELECT r.symbol, r.source, '', r.ts, hash(r.ts, r.side, r.price, r.quantity), r.row_hash, r.is_valid,
-                 f.overlapping, r.file_id, r.src_rowid
+UNION ALL SELECT r.symbol, r.source, '', r.ts, hash(r.ts, r.side, r.price, r.quantity), NULL::BIGINT, r.row_hash,
+                 r.is_valid, f.overlapping, r.file_id, r.src_rowid
 FROM typed_realized_liquidations r JOIN src_files f USING (file_id);
 
 -- What each symbol's models read, where the files offer a choice: the kline intervals used, whether

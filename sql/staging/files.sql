@@ -2,12 +2,21 @@
 -- files' rows only, with the staging views of sql/02_staging.sql over them. What is found here is
 -- found once per file and kept in the cache beside its Parquet, so a build never reads its raw rows again.
 
--- Keys the file holds more than once (valid rows only: an invalid row is left out anyway). Counted
+-- Files whose keys do not strictly rise row by row: only these can hold a key twice. Binance writes
+-- its rows in key order, so this is rarely any, and a test in file order (0.1 s over a day of 2 M
+-- trades) spares the grouping by key below (0.3 s).
+CREATE OR REPLACE TABLE stage_unordered AS
+SELECT DISTINCT file_id FROM (
+    SELECT file_id, order_key, lag(order_key) OVER (PARTITION BY file_id ORDER BY src_rowid) AS previous_key
+    FROM dq_rows WHERE is_valid)
+WHERE NOT coalesce(order_key > previous_key, order_key IS NOT NULL AND previous_key IS NULL);
+
+-- Keys those files hold more than once (valid rows only: an invalid row is left out anyway). Counted
 -- first, then described: a distinct count over every key of a day of trades costs seconds.
 CREATE OR REPLACE TABLE stage_repeated_keys AS
 WITH repeated AS (
-    SELECT file_id, symbol, data_type, kline_interval, row_key FROM dq_rows WHERE is_valid
-    GROUP BY ALL HAVING count(*) > 1
+    SELECT file_id, symbol, data_type, kline_interval, row_key FROM dq_rows SEMI JOIN stage_unordered USING (file_id)
+    WHERE is_valid GROUP BY ALL HAVING count(*) > 1
 )
 SELECT file_id, symbol, data_type, kline_interval, row_key, count(*) AS n, count(DISTINCT row_hash) AS variants,
        min(ts) AS first_ts, max(ts) AS last_ts
@@ -15,10 +24,11 @@ FROM dq_rows SEMI JOIN repeated USING (file_id, symbol, data_type, kline_interva
 WHERE is_valid GROUP BY ALL;
 
 -- The rows left out of the Parquet: invalid ones, and every copy of a key after its first in the file.
+-- (A row is its file and rowid: a batch may hold files of several src_* tables, each counting its rowids.)
 CREATE OR REPLACE TABLE stage_dropped AS
-SELECT src_rowid FROM dq_rows WHERE NOT coalesce(is_valid, false)
+SELECT file_id, src_rowid FROM dq_rows WHERE NOT coalesce(is_valid, false)
 UNION ALL
-SELECT src_rowid FROM dq_rows d SEMI JOIN stage_repeated_keys k USING (file_id, symbol, data_type, kline_interval, row_key)
+SELECT file_id, src_rowid FROM dq_rows d SEMI JOIN stage_repeated_keys k USING (file_id, symbol, data_type, kline_interval, row_key)
 WHERE d.is_valid
 QUALIFY row_number() OVER (PARTITION BY d.file_id, d.symbol, d.data_type, d.kline_interval, d.row_key
                            ORDER BY d.src_rowid) > 1;
@@ -28,7 +38,7 @@ QUALIFY row_number() OVER (PARTITION BY d.file_id, d.symbol, d.data_type, d.klin
 CREATE OR REPLACE TABLE stage_stats AS
 SELECT file_id, count(*) AS rows_read, count(*) FILTER (WHERE kept) AS rows_staged,
        min(ts) FILTER (WHERE kept) AS first_ts, max(ts) FILTER (WHERE kept) AS last_ts
-FROM (SELECT *, src_rowid NOT IN (SELECT src_rowid FROM stage_dropped) AS kept FROM dq_rows)
+FROM (SELECT *, (file_id, src_rowid) NOT IN (SELECT (file_id, src_rowid) FROM stage_dropped) AS kept FROM dq_rows)
 GROUP BY file_id;
 
 -- Each file's data-quality rows, in data_quality's shape (sql/80_data_quality.sql adds the file name).
