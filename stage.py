@@ -99,6 +99,19 @@ class Checksums:
     def save(self) -> None:
         write_atomic(self.path, json.dumps(self.known, indent=0, sort_keys=True))
 
+    def prune(self, cache: Path) -> int:
+        """Forget the files that no longer exist, and remove the staged copies that no known file holds
+        (a removed file's, a changed file's earlier bytes). Returns how many were removed."""
+        self.known = {path: seen for path, seen in self.known.items() if Path(path).exists()}
+        held = {digest[:24] for _, _, digest in self.known.values()}
+        removed = 0
+        for record in cache.glob("*/*/*.json"):
+            if record.stem.rsplit("-", 1)[-1] not in held:
+                record.with_suffix(".parquet").unlink(missing_ok=True)
+                record.unlink()
+                removed += 1
+        return removed
+
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -276,6 +289,8 @@ def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb:
         info["sha256"] = digest
         info["checksum"] = checksum_status(info["path"], info["sha256"]) if info["path"].suffix == ".zip" else "absent"
         info["target"] = cache_target(cache, info)
+    if removed := checksums.prune(cache):
+        log(f"removed {removed} staged files from the cache: their source files are gone or changed")
     checksums.save()
     todo = [info for info in files if info["checksum"] != "mismatch" and not info["target"].with_suffix(".json").exists()]
     log(f"checksums of {len(files)} files in {time.perf_counter() - started:.1f} s; "

@@ -25,10 +25,12 @@ FROM time_grid g JOIN (SELECT DISTINCT model, symbol, side FROM level_scale) m U
 ASOF LEFT JOIN level_scale s ON s.model = m.model AND s.symbol = g.symbol AND s.side = m.side AND g.end_ts >= s.ts;
 
 -- Alive volume at the end of every time bucket: +volume where a position starts being alive,
--- -volume where it is consumed, summed along time per bucket, times the open-interest scale.
+-- -volume where it is consumed, summed along time per level (the running sum after each change holds
+-- until the next change), times the open-interest scale. The running sums are taken over the sparse
+-- changes and only then spread over the grid: a running sum over the dense grid cost 2.4 s at 30 days.
 -- Persisted: a build computes the buckets that end at or after rebuild_from() (sql/00_macros.sql: the
 -- volume alive at a bucket's end reads the data up to that end, inclusive) and keeps the earlier ones;
--- what was alive at the last kept end is carried in as the sum of the changes until then.
+-- the running sums read every change, so what was alive before is carried in.
 CREATE OR REPLACE MACRO first_bucket_rebuilt() AS rebuild_from() - to_seconds(param('time_bucket_s')::BIGINT);
 CREATE TABLE IF NOT EXISTS alive_cells (
     model VARCHAR, symbol VARCHAR, start_ts TIMESTAMP, end_ts TIMESTAMP, side VARCHAR, leverage INTEGER,
@@ -43,32 +45,27 @@ WITH events AS (
     FROM position_grid WHERE consumed_end_ts IS NOT NULL
 ),
 changes AS (SELECT model, symbol, side, leverage, bucket_index, end_ts, sum(change) AS change FROM events GROUP BY ALL),
-series AS (
-    SELECT model, symbol, side, leverage, bucket_index, min(end_ts) AS first_end_ts,
-           -- a series whose changes add up to nothing is empty after its last change: no rows needed
-           CASE WHEN abs(sum(change)) <= 1e-9 * max(abs(change)) THEN max(end_ts) END AS last_end_ts,
-           -- what was alive at the end of the last bucket kept from the previous build
-           coalesce(sum(change) FILTER (end_ts < rebuild_from()), 0) AS carried
-    FROM changes GROUP BY ALL
+running AS (
+    SELECT c.*, sum(change) OVER level AS alive_scale_free,
+           -- held until the next change; after the last, to the grid's end, unless the level's changes
+           -- add up to nothing (then it is empty from there on)
+           coalesce(lead(end_ts) OVER level - to_seconds(param('time_bucket_s')::BIGINT),
+                    CASE WHEN abs(sum(change) OVER whole) <= 1e-9 * max(abs(change)) OVER whole THEN end_ts
+                         ELSE g.last_end_ts END) AS until_ts
+    FROM changes c JOIN (SELECT symbol, max(end_ts) AS last_end_ts FROM time_grid GROUP BY symbol) g USING (symbol)
+    WINDOW level AS (PARTITION BY model, symbol, side, leverage, bucket_index ORDER BY end_ts),
+           whole AS (PARTITION BY model, symbol, side, leverage, bucket_index)
 ),
 dense AS (
-    SELECT s.model, s.symbol, s.side, s.leverage, s.bucket_index, g.end_ts - to_seconds(param('time_bucket_s')::BIGINT)
-               AS start_ts, g.end_ts, g.log_scale, s.carried
-    FROM series s JOIN grid_scale g ON g.model = s.model AND g.symbol = s.symbol AND g.side = s.side
-        AND g.end_ts >= s.first_end_ts
-        AND g.end_ts <= coalesce(s.last_end_ts, g.end_ts)
-        AND g.end_ts >= rebuild_from()
-),
-running AS (
-    SELECT d.*, d.carried + sum(coalesce(c.change, 0)) OVER (PARTITION BY d.model, d.symbol, d.side, d.leverage,
-                                                                       d.bucket_index ORDER BY d.end_ts) AS alive_scale_free
-    FROM dense d LEFT JOIN changes c USING (model, symbol, side, leverage, bucket_index, end_ts)
+    SELECT model, symbol, side, leverage, bucket_index, alive_scale_free,
+           unnest(generate_series(greatest(end_ts, rebuild_from()), until_ts,
+                                  to_seconds(param('time_bucket_s')::BIGINT))) AS end_ts
+    FROM running WHERE until_ts >= rebuild_from()
 )
-SELECT model, symbol, start_ts, end_ts, side, leverage, bucket_index,
-       alive_scale_free * exp(log_scale) AS alive_volume_usd
-FROM running
-WHERE alive_scale_free * exp(log_scale) >= 0.01    -- drop what is left of rounding after consumption
-ORDER BY start_ts, model, symbol, side, leverage, bucket_index;
+SELECT d.model, d.symbol, d.end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS start_ts, d.end_ts, d.side,
+       d.leverage, d.bucket_index, d.alive_scale_free * exp(g.log_scale) AS alive_volume_usd
+FROM dense d JOIN grid_scale g USING (model, symbol, side, end_ts)
+WHERE d.alive_scale_free * exp(g.log_scale) >= 0.01;    -- drop what is left of rounding after consumption
 
 -- The heatmap: alive volume per time and price bucket, both sides side by side. Persisted like
 -- alive_cells, in time order so that a build's new rows follow the kept ones.

@@ -55,13 +55,17 @@ def test_a_file_is_staged_once_restaged_when_changed_and_dropped_when_gone(demo_
     write_zip_lines(metrics, lines)
     changed = run_build("--data", str(data), "--db", str(db))
     assert changed.returncode == 0 and to_stage(changed.stderr) == (n_files - 1, 1)
+    assert "removed 1 staged files from the cache" in changed.stderr   # the earlier bytes' copy
+    assert len(staged_files(cache)) == n_files
     assert table(db, "SELECT open_interest FROM open_interest WHERE ts = ?", fields[0].replace(" ", "T") + "Z") \
         == [(float(f"{float(fields[2]):.6g}"),)]
 
-    # a removed file drops out of the build (its staged copy stays in the cache, unread)
+    # a removed file drops out of the build, and its staged copy out of the cache
     remove(daily_file(data, "metrics", "2024-09-03"))
     gone = run_build("--data", str(data), "--db", str(db))
     assert gone.returncode == 0 and to_stage(gone.stderr) == (n_files - 1, 0)
+    assert len(staged_files(cache)) == n_files - 1 and not any("2024-09-03" in name and "metrics" in name
+                                                               for name in staged_files(cache))
     assert table(db, "SELECT count(*) FROM open_interest WHERE ts > '2024-09-03T00:00:00Z' AND ts < '2024-09-04'") == [(0,)]
     assert table(db, "SELECT count(*) FROM data_quality_problems WHERE problem = 'missing_day' "
                      "AND data_type = 'metrics'") == [(1,)]
