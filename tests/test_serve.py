@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -43,9 +44,12 @@ async def rows(ds, path: str) -> list[dict]:
 
 def test_every_table_and_query_answers_with_datasette_get(demo_db):
     command = build.serve_command(demo_db, 8001)
-    for path in ["/", "/liquidations", "/assets/plotly.min.js"] + [f"/liquidations/{t}" for t in tables() + queries()]:
-        result = subprocess.run([*command, "--get", path], capture_output=True, text=True, timeout=120, check=False)
-        assert result.returncode == 0, f"{path}: {result.stderr[-500:]}"
+    paths = ["/", "/liquidations", "/assets/plotly.min.js"] + [f"/liquidations/{t}" for t in tables() + queries()]
+    with ThreadPoolExecutor(4) as pool:   # each `datasette --get` is a process of its own: a few at once
+        results = pool.map(lambda path: subprocess.run([*command, "--get", path], capture_output=True, text=True,
+                                                       timeout=120, check=False), paths)
+        for path, result in zip(paths, results, strict=True):
+            assert result.returncode == 0, f"{path}: {result.stderr[-500:]}"
     result = subprocess.run([*command, "--get", "/liquidations/no_such_table"], capture_output=True, timeout=120,
                             check=False)
     assert result.returncode == 1
