@@ -368,12 +368,12 @@ def register(con, files: list[dict]) -> None:
     """Fill src_files and stage_quality, and turn each src_* table with staged files into a view over them."""
     for file_id, info in enumerate(files, 1):
         info["file_id"] = file_id
-        con.execute("INSERT INTO src_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                    [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
-                     info["has_header"], info["checksum"], info["status"], info["problem"], info["detail"],
-                     info.get("staged_path"), info["sha256"], *(info.get(key) for key in LOADED_STATS)])
-        for row in info["quality"]:
-            con.execute("INSERT INTO stage_quality VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [file_id, *row.values()])
+    insert_rows(con, "src_files", [
+        (file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
+         info["has_header"], info["checksum"], info["status"], info["problem"], info["detail"], None,
+         info.get("staged_path"), info["sha256"], *(info.get(key) for key in LOADED_STATS), None, None)
+        for file_id, info in enumerate(files, 1)])
+    insert_rows(con, "stage_quality", [(info["file_id"], *row.values()) for info in files for row in info["quality"]])
     source_views(con, [{**info, "raw_path": info.get("staged_path")} for info in files])
 
 
@@ -394,3 +394,11 @@ def source_views(con, files: list[dict]) -> None:
             con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(columns)}, p.file_row_number AS rowid "
                         f"FROM read_parquet({paths!r}, filename = true, file_row_number = true, hive_partitioning = false) p "
                         "JOIN src_files f ON f.staged_path = p.filename")
+
+
+def insert_rows(con, table: str, rows: list[tuple]) -> None:
+    """Many rows in one statement (a statement a row cost 0.3 s for a month's 150 files)."""
+    for start in range(0, len(rows), 1000):
+        chunk = rows[start:start + 1000]
+        values = ", ".join(["(" + ", ".join("?" * len(chunk[0])) + ")"] * len(chunk))
+        con.execute(f"INSERT INTO {table} VALUES {values}", [value for row in chunk for value in row])

@@ -62,7 +62,9 @@ SELECT f.symbol, f.data_type, f.kline_interval,
        f.overlapping, k.file_id, k.rowid AS src_rowid
 FROM src_klines k JOIN src_files f USING (file_id);
 
-CREATE OR REPLACE VIEW stg_klines_all AS
+-- A table, not a view: ten statements of the layers after this read the bars (0.05-0.1 s a read of the
+-- Parquet at 30 days, where the table costs one).
+CREATE OR REPLACE TABLE stg_klines_all AS
 SELECT * EXCLUDE (is_valid, row_hash, overlapping, src_rowid) FROM typed_klines
 WHERE is_valid AND in_build_window(ts)
 QUALIFY row_number() OVER (PARTITION BY symbol, data_type, kline_interval, ts ORDER BY file_id) = 1;
