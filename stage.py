@@ -101,8 +101,14 @@ class Checksums:
 
     def prune(self, cache: Path) -> int:
         """Forget the files that no longer exist, and remove the staged copies that no known file holds
-        (a removed file's, a changed file's earlier bytes). Returns how many were removed."""
-        self.known = {path: seen for path, seen in self.known.items() if Path(path).exists()}
+        (a removed file's, a changed file's earlier bytes). Returns how many were removed. What another
+        build sharing the cache has saved since this one began is read again first, so that its files
+        are known. (Two builds at once on one cache are otherwise not coordinated.)"""
+        try:
+            on_disk = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            on_disk = {}
+        self.known = {path: seen for path, seen in {**on_disk, **self.known}.items() if Path(path).exists()}
         held = {digest[:24] for _, _, digest in self.known.values()}
         removed = 0
         for record in cache.glob("*/*/*.json"):
