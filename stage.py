@@ -1,13 +1,14 @@
 """Staging: every source file read once into typed, deduplicated Parquet, kept in a cache by checksum.
 
-A file is staged on a DuckDB connection of its own: verified against Binance's .CHECKSUM, unzipped,
-read with read_csv into its src_* table (sql/01_sources.sql), checked by sql/staging/one_file.sql
-(unparseable rows, invalid values, keys repeated in the file), and its valid rows, one per key, are
-written to CACHE/<version>/<type>/<symbol>/<period>-<sha256>.parquet, with a JSON file beside it that
-holds what staging found. A build reads only the files it has not seen (a new or changed file has a
-new checksum); a file that is gone is simply not read; deleting the cache stages everything again.
-The version is a digest of the SQL that shapes the Parquet, so a change to it restages every file.
-"""
+A batch of files is staged on a DuckDB connection of its own. Each file is verified against Binance's
+.CHECKSUM, read with read_csv (in the columns of its src_* table, sql/01_sources.sql) straight into a
+Parquet of its rows, and checked through the staging views over that Parquet by
+sql/staging/files.sql (unparseable rows, invalid values, keys repeated in the file). Its valid rows,
+one per key, become CACHE/<version>/<type>/<symbol>/<period>-<sha256>.parquet, with a JSON file beside
+it that holds what staging found. A build reads only the files it has not seen (a new or changed file
+has a new checksum); a file that is gone is not read, and its staged copy is removed; deleting the
+cache stages everything again. The version is a digest of the SQL and options that shape the Parquet,
+so a change to them restages every file."""
 
 from __future__ import annotations
 

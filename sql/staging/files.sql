@@ -1,5 +1,6 @@
--- Staging a batch of files (stage.py): run on a connection of its own whose src_* tables hold those
--- files' rows only, with the staging views of sql/02_staging.sql over them. What is found here is
+-- Staging a batch of files (stage.py): run on a connection of its own whose src_* views read those
+-- files' rows only (each file's Parquet as read_csv wrote it, rows in file order), with the staging
+-- views of sql/02_staging.sql over them. A file with rows dropped here has its Parquet written again. What is found here is
 -- found once per file and kept in the cache beside its Parquet, so a build never reads its raw rows again.
 
 -- Files whose keys do not strictly rise row by row: only these can hold a key twice. Binance writes
