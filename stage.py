@@ -241,8 +241,8 @@ def read_file(con, info: dict, file_id: int, tmp: Path) -> dict:
                 "status, csv_path, staged_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
                  info["has_header"], info["checksum"], info["status"], info["csv_path"],
-                 str(raw) if info["status"] == "loaded" else None])
-    return {**info, "raw_path": raw}
+                 str(raw) if info["status"] == "loaded" else None])   # (the src_* views join on it)
+    return {**info, "raw_path": raw if info["status"] == "loaded" else None}
 
 
 def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
@@ -250,13 +250,13 @@ def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
     for name in STAGE_SQL:
         run_sql(con, SQL_DIR / name)
     infos = [read_file(con, info, file_id, tmp) for file_id, info in enumerate(batch, 1)]
-    source_views(con, infos)   # the checks read the files' Parquet as a build does
+    source_views(con, infos, "raw_path")   # the checks read the files' Parquet as a build does
     if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'reject_errors'").fetchone()[0]:
         con.execute("""INSERT INTO src_rejects
             SELECT f.file_id, e.line, e.column_name, e.error_type, e.csv_line, e.error_message
             FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id) JOIN src_files f ON f.csv_path = s.file_path""")
     run_sql(con, CHECK_SQL)
-    dropped = dict(con.execute("SELECT file_id, list(src_rowid) FROM stage_dropped GROUP BY file_id").fetchall())
+    dropped = {file_id for (file_id,) in con.execute("SELECT DISTINCT file_id FROM stage_dropped").fetchall()}
     records = []
     for file_id, info in enumerate(infos, 1):
         record = {key: info[key] for key in ("status", "problem", "detail", "has_header")}
@@ -270,8 +270,8 @@ def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
             if file_id in dropped:   # (rarely: the file's Parquet is written again without them)
                 part = target.with_name(f".{target.name}.tmp")
                 con.execute(f"COPY (SELECT * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true) "
-                            f"WHERE file_row_number NOT IN (SELECT unnest(?))) TO '{part}' ({PARQUET_OPTIONS})",
-                            [str(info["raw_path"]), dropped[file_id]])
+                            f"WHERE file_row_number NOT IN (SELECT src_rowid FROM stage_dropped WHERE file_id = {file_id})) "
+                            f"TO '{part}' ({PARQUET_OPTIONS})", [str(info["raw_path"])])
                 os.replace(part, target)
             else:
                 os.replace(info["raw_path"], target)
@@ -381,16 +381,16 @@ def register(con, files: list[dict]) -> None:
          info.get("staged_path"), info["sha256"], *(info.get(key) for key in LOADED_STATS), None, None)
         for file_id, info in enumerate(files, 1)])
     insert_rows(con, "stage_quality", [(info["file_id"], *row.values()) for info in files for row in info["quality"]])
-    source_views(con, [{**info, "raw_path": info.get("staged_path")} for info in files])
+    source_views(con, files, "staged_path")
 
 
-def source_views(con, files: list[dict]) -> None:
-    """Turn each src_* table with files into a view over their Parquet (raw_path), joined to src_files
-    (whose staged_path names it) for the file's columns. Used by staging and by a build alike."""
+def source_views(con, files: list[dict], path_key: str) -> None:
+    """Turn each src_* table with files into a view over their Parquet (info[path_key]), joined to
+    src_files (whose staged_path names it) for the file's columns. Used by staging and by a build alike."""
     for table in sorted(set(SOURCE_TABLES.values())):
         # (two files with the same bytes share one Parquet: each row then comes once per file, as it would unstaged)
-        paths = sorted({str(info["raw_path"]) for info in files
-                        if info.get("raw_path") and info["status"] == "loaded" and SOURCE_TABLES[info["data_type"]] == table})
+        paths = sorted({str(info[path_key]) for info in files
+                        if info.get(path_key) and SOURCE_TABLES[info["data_type"]] == table})
         if paths:
             present = {name for (name,) in con.execute(
                 "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]).fetchall()}

@@ -1,7 +1,8 @@
 -- Staging a batch of files (stage.py): run on a connection of its own whose src_* views read those
 -- files' rows only (each file's Parquet as read_csv wrote it, rows in file order), with the staging
--- views of sql/02_staging.sql over them. A file with rows dropped here has its Parquet written again. What is found here is
--- found once per file and kept in the cache beside its Parquet, so a build never reads its raw rows again.
+-- views of sql/02_staging.sql over them. A file with rows dropped here has its Parquet written again.
+-- What is found here is found once per file and kept in the cache beside its Parquet, so a build never
+-- reads its raw rows again.
 
 -- Files whose keys do not strictly rise row by row: only these can hold a key twice. Binance writes
 -- its rows in key order, so this is rarely any, and a test in file order (0.1 s over a day of 2 M
