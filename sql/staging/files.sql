@@ -5,12 +5,23 @@
 -- reads its raw rows again.
 
 -- Files whose keys do not strictly rise row by row: only these can hold a key twice. Binance writes
--- its rows in key order, so this is rarely any, and a test in file order (0.1 s over a day of 2 M
--- trades) spares the grouping by key below (0.3 s).
+-- its rows in key order, so this is rarely any. A first test compares each row with the row scanned
+-- before it (a streaming lag: 0.05 s over a day of 2 M trades). Scan order is mostly file order, but
+-- not always (a join may move a block of rows), so a row whose predecessor is not the row before it
+-- in its file only makes its file a suspect. The suspects are tested in file order (a lag ordered by
+-- row, 0.26 s a day of trades), and only files that fail that are grouped by key below (0.3 s).
 CREATE OR REPLACE TABLE stage_unordered AS
+WITH suspects AS (
+    SELECT DISTINCT file_id FROM (
+        SELECT file_id, src_rowid, order_key, lag(file_id) OVER () AS previous_file,
+               lag(src_rowid) OVER () AS previous_rowid, lag(order_key) OVER () AS previous_key
+        FROM dq_rows)
+    WHERE src_rowid > 0
+      AND NOT coalesce(previous_file = file_id AND previous_rowid = src_rowid - 1 AND order_key > previous_key, false)
+)
 SELECT DISTINCT file_id FROM (
     SELECT file_id, order_key, lag(order_key) OVER (PARTITION BY file_id ORDER BY src_rowid) AS previous_key
-    FROM dq_rows WHERE is_valid)
+    FROM dq_rows SEMI JOIN suspects USING (file_id) WHERE is_valid)
 WHERE NOT coalesce(order_key > previous_key, order_key IS NOT NULL AND previous_key IS NULL);
 
 -- Keys those files hold more than once (valid rows only: an invalid row is left out anyway). Counted
