@@ -121,6 +121,27 @@ def test_staged_parquet_holds_the_valid_rows_once(demo_dir, tmp_path):
     assert rows == (len(lines) - 2, len(lines) - 2)   # less the header and the invalid row, the repeat once
 
 
+def test_the_order_check_reads_scan_order_and_looks_up_each_break_in_file_order():
+    """stage_unordered (sql/staging/files.sql) compares each row with the one scanned before it; where
+    scan order leaves file order (a block moved), the row is compared with its predecessor in the file.
+    Only files whose keys fall or repeat in file order are marked, however their rows were scanned."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE dq_rows (file_id INTEGER, src_rowid BIGINT, order_key BIGINT, symbol VARCHAR, "
+                "data_type VARCHAR, kline_interval VARCHAR, row_key UBIGINT, row_hash UBIGINT, ts TIMESTAMP, is_valid BOOLEAN)")
+    scans = {1: [(0, 10), (1, 20), (4, 50), (5, 60), (2, 30), (3, 40), (6, 70)],   # rising; a block moved
+             2: [(0, 10), (1, 20), (3, 25), (2, 30)],                             # falls at row 3, seen only at a break
+             3: [(0, 10), (1, 20), (2, 20)],                                      # repeats, in order
+             4: [(0, 10), (1, None)],                                             # a missing key
+             5: [(0, 10), (1, 20)]}                                               # rising, in order
+    for file_id, rows in scans.items():
+        for rowid, key in rows:
+            con.execute("INSERT INTO dq_rows VALUES (?, ?, ?, 'X', 'klines', '', hash(?), 0, NULL, true)",
+                        [file_id, rowid, key, key])
+    statement = (stage.CHECK_SQL.read_text().split("CREATE OR REPLACE TABLE stage_unordered")[1]).split(";")[0]
+    con.execute("CREATE TABLE stage_unordered" + statement)
+    assert sorted(con.execute("SELECT file_id FROM stage_unordered").fetchall()) == [(2,), (3,), (4,)]
+
+
 def test_a_zip_vouched_for_by_its_checksum_is_read_as_gzip_and_any_other_is_unzipped_and_crc_checked(demo_dir, tmp_path,
                                                                                                     monkeypatch):
     """With a matching CHECKSUM, DuckDB reads the zip's deflate stream as gzip (DuckDB checks no CRC: the
