@@ -258,16 +258,17 @@ def export_columns(relation) -> str:
 
 
 def describe_outputs(con, tables: dict[str, dict]) -> None:
-    """Copy metadata.yml's descriptions onto the DuckDB tables, for users of the .duckdb file."""
+    """Copy metadata.yml's descriptions onto the DuckDB tables, for users of the .duckdb file (in one
+    transaction: a commit each cost 0.15 s in all)."""
+    views = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    comments = []
     for table, meta in tables.items():
         differ = set(meta.get("columns", {})) ^ set(con.table(table).columns)
         if differ:
             raise BuildError(f"metadata.yml and sql/ disagree on the columns of {table}: {sorted(differ)}")
-        kind = "VIEW" if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [table]).fetchone()[0] \
-            else "TABLE"
-        con.execute(f"COMMENT ON {kind} {table} IS '{_quote(meta.get('description', ''))}'")
-        for column, text in meta.get("columns", {}).items():
-            con.execute(f"COMMENT ON COLUMN {table}.{column} IS '{_quote(text)}'")
+        comments.append(f"COMMENT ON {'VIEW' if table in views else 'TABLE'} {table} IS '{_quote(meta.get('description', ''))}'")
+        comments += [f"COMMENT ON COLUMN {table}.{column} IS '{_quote(text)}'" for column, text in meta.get("columns", {}).items()]
+    con.execute(";\n".join(["BEGIN", *comments, "COMMIT"]))
 
 
 def _quote(text: str) -> str:
