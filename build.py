@@ -61,11 +61,14 @@ LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price"
 INDEXES = {"data_quality_problems": [["symbol"], ["problem"], ["severity"], ["data_type"]],
            "data_coverage": [["symbol"], ["data_type"]], "source_files": [["symbol"], ["data_type"], ["status"]],
            "price_klines": [["symbol", "ts"]], "open_interest": [["symbol", "ts"]], "funding_rates": [["symbol", "ts"]],
-           "heatmap_cells": [["model", "symbol", "ts"]], "levels_latest": [["model", "symbol", "side", "leverage"]],
+           "levels_latest": [["model", "symbol", "side", "leverage"]],
            "predicted_liquidations": [["model", "symbol", "ts"]], "liquidation_map_latest": [["model", "symbol"]],
            "model_comparison": [["symbol"]], "realized_liquidations": [["symbol", "side", "ts"]],
            "backtest_scores": [["symbol", "model"]], "backtest_skill": [["symbol", "horizon"]],
            "backtest_series": [["symbol", "model", "horizon", "ts"]]}
+# Output tables stored under their natural key, WITHOUT ROWID and written in key order: the key is the
+# table, with no index beside it (the heatmap: 89 MB instead of 149 MB at 29 days, and written faster).
+KEYS = {"heatmap_cells": ["model", "symbol", "ts", "price_bucket"]}
 # Output tables whose rows an incremental build appends instead of rewriting: their rows before the
 # first time the SQL recomputed (column, DuckDB expression) are the previous build's, unchanged.
 APPENDED = {"heatmap_cells": ("ts", "first_bucket_rebuilt()")}
@@ -221,6 +224,9 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
         if since:
             shutil.copyfile(db_path, tmp_path)
         db = sqlite_utils.Database(tmp_path)
+        # No journal and no sync per table: the file is new and swapped in whole, after one fsync below.
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
         for table in tables:
             relation = con.table(table)
             columns = {name: SQLITE_TYPES.get(str(kind).split("(")[0], str)
@@ -232,9 +238,10 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
                 db.conn.execute(f"DELETE FROM [{table}] WHERE [{APPENDED[table][0]}] >= ?", [first])
             else:
                 db[table].drop(ignore=True)
-                db[table].create(columns)
+                db.execute(sqlite_create(table, columns))
             placeholders = ", ".join("?" * len(columns))
-            cursor = con.execute(f"SELECT {export_columns(relation)} FROM {table}{where}")
+            order = " ORDER BY " + ", ".join(f'"{name}"' for name in KEYS[table]) if table in KEYS else ""
+            cursor = con.execute(f"SELECT {export_columns(relation)} FROM {table}{where}{order}")
             while batch := cursor.fetchmany(50_000):
                 db.conn.executemany(f"INSERT INTO [{table}] VALUES ({placeholders})", batch)
             for index in INDEXES.get(table, []):
@@ -242,9 +249,20 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
             db.conn.commit()
             log(f"exported {table}: {db[table].count:,} rows" + (f" (from {first} on)" if appended else ""))
         db.close()   # (no VACUUM: a new file has no free pages, and it took 1.9 s at 30 days)
+        with tmp_path.open("rb+") as written:
+            os.fsync(written.fileno())   # on disk before it replaces the old file
         os.replace(tmp_path, db_path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def sqlite_create(table: str, columns: dict[str, type]) -> str:
+    types = {int: "INTEGER", float: "REAL", str: "TEXT"}
+    definitions = [f"[{name}] {types[kind]}" for name, kind in columns.items()]
+    if table in KEYS:
+        return (f"CREATE TABLE [{table}] ({', '.join(definitions)}, "
+                f"PRIMARY KEY ({', '.join(f'[{name}]' for name in KEYS[table])})) WITHOUT ROWID")
+    return f"CREATE TABLE [{table}] ({', '.join(definitions)})"
 
 
 def export_columns(relation) -> str:

@@ -42,6 +42,12 @@ def test_demo_build_exports_every_described_table(demo_db):
             assert columns == list(meta["columns"]), f"{table}: every column described, in order"
             assert all(str(text).strip() for text in meta["columns"].values())
             assert meta["description"]
+        # the heatmap is stored under its key (WITHOUT ROWID): one cell per model, symbol, time and bucket
+        keyed = [c[1] for c in sorted(con.execute("PRAGMA table_info(heatmap_cells)"), key=lambda c: c[5]) if c[5]]
+        assert keyed == build.KEYS["heatmap_cells"] == ["model", "symbol", "ts", "price_bucket"]
+        assert "WITHOUT ROWID" in con.execute("SELECT sql FROM sqlite_master WHERE name = 'heatmap_cells'").fetchone()[0]
+        assert not con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'heatmap_cells' "
+                               "AND sql IS NOT NULL").fetchall()   # the key is the table: no index beside it
 
 
 def test_demo_build_has_the_simulated_series(demo_db):

@@ -51,7 +51,8 @@ QUALIFY row_number() OVER (PARTITION BY d.file_id, d.symbol, d.data_type, d.klin
 CREATE OR REPLACE TABLE stage_stats AS
 SELECT file_id, count(*) AS rows_read, count(*) FILTER (WHERE kept) AS rows_staged,
        min(ts) FILTER (WHERE kept) AS first_ts, max(ts) FILTER (WHERE kept) AS last_ts
-FROM (SELECT *, (file_id, src_rowid) NOT IN (SELECT (file_id, src_rowid) FROM stage_dropped) AS kept FROM dq_rows)
+FROM (SELECT d.file_id, d.ts, x.src_rowid IS NULL AS kept
+      FROM dq_rows d LEFT JOIN stage_dropped x ON x.file_id = d.file_id AND x.src_rowid = d.src_rowid)
 GROUP BY file_id;
 
 -- Each file's data-quality rows, in data_quality's shape (sql/80_data_quality.sql adds the file name).
