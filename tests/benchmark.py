@@ -1,6 +1,6 @@
 """Speed and memory of builds at real Binance volume, as ratios measured side by side in one run.
 
-    .venv/bin/python tests/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--readme]
+    .venv/bin/python tests/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--runs N] [--readme]
 
 Simulates days + 1 of BTCUSDT at real aggTrades volume (or reuses --data, a folder simulated before
 with at least that many days), then, on the same files and the same machine, one after another:
@@ -10,7 +10,8 @@ with at least that many days), then, on the same files and the same machine, one
   full build    `build.py build` of the first `days` days, from an empty cache;
   one more day  the same build with the next day added, its cache kept (the incremental case);
 each build in its own process, with its peak resident memory (wait4's ru_maxrss). Machines here are
-shared and noisy: the ratios are what to read, and the targets are issue 11's. Not a test: run it by
+shared and noisy (a build's seconds vary by up to 1.5x from one hour to the next): the ratios are what
+to read, and --runs N repeats everything and prints medians. The targets are issue 11's. Not a test: run it by
 hand when staging or the models change (the 30-day run simulates 3.4 GB of CSV and takes ~15 min).
 """
 
@@ -21,6 +22,8 @@ import datetime as dt
 import os
 import platform
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +66,18 @@ def bare_read(data: Path, days: int, csvs: Path) -> tuple[float, int, int]:
     return time.perf_counter() - began, rows, sum(p.stat().st_size for p in csvs.iterdir())
 
 
+def measure(data: Path, days: int, tmp: Path) -> dict:
+    """One run of every measurement, one after another on the same files."""
+    read_s, rows, csv_bytes = bare_read(data, days, tmp / "csv")
+    one_read_s = bare_read(data, 1, tmp / "csv-one-day")[0]
+    one_s, one_rss = run_build(data, tmp / "one-day", 1)
+    full_s, full_rss = run_build(data, tmp / "full", days)
+    more_s, more_rss = run_build(data, tmp / "full", days + 1)   # the same output folder: its cache is kept
+    shutil.rmtree(tmp)
+    return {"read_s": read_s, "rows": rows, "csv_bytes": csv_bytes, "one_read_s": one_read_s, "one_s": one_s,
+            "one_rss": one_rss, "full_s": full_s, "full_rss": full_rss, "more_s": more_s, "more_rss": more_rss}
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
@@ -76,6 +91,9 @@ def main() -> None:
     parser.add_argument("--trades-per-day", type=int, default=2_000_000)
     parser.add_argument("--data", type=Path, help="reuse a folder simulated before (days + 1 days at least)")
     parser.add_argument("--readme", action="store_true", help="also write the table into README.md's benchmark block")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="measure this many times, one run after another, and print each figure's median "
+                             "(the ratios: their median and range)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="benchmark-") as name:
         tmp = Path(name)
@@ -84,28 +102,33 @@ def main() -> None:
             print(f"simulating {args.days + 1} days of {args.trades_per_day:,} aggTrades ...", file=sys.stderr)
             simulate.simulate(data, days=args.days + 1, trades_per_day=args.trades_per_day, start=str(START),
                               progress=lambda *_: None)
-        read_s, rows, csv_bytes = bare_read(data, args.days, tmp / "csv")
-        one_read_s = bare_read(data, 1, tmp / "csv-one-day")[0]
-        one_s, one_rss = run_build(data, tmp / "one-day", 1)
-        full_s, full_rss = run_build(data, tmp / "full", args.days)
-        more_s, more_rss = run_build(data, tmp / "full", args.days + 1)   # the same output folder: its cache is kept
+        runs = [measure(data, args.days, tmp / f"run-{run}") for run in range(args.runs)]
+    rows, csv_bytes = runs[0]["rows"], runs[0]["csv_bytes"]
+    m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+    def ratio(of, to, scale=1.0, digits=1, unit="x") -> str:
+        values = sorted(scale * run[of] / run[to] for run in runs)
+        spread = f" (runs: {values[0]:.{digits}f}-{values[-1]:.{digits}f})" if len(runs) > 1 else ""
+        return f"{scale * statistics.median(run[of] / run[to] for run in runs):.{digits}f}{unit}{spread}"
 
     gb = 2**30
     table = [
         ("what", "measured", "ratio", "target"),
-        (f"{args.days} days: peak RSS of the full build", f"{full_rss / gb:.2f} GiB",
-         f"{full_rss / one_rss:.2f}x the one-day build's ({one_rss / gb:.2f} GiB)", "<= 3 GiB and <= 1.5x"),
-        (f"{args.days} days: full build vs bare read_csv", f"{full_s:.1f} s vs {read_s:.1f} s", f"{full_s / read_s:.1f}x",
-         "<= 6x"),
-        (f"adding day {args.days + 1} vs the full build", f"{more_s:.1f} s (peak {more_rss / gb:.2f} GiB)",
-         f"{100 * more_s / full_s:.0f} %", "<= 10 %"),
-        ("one day, whole build", f"{one_s:.2f} s (bare read {one_read_s:.2f} s)", f"{one_s / one_read_s:.1f}x the bare read",
-         "<= 2.5 s"),
+        (f"{args.days} days: peak RSS of the full build", f"{m['full_rss'] / gb:.2f} GiB",
+         f"{ratio('full_rss', 'one_rss', digits=2)} the one-day build's ({m['one_rss'] / gb:.2f} GiB)",
+         "<= 3 GiB and <= 1.5x"),
+        (f"{args.days} days: full build vs bare read_csv", f"{m['full_s']:.1f} s vs {m['read_s']:.1f} s",
+         ratio("full_s", "read_s"), "<= 6x"),
+        (f"adding day {args.days + 1} vs the full build", f"{m['more_s']:.1f} s (peak {m['more_rss'] / gb:.2f} GiB)",
+         ratio("more_s", "full_s", scale=100, digits=0, unit=" %"), "<= 10 %"),
+        ("one day, whole build", f"{m['one_s']:.2f} s (bare read {m['one_read_s']:.2f} s)",
+         f"{ratio('one_s', 'one_read_s')} the bare read", "<= 2.5 s"),
     ]
-    header = f"{rows:,} aggTrades in {args.days} days ({csv_bytes / 1e9:.2f} GB of CSV); {machine()}; {dt.date.today()}"
+    header = (f"{rows:,} aggTrades in {args.days} days ({csv_bytes / 1e9:.2f} GB of CSV); {machine()}; {dt.date.today()}"
+              + (f"; medians of {len(runs)} runs" if len(runs) > 1 else ""))
     print(header)
     for row in table:
-        print(f"{row[0]:42}{row[1]:38}{row[2]:48}{row[3]}")
+        print(f"{row[0]:42}{row[1]:38}{row[2]:64}{row[3]}")
     if args.readme:
         markdown = "\n".join("| " + " | ".join(row) + " |" for row in table[:1] + [("---",) * 4] + table[1:])
         readme = ROOT / "README.md"
