@@ -587,15 +587,17 @@ def build(args) -> Path:
                 con.execute("SET VARIABLE rebuild_from = '-infinity'::TIMESTAMP")
             write_build_info(con, args, files, key, since, choices)
             run_models(con, SQL_FILES[3:])
-        describe_outputs(con, tables)
-        summarize(con)
-        appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")
-        export_sqlite(con, tables, db_path, since if appends else None)
-        con.close()
+            describe_outputs(con, tables)
+            summarize(con)
+            # (still inside: the export's queries may spill too; a year of the demo's trades sorts 24 M cells)
+            appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")
+            export_sqlite(con, tables, db_path, since if appends else None)
+            con.close()
         os.replace(duck_tmp, duck_path)
     finally:
         con.close()
         duck_tmp.unlink(missing_ok=True)
+        duck_tmp.with_name(duck_tmp.name + ".wal").unlink(missing_ok=True)   # a failed build's write-ahead log
     log(f"built {db_path} and {duck_path}")
     return db_path
 

@@ -191,7 +191,22 @@ def test_a_failing_export_keeps_the_previous_database(demo_dir, demo_db, tmp_pat
     with pytest.raises(RuntimeError):
         build.main(["build", "--data", str(demo_dir), "--db", str(db)])
     assert db.read_bytes() == before
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))   # nor the DuckDB file's write-ahead log
+
+
+def test_the_export_can_spill_to_disk(demo_dir, tmp_path, monkeypatch):
+    """The export's queries run while DuckDB's spill folder can be made (DuckDB makes it when it first
+    spills): at a year of data, sorting the heatmap's 24 M cells for the SQLite file spilled, and the
+    build failed, its temporary folder already removed."""
+    export, seen = build.export_sqlite, []
+
+    def export_and_look(con, *args, **kwargs):
+        seen.append(Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0]).parent.is_dir())
+        return export(con, *args, **kwargs)
+    monkeypatch.setattr(build, "export_sqlite", export_and_look)
+    assert build.main(["build", "--data", str(demo_dir), "--db", str(tmp_path / "liquidations.db"), "--end",
+                       START]) == 0
+    assert seen == [True]
 
 
 def test_metadata_and_sql_must_agree(demo_dir, tmp_path, monkeypatch):
