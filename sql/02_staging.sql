@@ -64,14 +64,15 @@ FROM src_klines k JOIN src_files f USING (file_id);
 
 -- A table, not a view: ten statements of the layers after this read the bars (0.05-0.1 s a read of the
 -- Parquet at 30 days, where the table costs one). Persisted: a build adds the bars from rebuild_from()
--- on, read from the files that hold any (the filter on file_last_ts skips the others whole); the bars
--- before are the previous build's, from files unchanged since (build.py rebuild_from).
+-- on, read from the files that hold any (the filter on file_last_ts skips the others whole; a file
+-- whose range is unknown is read); the bars before are the previous build's, from files unchanged
+-- since (build.py rebuild_from).
 CREATE TABLE IF NOT EXISTS stg_klines_all AS
 SELECT * EXCLUDE (is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM typed_klines LIMIT 0;
 DELETE FROM stg_klines_all WHERE ts >= rebuild_from();
 INSERT INTO stg_klines_all
 SELECT * EXCLUDE (is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM typed_klines
-WHERE is_valid AND in_build_window(ts) AND file_last_ts >= rebuild_from() AND ts >= rebuild_from()
+WHERE is_valid AND in_build_window(ts) AND coalesce(file_last_ts, 'infinity') >= rebuild_from() AND ts >= rebuild_from()
 QUALIFY row_number() OVER (PARTITION BY symbol, data_type, kline_interval, ts ORDER BY file_id) = 1;
 
 -- The finest interval present for each symbol and kline type is the one the models use
