@@ -238,7 +238,8 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
                 db.conn.execute(f"DELETE FROM [{table}] WHERE [{APPENDED[table][0]}] >= ?", [first])
             else:
                 db[table].drop(ignore=True)
-                db.execute(sqlite_create(table, columns))
+                create = db.create_table_sql(table, columns, pk=KEYS.get(table)).rstrip().rstrip(";")
+                db.execute(create + (" WITHOUT ROWID" if table in KEYS else ""))
             placeholders = ", ".join("?" * len(columns))
             order = " ORDER BY " + ", ".join(f'"{name}"' for name in KEYS[table]) if table in KEYS else ""
             cursor = con.execute(f"SELECT {export_columns(relation)} FROM {table}{where}{order}")
@@ -254,16 +255,6 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
         os.replace(tmp_path, db_path)
     finally:
         tmp_path.unlink(missing_ok=True)
-
-
-def sqlite_create(table: str, columns: dict[str, type]) -> str:
-    """CREATE TABLE for an output table: under its key, WITHOUT ROWID, if it is in KEYS."""
-    types = {int: "INTEGER", float: "REAL", str: "TEXT"}
-    definitions = [f"[{name}] {types[kind]}" for name, kind in columns.items()]
-    if table in KEYS:
-        return (f"CREATE TABLE [{table}] ({', '.join(definitions)}, "
-                f"PRIMARY KEY ({', '.join(f'[{name}]' for name in KEYS[table])})) WITHOUT ROWID")
-    return f"CREATE TABLE [{table}] ({', '.join(definitions)})"
 
 
 def export_columns(relation) -> str:
