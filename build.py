@@ -268,8 +268,8 @@ def export_columns(relation) -> str:
 
 
 def describe_outputs(con, tables: dict[str, dict]) -> None:
-    """Copy metadata.yml's descriptions onto the DuckDB tables, for users of the .duckdb file (in one
-    transaction: a commit per comment cost 0.15 s a build, one commit 0.07 s)."""
+    """Copy metadata.yml's descriptions onto the DuckDB tables, for users of the .duckdb file (in the
+    build's transaction: a commit per comment cost 0.15 s a build, one commit 0.07 s)."""
     views = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
     comments = []
     for table, meta in tables.items():
@@ -278,7 +278,7 @@ def describe_outputs(con, tables: dict[str, dict]) -> None:
             raise BuildError(f"metadata.yml and sql/ disagree on the columns of {table}: {sorted(differ)}")
         comments.append(f"COMMENT ON {'VIEW' if table in views else 'TABLE'} {table} IS '{_quote(meta.get('description', ''))}'")
         comments += [f"COMMENT ON COLUMN {table}.{column} IS '{_quote(text)}'" for column, text in meta.get("columns", {}).items()]
-    con.execute(";\n".join(["BEGIN", *comments, "COMMIT"]))
+    con.execute(";\n".join(comments))
 
 
 def _quote(text: str) -> str:
@@ -515,12 +515,19 @@ def rebuild_from(previous: tuple[dict, list], files: list[dict], end: dt.date | 
 
 
 def open_build(duck_path: Path, duck_tmp: Path, previous) -> duckdb.DuckDBPyConnection:
-    """A new DuckDB file for the build: empty, or a copy of the previous build's holding only its
-    PERSISTED tables (the SQL recomputes their rows from rebuild_from on, and everything else)."""
+    """The DuckDB file a build writes, with the build's one transaction begun (build commits it when
+    everything has run, the export included). After a previous build with the same key, that file itself,
+    holding only its PERSISTED tables (the SQL recomputes their rows from rebuild_from on, and everything
+    else): DuckDB drops an uncommitted transaction, at a failure and on recovery after a crash, so the
+    previous build's file stays whole (copying it first took 12 s at a year of data). Otherwise a new
+    file beside it, which replaces it when done."""
     duck_tmp.unlink(missing_ok=True)
-    if previous:
-        shutil.copyfile(duck_path, duck_tmp)
-    con = duckdb.connect(str(duck_tmp))
+    try:
+        con = duckdb.connect(str(duck_path if previous else duck_tmp))
+    except duckdb.IOException as error:   # (another process has the file open: DuckDB lets one process write)
+        raise BuildError(f"cannot write {duck_path}: {error}\nClose the program that has it open, or build "
+                         "with --full (which writes a new file in its place).") from error
+    con.begin()
     if previous:
         for (name,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall():
             con.execute(f'DROP VIEW "{name}"')
@@ -583,8 +590,10 @@ def build(args) -> Path:
             # (still inside: the export's queries may spill too; a year of the demo's trades sorts 24 M cells)
             appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")
             export_sqlite(con, tables, db_path, since if appends else None)
+            con.commit()
             con.close()
-        os.replace(duck_tmp, duck_path)
+        if not previous:
+            os.replace(duck_tmp, duck_path)
     finally:
         con.close()
         duck_tmp.unlink(missing_ok=True)

@@ -3,9 +3,14 @@ removed files hold (build.py rebuild_from), and gives what a full build of the s
 
 import datetime as dt
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import duckdb
+import pytest
 from conftest import DAYS, START, copy_tree, daily_file, read_zip_lines, run_build, write_zip_lines
 
 import build
@@ -90,3 +95,54 @@ def test_the_readme_names_every_persisted_table():
     readme = (build.ROOT / "README.md").read_text()
     listed = re.search(r"creates with `CREATE TABLE IF NOT EXISTS`: (.*?)\.\n", readme, re.DOTALL)[1]
     assert sorted(re.findall(r"`(\w+)`", listed)) == build.PERSISTED
+
+
+def duckdb_contents(duck: Path) -> dict:
+    """Every table of a DuckDB file: its rows' count and a checksum of their values."""
+    with duckdb.connect(str(duck), read_only=True) as con:
+        names = [name for (name,) in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+        return {name: con.execute(f"SELECT count(*), bit_xor(hash(COLUMNS(*))) FROM {name}").fetchone()
+                for name in names}
+
+
+def test_a_failed_or_killed_build_leaves_the_previous_duckdb_file_whole(demo_dir, demo_db, tmp_path, monkeypatch):
+    """An incremental build writes the previous build's DuckDB file in place, in one transaction (no copy
+    of it): a build that fails, is killed or finds the file open elsewhere leaves that file as it was, and
+    the next build still adds to it what a full build gives."""
+    db = tmp_path / "liquidations.db"
+    earlier = str(dt.date.fromisoformat(LAST_DAY) - dt.timedelta(days=1))
+    assert run_build("--data", str(demo_dir), "--db", str(db), "--end", earlier).returncode == 0
+    before = duckdb_contents(db.with_suffix(".duckdb"))
+    assert before["heatmap"][0] > 0 and before["build_info"][0] > 0
+
+    def broken_export(*args, **kwargs):   # after every SQL layer has run
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(build, "export_sqlite", broken_export)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build.main(["build", "--data", str(demo_dir), "--db", str(db)])
+    assert duckdb_contents(db.with_suffix(".duckdb")) == before
+
+    # killed in the middle of the models (SIGKILL: nothing of Python's or DuckDB's own cleanup runs)
+    process = subprocess.Popen([sys.executable, str(build.ROOT / "build.py"), "build", "--data", str(demo_dir),
+                                "--db", str(db)], stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "ran sql/40_pieces.sql" in line:
+            process.kill()
+            break
+    assert process.wait() == -signal.SIGKILL
+    assert duckdb_contents(db.with_suffix(".duckdb")) == before
+
+    # open in another program: DuckDB lets one process write a file, so the build stops and says why
+    hold = "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); sys.stdin.read()"
+    reader = subprocess.Popen([sys.executable, "-c", hold, str(db.with_suffix(".duckdb"))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline() == "open\n"
+    blocked = run_build("--data", str(demo_dir), "--db", str(db))
+    reader.communicate("")
+    assert blocked.returncode == 2 and f"cannot write {db.with_suffix('.duckdb')}" in blocked.stderr
+    assert "--full" in blocked.stderr and duckdb_contents(db.with_suffix(".duckdb")) == before
+
+    added = run_build("--data", str(demo_dir), "--db", str(db))
+    assert added.returncode == 0, added.stderr
+    assert recomputed_from(added.stderr) == LAST_DAY
+    assert_same_tables(db, demo_db)      # demo_db: the full build of every day
