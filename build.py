@@ -70,8 +70,11 @@ INDEXES = {"data_quality_problems": [["symbol"], ["problem"], ["severity"], ["da
 # table, with no index beside it (the heatmap: 89 MB instead of 149 MB at 29 days, in the same time).
 KEYS = {"heatmap_cells": ["model", "symbol", "ts", "price_bucket"]}
 # Output tables whose rows an incremental build appends instead of rewriting: their rows before the
-# first time the SQL recomputed (column, DuckDB expression) are the previous build's, unchanged.
-APPENDED = {"heatmap_cells": ("ts", "first_bucket_rebuilt()")}
+# first time the SQL recomputed (column, DuckDB expression) are the previous build's, unchanged (the
+# series from the staged files: those before rebuild_from come from the files the previous build read).
+APPENDED = {"heatmap_cells": ("ts", "first_bucket_rebuilt()"), "predicted_liquidations": ("ts", "first_bucket_rebuilt()"),
+            **{table: ("ts", "rebuild_from()")
+               for table in ("price_klines", "open_interest", "funding_rates", "realized_liquidations")}}
 # Tables the SQL keeps from one build to the next (`CREATE TABLE IF NOT EXISTS`): an incremental
 # build recomputes only their rows from rebuild_from on.
 PERSISTED = sorted({name for path in SQL_DIR.glob("*.sql")
