@@ -25,12 +25,17 @@ SELECT coalesce(m.symbol, f.symbol)              AS symbol,
        hash(m.sum_open_interest, m.sum_open_interest_value, m.count_long_short_ratio,
             m.count_toptrader_long_short_ratio, m.sum_toptrader_long_short_ratio,
             m.sum_taker_long_short_vol_ratio)    AS row_hash,
-       f.overlapping, m.file_id, m.rowid AS src_rowid
+       f.overlapping, f.last_ts AS file_last_ts, m.file_id, m.rowid AS src_rowid
 FROM src_metrics m JOIN src_files f USING (file_id);
 
-CREATE OR REPLACE VIEW stg_open_interest AS
-SELECT * EXCLUDE (is_valid, row_hash, overlapping, src_rowid) FROM typed_open_interest
-WHERE is_valid AND in_build_window(ts)
+-- A table, persisted like the bars (stg_klines_all, below, says how and why): six statements of the
+-- layers after this read open interest, and a year of it is 365 files.
+CREATE TABLE IF NOT EXISTS stg_open_interest AS
+SELECT * EXCLUDE (is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM typed_open_interest LIMIT 0;
+DELETE FROM stg_open_interest WHERE ts >= rebuild_from();
+INSERT INTO stg_open_interest
+SELECT * EXCLUDE (is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM typed_open_interest
+WHERE is_valid AND in_build_window(ts) AND coalesce(file_last_ts, 'infinity') >= rebuild_from() AND ts >= rebuild_from()
 QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
 
 CREATE OR REPLACE VIEW typed_funding_rates AS
