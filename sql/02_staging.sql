@@ -12,8 +12,19 @@ CREATE OR REPLACE MACRO in_build_window(ts) AS
     ts >= coalesce((SELECT start_ts FROM build_window), '-infinity'::TIMESTAMP)
     AND ts < coalesce((SELECT end_ts FROM build_window), 'infinity'::TIMESTAMP);
 
+-- The series (open interest, funding, bars) are tables, not views: up to ten statements of the layers
+-- after this read each (a read of the Parquet cost 0.05-0.1 s at 30 days, and a year is 365 files of
+-- a type). Persisted: a build deletes a series' rows from rebuild_from() on and adds them again, read
+-- from the files that hold any (the filter on file_last_ts skips the others whole; a file whose range
+-- is unknown is read); the rows before are the previous build's, from files unchanged since (build.py
+-- rebuild_from). What is added: the valid rows inside --start/--end, one per key (the first file's).
+CREATE OR REPLACE MACRO series_rows(typed_view) AS TABLE
+SELECT * EXCLUDE (series, is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM query_table(typed_view)
+WHERE is_valid AND in_build_window(ts) AND coalesce(file_last_ts, 'infinity') >= rebuild_from() AND ts >= rebuild_from()
+QUALIFY row_number() OVER (PARTITION BY symbol, series, ts ORDER BY file_id) = 1;
+
 CREATE OR REPLACE VIEW typed_open_interest AS
-SELECT coalesce(m.symbol, f.symbol)              AS symbol,
+SELECT coalesce(m.symbol, f.symbol)              AS symbol, 'metrics' AS series,
        m.create_time                             AS ts,                    -- label of the 5-minute row, UTC
        m.sum_open_interest                       AS open_interest,         -- coins
        m.sum_open_interest_value                 AS open_interest_usd,     -- USDT
@@ -28,34 +39,27 @@ SELECT coalesce(m.symbol, f.symbol)              AS symbol,
        f.overlapping, f.last_ts AS file_last_ts, m.file_id, m.rowid AS src_rowid
 FROM src_metrics m JOIN src_files f USING (file_id);
 
--- A table, persisted like the bars (stg_klines_all, below, says how and why): six statements of the
--- layers after this read open interest, and a year of it is 365 files.
-CREATE TABLE IF NOT EXISTS stg_open_interest AS
-SELECT * EXCLUDE (is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM typed_open_interest LIMIT 0;
+CREATE TABLE IF NOT EXISTS stg_open_interest AS FROM series_rows('typed_open_interest') LIMIT 0;
 DELETE FROM stg_open_interest WHERE ts >= rebuild_from();
-INSERT INTO stg_open_interest
-SELECT * EXCLUDE (is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM typed_open_interest
-WHERE is_valid AND in_build_window(ts) AND coalesce(file_last_ts, 'infinity') >= rebuild_from() AND ts >= rebuild_from()
-QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
+INSERT INTO stg_open_interest FROM series_rows('typed_open_interest');
 
 CREATE OR REPLACE VIEW typed_funding_rates AS
-SELECT f.symbol,
+SELECT f.symbol, 'fundingRate' AS series,
        ts_from_epoch(r.calc_time)  AS ts,
        r.funding_interval_hours,
        r.last_funding_rate         AS funding_rate,   -- per interval; positive: longs pay shorts
        r.last_funding_rate IS NOT NULL AND abs(r.last_funding_rate) < 0.05 AS is_valid,
        hash(r.funding_interval_hours, r.last_funding_rate) AS row_hash,
-       f.overlapping, r.file_id, r.rowid AS src_rowid
+       f.overlapping, f.last_ts AS file_last_ts, r.file_id, r.rowid AS src_rowid
 FROM src_funding_rate r JOIN src_files f USING (file_id);
 
-CREATE OR REPLACE VIEW stg_funding_rates AS
-SELECT * EXCLUDE (is_valid, row_hash, overlapping, src_rowid) FROM typed_funding_rates
-WHERE is_valid AND in_build_window(ts)
-QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY file_id) = 1;
+CREATE TABLE IF NOT EXISTS stg_funding_rates AS FROM series_rows('typed_funding_rates') LIMIT 0;
+DELETE FROM stg_funding_rates WHERE ts >= rebuild_from();
+INSERT INTO stg_funding_rates FROM series_rows('typed_funding_rates');
 
 -- Every kline type and interval present. data_type tells trade-price klines from markPriceKlines.
 CREATE OR REPLACE VIEW typed_klines AS
-SELECT f.symbol, f.data_type, f.kline_interval,
+SELECT f.symbol, f.data_type, f.kline_interval, f.data_type || ' ' || coalesce(f.kline_interval, '') AS series,
        interval_seconds(f.kline_interval) AS interval_s,
        ts_from_epoch(k.open_time) AS ts,                 -- open time of the bar, UTC
        k.open, k.high, k.low, k.close,
@@ -67,18 +71,9 @@ SELECT f.symbol, f.data_type, f.kline_interval,
        f.overlapping, f.last_ts AS file_last_ts, k.file_id, k.rowid AS src_rowid
 FROM src_klines k JOIN src_files f USING (file_id);
 
--- A table, not a view: ten statements of the layers after this read the bars (0.05-0.1 s a read of the
--- Parquet at 30 days, where the table costs one). Persisted: a build adds the bars from rebuild_from()
--- on, read from the files that hold any (the filter on file_last_ts skips the others whole; a file
--- whose range is unknown is read); the bars before are the previous build's, from files unchanged
--- since (build.py rebuild_from).
-CREATE TABLE IF NOT EXISTS stg_klines_all AS
-SELECT * EXCLUDE (is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM typed_klines LIMIT 0;
+CREATE TABLE IF NOT EXISTS stg_klines_all AS FROM series_rows('typed_klines') LIMIT 0;
 DELETE FROM stg_klines_all WHERE ts >= rebuild_from();
-INSERT INTO stg_klines_all
-SELECT * EXCLUDE (is_valid, row_hash, overlapping, file_last_ts, src_rowid) FROM typed_klines
-WHERE is_valid AND in_build_window(ts) AND coalesce(file_last_ts, 'infinity') >= rebuild_from() AND ts >= rebuild_from()
-QUALIFY row_number() OVER (PARTITION BY symbol, data_type, kline_interval, ts ORDER BY file_id) = 1;
+INSERT INTO stg_klines_all FROM series_rows('typed_klines');
 
 -- The finest interval present for each symbol and kline type is the one the models use
 -- (real files are 1m; some exports are coarser). coverage.used says which that was.

@@ -93,7 +93,7 @@ def test_nothing_changed_recomputes_nothing_and_other_options_recompute_everythi
 
 def test_the_readme_names_every_persisted_table():
     readme = (build.ROOT / "README.md").read_text()
-    listed = re.search(r"creates with `CREATE TABLE IF NOT EXISTS`: (.*?)\.\n", readme, re.DOTALL)[1]
+    listed = re.search(r"creates with `CREATE TABLE IF NOT EXISTS`:\s(.*?)\.\n", readme, re.DOTALL)[1]
     assert sorted(re.findall(r"`(\w+)`", listed)) == build.PERSISTED
 
 
