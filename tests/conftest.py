@@ -79,13 +79,24 @@ def broken_dir(demo_dir, tmp_path_factory) -> Path:
     # a gap of one hour inside a day (rows 13:00 .. 13:55 gone)
     path = daily_file(root, "metrics", "2024-09-02")
     write_zip_lines(path, [line for line in read_zip_lines(path) if " 13:" not in line])
-    # zero open interest in two rows
+    # zero open interest in two rows, and an outlier: open interest 50 % up for one row
     path = daily_file(root, "metrics", "2024-09-01")
     lines = read_zip_lines(path)
     for i in (100, 101):
         fields = lines[i].split(",")
         fields[2] = "0"
         lines[i] = ",".join(fields)
+    fields = lines[200].split(",")
+    fields[2] = str(float(fields[2]) * 1.5)
+    lines[200] = ",".join(fields)
+    write_zip_lines(path, lines)
+    # an outlier bar: its close 20 % up (the next bar opens where it was)
+    path = daily_file(root, "klines", "2024-09-01", interval="1m")
+    lines = read_zip_lines(path)
+    fields = lines[300].split(",")
+    fields[4] = f"{float(fields[4]) * 1.2:.1f}"
+    fields[2] = fields[4]
+    lines[300] = ",".join(fields)
     write_zip_lines(path, lines)
     # a duplicated row and an unparseable row in one klines file
     path = daily_file(root, "klines", "2024-09-02", interval="1m")

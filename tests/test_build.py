@@ -1,5 +1,6 @@
 """build.py build: Binance files in, DuckDB and SQLite out, every problem reported."""
 
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -101,6 +102,12 @@ def test_every_injected_problem_is_reported(broken_db):
     assert "not-a-price" in unparseable[0][2]
     bad = found["checksum_mismatch"]
     assert bad[0][0].endswith("BTCUSDT-aggTrades-2024-09-04.zip")
+    # an outlier is reported where it jumps and where it comes back (the neighbours differ a little)
+
+    def jumps(problem: str, what: str) -> list[float]:
+        return sorted(float(re.match(f"{what} changed by (-?[\\d.]+)% in one step", d[2])[1]) for d in found[problem])
+    assert jumps("open_interest_outlier", "open interest") == pytest.approx([-33.3, 50.0], abs=1)
+    assert jumps("price_outlier", "close price") == pytest.approx([-16.7, 20.0], abs=1)
 
 
 def test_quarantined_files_are_not_ingested(broken_db):
