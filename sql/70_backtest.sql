@@ -41,8 +41,10 @@ WHERE f.horizon = h.horizon AND (f.model = 'shuffled' OR f.origin_ts + to_second
 INSERT INTO forecast_levels BY NAME
 WITH recent AS (SELECT * FROM backtest_windows WHERE end_ts >= rebuild_from()),
 consumed AS (    -- each consumed position in the window of each horizon that holds its consumption
+    -- (those of the windows recomputed: consumed after rebuild_from() - horizon, as those end from rebuild_from() on)
     SELECT p.*, h.horizon, window_origin(h.horizon_s, p.consumed_ts - INTERVAL 1 MICROSECOND) AS origin_ts
-    FROM positions p CROSS JOIN backtest_horizons h WHERE p.consumed_ts IS NOT NULL
+    FROM positions p CROSS JOIN backtest_horizons h
+    WHERE p.consumed_ts > rebuild_from() - to_seconds(h.horizon_s)
 ),
 model_levels AS (
     SELECT c.model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
