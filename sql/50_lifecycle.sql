@@ -31,12 +31,16 @@ kept AS (SELECT symbol, max(kept_ts) AS kept_ts FROM carried GROUP BY symbol),
 gross AS (
     SELECT symbol, ts, log_fall_scale - ln(2) * elapsed_s / (3600 * param('fade_half_life_h')) AS log_scale FROM oi_falls
 ),
-weighed AS (        -- the pieces with an event in the steps recomputed: opened at or after the last kept step, or consumed after it
-    SELECT p.model, p.symbol, p.side, p.created_ts, c.consumed_ts, p.volume_usd / exp(coalesce(g.log_scale, 0)) AS v, k.kept_ts
-    FROM pieces p JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
-    LEFT JOIN kept k ON k.symbol = p.symbol
+recent AS (         -- the levels with an event in the steps recomputed: opened at or after the last kept step, or
+                    -- consumed after it (found among the crossings first: a join of every piece to every crossing
+                    -- cost more than the rest of this statement)
+    SELECT c.* FROM crossings c LEFT JOIN kept k USING (symbol)
+    WHERE k.kept_ts IS NULL OR c.created_ts >= k.kept_ts OR c.consumed_ts > k.kept_ts
+),
+weighed AS (        -- their pieces
+    SELECT p.model, p.symbol, p.side, p.created_ts, c.consumed_ts, p.volume_usd / exp(coalesce(g.log_scale, 0)) AS v
+    FROM recent c JOIN pieces p USING (symbol, side, created_ts, liquidation_price)
     ASOF LEFT JOIN gross g ON p.symbol = g.symbol AND p.created_ts >= g.ts
-    WHERE k.kept_ts IS NULL OR p.created_ts >= k.kept_ts OR c.consumed_ts > k.kept_ts
 ),
 events AS (        -- openings in the step after the one they opened at the end of (they can only be consumed from
                    -- then on), consumptions in the step (previous_ts, ts] that holds them
@@ -87,10 +91,10 @@ CREATE TABLE IF NOT EXISTS positions (
 DELETE FROM positions p USING recrossed r
 WHERE p.symbol = r.symbol AND p.side = r.side AND p.created_ts = r.created_ts AND p.liquidation_price = r.liquidation_price;
 INSERT INTO positions BY NAME
-WITH fated AS (
+WITH fated AS (     -- (the crossings looked for first, then their pieces: as in level_scale above)
     SELECT p.*, c.consumed_bar_ts, c.consumed_ts, c.blown_through
-    FROM pieces p SEMI JOIN recrossed USING (symbol, side, created_ts, liquidation_price)
-    JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
+    FROM (FROM crossings SEMI JOIN recrossed USING (symbol, side, created_ts, liquidation_price)) c
+    JOIN pieces p USING (symbol, side, created_ts, liquidation_price)
 ),
 opened AS (
     SELECT f.*, coalesce(s.log_scale, 0) AS created_log_scale
