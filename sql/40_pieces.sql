@@ -76,9 +76,10 @@ WHERE c.created_ts >= rebuild_from() OR c.consumed_bar_ts >= rebuild_from()
    OR c.consumed_bar_ts IS NULL AND CASE c.side WHEN 'long' THEN c.liquidation_price >= r.low ELSE c.liquidation_price <= r.high END;
 DELETE FROM crossings c USING recrossed r
 WHERE c.symbol = r.symbol AND c.side = r.side AND c.created_ts = r.created_ts AND c.liquidation_price = r.liquidation_price;
-INSERT INTO recrossed
+INSERT INTO recrossed   -- and the new pieces' (an earlier piece has its crossing, or is in recrossed already)
 SELECT DISTINCT symbol, side, created_ts, liquidation_price FROM pieces p
-ANTI JOIN crossings c USING (symbol, side, created_ts, liquidation_price);
+ANTI JOIN crossings c USING (symbol, side, created_ts, liquidation_price)
+WHERE p.created_ts >= rebuild_from();
 INSERT INTO crossings BY NAME
 WITH RECURSIVE triggers AS (
     SELECT row_number() OVER () AS trigger_id, k.*, b.symbol_id, b.bar_index AS first_bar
