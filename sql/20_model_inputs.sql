@@ -109,30 +109,65 @@ SELECT symbol, dense_rank() OVER (ORDER BY symbol) AS symbol_id,
 FROM bars WINDOW w AS (PARTITION BY symbol ORDER BY ts);
 
 -- The lowest low and highest high of every run of 2^k trigger bars from each bar on (a sparse table,
--- k = 0 .. log2(bars)). With it the first bar after a position opened that crosses its exact
--- liquidation price is found in log2(bars) lookups (sql/50_lifecycle.sql), instead of scanning bars.
--- range_key packs (k, symbol, bar) into one integer so each lookup is a single-column hash join.
+-- k = 0 .. log2(bars)); a run that would pass the symbol's last bar stops there. With it the first bar
+-- after a position opened that crosses its exact liquidation price is found in log2(bars) lookups
+-- (sql/40_pieces.sql), instead of scanning bars. range_key packs (k, symbol, bar) into one integer so
+-- each lookup is a single-column hash join; range_level, range_symbol and range_bar unpack it.
 -- top_range_level is the largest k: runs of 2^k bars cover the longest symbol's bars.
 CREATE OR REPLACE MACRO range_key(k, symbol_id, bar_index) AS
     (k::BIGINT << 48) + (symbol_id::BIGINT << 32) + bar_index::BIGINT;
+CREATE OR REPLACE MACRO range_level(key) AS key >> 48;
+CREATE OR REPLACE MACRO range_symbol(key) AS (key >> 32) & 65535;
+CREATE OR REPLACE MACRO range_bar(key) AS key & 4294967295;
 CREATE OR REPLACE MACRO top_range_level() AS
     (SELECT ceil(log2(greatest(2, max(bar_index) + 1)))::BIGINT FROM trigger_bars);
 -- Persisted: a run that ends before the first bar from rebuild_from() on (per symbol; or after the last bar)
--- is kept, and the others are computed again from the bars they span.
+-- is kept, and the others are computed again.
 CREATE TABLE IF NOT EXISTS trigger_ranges (range_key BIGINT, low DOUBLE, high DOUBLE);
 CREATE OR REPLACE TABLE trigger_ranges_from AS
 SELECT symbol_id, coalesce(min(bar_index) FILTER (ts >= rebuild_from()), max(bar_index) + 1) AS first_bar
 FROM trigger_bars GROUP BY symbol_id;
 DELETE FROM trigger_ranges t USING trigger_ranges_from f
-WHERE (t.range_key >> 32) & 65535 = f.symbol_id                              -- (range_key's symbol,
-  AND (t.range_key & 4294967295) + (1::BIGINT << (t.range_key >> 48)) - 1 >= f.first_bar;  -- bar and k)
+WHERE range_symbol(t.range_key) = f.symbol_id
+  AND range_bar(t.range_key) + (1::BIGINT << range_level(t.range_key)) - 1 >= f.first_bar;
+-- The runs are built by doubling: the run of 2^(k+1) bars from bar i is the run of 2^k bars from i
+-- followed by the run of 2^k bars from i + 2^k, so level k + 1 at i takes the lower low and the higher
+-- high of level k at i and at i + 2^k: one hash join per level. (It replaced a sliding window of 2^k
+-- rows for each level k: on 29 days of 1-minute bars that took 1.06 s of a full build, this 0.18 s, and
+-- 0.29 s of a day added, this 0.07 s; on a year of bars alone, 15 s and 7.6 s against 2.9 s and 0.6 s.)
+-- Where i + 2^k is past the last bar, the run from i stops at the last bar already, and the join finds
+-- nothing: least and greatest skip the NULL, and level k + 1 at i is level k at i, as the run's end says.
+-- A new row of level k + 1 (from first_bar - 2^(k+1) + 1 on) reads level k from the same bar on. Those
+-- rows of level k are new from first_bar - 2^k + 1 on; the up to 2^k before them are runs this build
+-- keeps, read from trigger_ranges_kept. They are copied out before the INSERT: a recursive step reading
+-- trigger_ranges itself would also see the rows the INSERT has already written (DuckDB streams them in).
+-- Every level holds each symbol's last bar (kept at level 0 when no bar is new), so the recursion, which
+-- stops at the first empty level, runs up to top_range_level.
+CREATE OR REPLACE TABLE trigger_ranges_kept AS
+SELECT t.range_key, t.low, t.high
+FROM trigger_ranges t JOIN trigger_ranges_from f ON range_symbol(t.range_key) = f.symbol_id
+WHERE range_bar(t.range_key) >= f.first_bar - (1::BIGINT << (range_level(t.range_key) + 1)) + 1;
 INSERT INTO trigger_ranges
-SELECT range_key(k, symbol_id, bar_index) AS range_key,
-       min(low) OVER w AS low, max(high) OVER w AS high
-FROM trigger_bars JOIN trigger_ranges_from f USING (symbol_id)
-CROSS JOIN (SELECT unnest(range(0, top_range_level() + 1)) AS k)
-WHERE bar_index >= f.first_bar - (1::BIGINT << k) + 1
-WINDOW w AS (PARTITION BY symbol_id, k ORDER BY bar_index ROWS BETWEEN CURRENT ROW AND (1::BIGINT << k) - 1 FOLLOWING);
+WITH RECURSIVE levels(range_key, low, high, is_new) AS (
+    -- level 0: the new bars, and the kept bar before them
+    SELECT range_key(0, symbol_id, bar_index), low, high, true
+    FROM trigger_bars JOIN trigger_ranges_from f USING (symbol_id)
+    WHERE bar_index >= f.first_bar
+    UNION ALL
+    SELECT range_key, low, high, false FROM trigger_ranges_kept WHERE range_level(range_key) = 0
+    UNION ALL (
+        -- level k + 1 from level k: range_key + 2^k is the run 2^k bars on, range_key + 2^48 the next level
+        SELECT a.range_key + (1::BIGINT << 48), least(a.low, b.low), greatest(a.high, b.high), true
+        FROM levels a
+        LEFT JOIN levels b ON b.range_key = a.range_key + (1::BIGINT << range_level(a.range_key))
+        WHERE range_level(a.range_key) < top_range_level()
+        UNION ALL
+        -- and the kept rows of level k + 1 that level k + 2 reads
+        SELECT range_key, low, high, false FROM trigger_ranges_kept
+        WHERE range_level(range_key) = (SELECT any_value(range_level(range_key)) + 1 FROM levels)
+    )
+)
+SELECT range_key, low, high FROM levels WHERE is_new;
 
 -- The heatmap's time grid per symbol: the ends of whole time buckets covered by trigger bars.
 CREATE OR REPLACE TABLE time_grid AS
