@@ -29,26 +29,60 @@ ASOF LEFT JOIN level_scale s ON s.model = m.model AND s.symbol = g.symbol AND s.
 -- until the next change), times the open-interest scale. The running sums are taken over the sparse
 -- changes and only then spread over the grid: a running sum over the dense grid cost 2.4 s at 30 days.
 -- Persisted: a build computes the buckets that end at or after rebuild_from() (sql/00_macros.sql: the
--- volume alive at a bucket's end reads the data up to that end, inclusive) and keeps the earlier ones;
--- the running sums read every change, so what was alive before is carried in.
+-- volume alive at a bucket's end reads the data up to that end, inclusive) and keeps the earlier ones.
+-- What was alive before comes in as one change per level at the last kept grid time: the sum of the
+-- positions alive then, which is what the running sum of every earlier change adds up to. Only the
+-- positions opened or consumed after that time are placed on the grid, and the window runs over their
+-- changes alone (over every position's changes, a day added spent 0.87 s here at 30 days on a busy
+-- machine, 3.9 s at a year; now 0.19 s at 30 days).
 CREATE OR REPLACE MACRO first_bucket_rebuilt() AS rebuild_from() - to_seconds(param('time_bucket_s')::BIGINT);
 CREATE TABLE IF NOT EXISTS alive_cells (
     model VARCHAR, symbol VARCHAR, start_ts TIMESTAMP, end_ts TIMESTAMP, side VARCHAR, leverage INTEGER,
     bucket_index BIGINT, alive_volume_usd DOUBLE);
 DELETE FROM alive_cells WHERE start_ts >= first_bucket_rebuilt();
 INSERT INTO alive_cells
-WITH events AS (
-    SELECT model, symbol, side, leverage, bucket_index, first_alive_end_ts AS end_ts, scale_free_volume AS change
-    FROM position_grid
-    UNION ALL
-    SELECT model, symbol, side, leverage, bucket_index, consumed_end_ts, -scale_free_volume
-    FROM position_grid WHERE consumed_end_ts IS NOT NULL
+WITH kept AS (      -- each symbol's last kept grid time, the end of the bucket before rebuild_from(); NULL where its
+                    -- grid does not hold that time (a full build; a grid that starts later, or ends before it)
+    SELECT symbol, max(end_ts) FILTER (end_ts = first_bucket_rebuilt()) AS kept_ts FROM time_grid GROUP BY symbol
 ),
-changes AS (SELECT model, symbol, side, leverage, bucket_index, end_ts, sum(change) AS change FROM events GROUP BY ALL),
+carried AS (        -- per level, the volume alive at the kept time, as one change then. Alive at a grid time t
+                    -- (position_grid): opened <= t < consumed, which on the grid is created_ts <= t < consumed_ts.
+                    -- The filters name the kept time first_bucket_rebuilt(), a constant, so that DuckDB applies
+                    -- them as it reads positions (here and in changed).
+    SELECT p.model, p.symbol, p.side, p.leverage, p.bucket_index, k.kept_ts AS end_ts, sum(p.scale_free_volume) AS change
+    FROM positions p JOIN kept k ON k.symbol = p.symbol
+    WHERE k.kept_ts IS NOT NULL
+      AND p.created_ts <= first_bucket_rebuilt() AND (p.consumed_ts IS NULL OR p.consumed_ts > first_bucket_rebuilt())
+    GROUP BY ALL
+),
+changed AS (        -- the positions with a change after the kept time: opened or consumed after it ...
+    SELECT p.* FROM position_grid p JOIN kept k USING (symbol)
+    WHERE k.kept_ts IS NOT NULL AND (p.created_ts > first_bucket_rebuilt() OR p.consumed_ts > first_bucket_rebuilt())
+    UNION ALL       -- ... and every position of a symbol that keeps no time
+    SELECT p.* FROM position_grid p JOIN kept k USING (symbol) WHERE k.kept_ts IS NULL
+),
+events AS (         -- each position's two changes, from rebuild_from() on (a NULL end: not consumed within the grid).
+                    -- Unnested from one read of changed: read twice, DuckDB materializes it, and then places a third
+                    -- of all positions on the grid for the second branch before it sees that no symbol needs them.
+    SELECT * FROM (
+        SELECT model, symbol, side, leverage, bucket_index, unnest([first_alive_end_ts, consumed_end_ts]) AS end_ts,
+               unnest([scale_free_volume, -scale_free_volume]) AS change
+        FROM changed
+    )
+    WHERE end_ts >= rebuild_from()
+),
+changes AS (
+    SELECT model, symbol, side, leverage, bucket_index, end_ts, sum(change) AS change FROM events GROUP BY ALL
+    UNION ALL
+    FROM carried
+),
 running AS (
     SELECT c.*, sum(change) OVER level AS alive_scale_free,
            -- held until the next change; after the last, to the grid's end, unless the level's changes
-           -- add up to nothing (then it is empty from there on)
+           -- add up to nothing (then it is empty from there on). A level's changes are all of them in a
+           -- full build; where volume is carried in, that volume and the changes after it: summed afresh
+           -- from the positions alive, it holds none of the earlier changes' rounding, so its own size is
+           -- the scale to tell rounding from volume by, as the largest change is.
            coalesce(lead(end_ts) OVER level - to_seconds(param('time_bucket_s')::BIGINT),
                     CASE WHEN abs(sum(change) OVER whole) <= 1e-9 * max(abs(change)) OVER whole THEN end_ts
                          ELSE g.last_end_ts END) AS until_ts
