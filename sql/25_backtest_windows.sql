@@ -22,6 +22,9 @@ SELECT CASE WHEN (SELECT count(*) FROM backtest_horizons WHERE horizon_s IS NULL
 -- that holds a time is found by arithmetic, and joins to it are equalities: a join on origin <= t < end
 -- compared every row with every window of its symbol (75 s of a year's build at one refit a day: issue 11).
 CREATE OR REPLACE MACRO window_origin(horizon_s, ts) AS time_bucket(to_seconds(horizon_s), ts);
+-- A level consumed at t counts in the window (origin, origin + h] that holds t: what the levels frozen at
+-- the origin forecast. A consumption at the origin itself belongs to the window before.
+CREATE OR REPLACE MACRO consumption_window_origin(horizon_s, ts) AS window_origin(horizon_s, ts - INTERVAL 1 MICROSECOND);
 
 -- Trigger bars per whole time bucket: the price path at the grid's resolution.
 CREATE OR REPLACE TABLE trigger_buckets AS

@@ -130,8 +130,8 @@ WITH crossed AS (
            c.blown_through, p.volume_usd * e.factor AS volume_usd
     FROM pieces p
     JOIN ensemble_base e USING (symbol, model)
-    JOIN (  -- each crossing with the window that holds it (origin < consumed_ts <= end: sql/25)
-        SELECT c.*, window_origin(h.horizon_s, c.consumed_ts - INTERVAL 1 MICROSECOND) AS origin_ts
+    JOIN (  -- each crossing with the window that holds it (sql/25)
+        SELECT c.*, consumption_window_origin(h.horizon_s, c.consumed_ts) AS origin_ts
         FROM crossings c, (SELECT min(horizon_s) AS horizon_s FROM backtest_horizons) h
     ) c USING (symbol, side, created_ts, liquidation_price)
     JOIN calibration_windows o ON o.symbol = p.symbol AND o.origin_ts = c.origin_ts

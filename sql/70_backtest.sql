@@ -42,7 +42,7 @@ INSERT INTO forecast_levels BY NAME
 WITH recent AS (SELECT * FROM backtest_windows WHERE end_ts >= rebuild_from()),
 consumed AS (    -- each consumed position in the window of each horizon that holds its consumption
     -- (those of the windows recomputed: consumed after rebuild_from() - horizon, as those end from rebuild_from() on)
-    SELECT p.*, h.horizon, window_origin(h.horizon_s, p.consumed_ts - INTERVAL 1 MICROSECOND) AS origin_ts
+    SELECT p.*, h.horizon, consumption_window_origin(h.horizon_s, p.consumed_ts) AS origin_ts
     FROM positions p CROSS JOIN backtest_horizons h
     WHERE p.consumed_ts > rebuild_from() - to_seconds(h.horizon_s)
 ),
