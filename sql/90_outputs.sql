@@ -1,17 +1,18 @@
 -- Output tables: what build.py exports to SQLite (the tables metadata.yml describes) and what
 -- Datasette serves. Times stay TIMESTAMP here; the export writes them as ISO-8601 UTC text.
 
--- The trade-price bars the models use (finest interval present): the price line of the charts.
-CREATE OR REPLACE TABLE price_klines AS
+-- The series as the models read them (views: the persisted stg_ tables hold the rows, and an incremental
+-- build extends those). The trade-price bars are the finest interval present: the price line of the charts.
+CREATE OR REPLACE VIEW price_klines AS
 SELECT symbol, ts, kline_interval, open, high, low, close, volume, quote_volume_usd
 FROM stg_price_klines ORDER BY symbol, ts;
 
-CREATE OR REPLACE TABLE open_interest AS
+CREATE OR REPLACE VIEW open_interest AS
 SELECT symbol, ts, open_interest, open_interest_usd, long_short_account_ratio, top_trader_account_ratio,
        top_trader_position_ratio, taker_buy_sell_ratio
 FROM stg_open_interest ORDER BY symbol, ts;
 
-CREATE OR REPLACE TABLE funding_rates AS
+CREATE OR REPLACE VIEW funding_rates AS
 SELECT symbol, ts, funding_interval_hours, funding_rate FROM stg_funding_rates ORDER BY symbol, ts;
 
 -- Every file found, whether it was loaded, and how many rows it gave (counted when it was staged).
