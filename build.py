@@ -250,6 +250,10 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
                 db.conn.executemany(f"INSERT INTO [{table}] VALUES ({placeholders})", batch)
             for index in INDEXES.get(table, []):
                 db[table].create_index(index, if_not_exists=True)
+            if table in APPENDED and not appended:
+                # SQLite's statistics let the next build's delete of the rows from `since` on skip-scan the
+                # key (model, symbol, ts, ...) instead of reading every row: 0.11 s -> 0.003 s at 30 days
+                db.execute(f"ANALYZE [{table}]")
             db.conn.commit()
             log(f"exported {table}: {db[table].count:,} rows" + (f" (from {first} on)" if appended else ""))
         db.close()   # (no VACUUM: a new file has no free pages, and it took 1.9 s at 30 days)
