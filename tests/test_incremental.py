@@ -60,6 +60,20 @@ def test_adding_a_day_gives_what_a_full_build_gives(demo_dir, demo_db, tmp_path)
     assert_same_tables(db, demo_db)      # demo_db: the full build of every day
 
 
+def test_an_incremental_export_of_more_rows_than_it_reads_first_streams_them(demo_dir, demo_db, tmp_path, monkeypatch):
+    """An incremental build reads its output rows from DuckDB first and commits beside the writing of
+    SQLite, up to PREFETCH_ROWS; past that it streams them and commits after, as a full build does."""
+    db = tmp_path / "liquidations.db"
+    earlier = str(dt.date.fromisoformat(LAST_DAY) - dt.timedelta(days=1))
+    assert run_build("--data", str(demo_dir), "--db", str(db), "--end", earlier).returncode == 0
+    read_first, real = [], build.prefetch
+    monkeypatch.setattr(build, "prefetch", lambda con, plans: read_first.append(real(con, plans)) or read_first[-1])
+    monkeypatch.setattr(build, "PREFETCH_ROWS", 100)
+    assert build.main(["build", "--data", str(demo_dir), "--db", str(db)]) == 0
+    assert read_first == [None]
+    assert_same_tables(db, demo_db)
+
+
 def test_a_changed_day_in_the_middle_is_recomputed_from_that_day(demo_dir, tmp_path):
     data = copy_tree(demo_dir, tmp_path / "data")
     db, full = tmp_path / "inc" / "liquidations.db", tmp_path / "full" / "liquidations.db"
