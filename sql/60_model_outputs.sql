@@ -126,7 +126,16 @@ SELECT g.symbol, max(g.end_ts) AS end_ts, max(g.end_ts) - to_seconds(param('time
            AS current_price
 FROM time_grid g GROUP BY g.symbol;
 
--- Alive levels at the last time, by model, side, leverage and price bucket.
+-- The grid's ends over all symbols, as constants the filters below name, so that DuckDB applies them as it
+-- reads positions (a filter that names a symbol's own grid is applied only after position_grid's joins).
+SET VARIABLE grid_earliest_last_end = (SELECT min(last_end) FROM (
+    SELECT max(end_ts) AS last_end FROM time_grid GROUP BY symbol));
+SET VARIABLE grid_latest_first_end = (SELECT max(first_end) FROM (
+    SELECT min(end_ts) AS first_end FROM time_grid GROUP BY symbol));
+
+-- Alive levels at the last time, by model, side, leverage and price bucket. On the grid, alive at the last
+-- end is consumed_ts IS NULL or after that end (position_grid: the first grid time at or after a time past
+-- the last end is no grid time), which the first filter implies for every symbol's last end.
 CREATE OR REPLACE TABLE levels AS
 SELECT p.model, p.symbol, l.start_ts AS ts, p.side, p.leverage, p.price_bucket,
        sum(p.scale_free_volume * exp(g.log_scale)) AS alive_volume_usd,
@@ -135,18 +144,23 @@ SELECT p.model, p.symbol, l.start_ts AS ts, p.side, p.leverage, p.price_bucket,
            AS distance_pct
 FROM position_grid p JOIN last_time l USING (symbol)
 JOIN grid_scale g ON g.model = p.model AND g.symbol = p.symbol AND g.side = p.side AND g.end_ts = l.end_ts
-WHERE p.first_alive_end_ts <= l.end_ts AND (p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts)
+WHERE (p.consumed_ts IS NULL OR p.consumed_ts > getvariable('grid_earliest_last_end'))
+  AND p.first_alive_end_ts <= l.end_ts AND (p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts)
 GROUP BY ALL ORDER BY model, symbol, side, leverage, price_bucket;
 
 -- The model's forecast of what was liquidated: volume consumed in each time bucket. Persisted like the
--- heatmap: the buckets that end from rebuild_from() on are computed again.
+-- heatmap: the buckets that end from rebuild_from() on are computed again. A consumption's bucket ends
+-- at or after rebuild_from() only if it came less than a bucket before, or if its grid starts at or after
+-- rebuild_from() (position_grid clamps to the grid's first end): the first filter says so with constants.
 CREATE TABLE IF NOT EXISTS predicted_liquidations (
     model VARCHAR, symbol VARCHAR, ts TIMESTAMP, side VARCHAR, volume_usd DOUBLE, positions BIGINT);
 DELETE FROM predicted_liquidations WHERE ts >= first_bucket_rebuilt();
 INSERT INTO predicted_liquidations BY NAME
 SELECT model, symbol, consumed_end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS ts, side,
        sum(consumed_volume_usd) AS volume_usd, count(*) AS positions
-FROM position_grid WHERE consumed_end_ts >= rebuild_from()
+FROM position_grid
+WHERE (consumed_ts > first_bucket_rebuilt() OR getvariable('grid_latest_first_end') >= rebuild_from())
+  AND consumed_end_ts >= rebuild_from()
 GROUP BY ALL ORDER BY ts, model, symbol, side;
 
 -- The liquidation map at the last time: volume per price bucket (longs below the price, shorts
