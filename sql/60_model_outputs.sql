@@ -133,19 +133,23 @@ SET VARIABLE grid_earliest_last_end = (SELECT min(last_end) FROM (
 SET VARIABLE grid_latest_first_end = (SELECT max(first_end) FROM (
     SELECT min(end_ts) AS first_end FROM time_grid GROUP BY symbol));
 
--- Alive levels at the last time, by model, side, leverage and price bucket. On the grid, alive at the last
--- end is consumed_ts IS NULL or after that end (position_grid: the first grid time at or after a time past
--- the last end is no grid time), which the first filter implies for every symbol's last end.
+-- At the last time the grid needs no arithmetic: the last end is a grid time, so position_grid's first grid
+-- time at or after t is at or before it exactly when t is. Opened by then is created_ts <= end_ts, consumed
+-- by then is consumed_ts <= end_ts, and alive then is the rest: the two statements below read positions
+-- with these conditions instead of position_grid (0.07 s less each in a day added at 30 days).
+
+-- Alive levels at the last time, by model, side, leverage and price bucket. The first filter is implied by
+-- the alive condition for every symbol's last end, and names constants: DuckDB applies it as it reads.
 CREATE OR REPLACE TABLE levels AS
 SELECT p.model, p.symbol, l.start_ts AS ts, p.side, p.leverage, p.price_bucket,
        sum(p.scale_free_volume * exp(g.log_scale)) AS alive_volume_usd,
        count(*) AS positions,
        round(100 * (p.price_bucket + param('price_bucket_usd') / 2 - l.current_price) / l.current_price, 2)
            AS distance_pct
-FROM position_grid p JOIN last_time l USING (symbol)
+FROM positions p JOIN last_time l USING (symbol)
 JOIN grid_scale g ON g.model = p.model AND g.symbol = p.symbol AND g.side = p.side AND g.end_ts = l.end_ts
 WHERE (p.consumed_ts IS NULL OR p.consumed_ts > getvariable('grid_earliest_last_end'))
-  AND p.first_alive_end_ts <= l.end_ts AND (p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts)
+  AND p.created_ts <= l.end_ts AND (p.consumed_ts IS NULL OR p.consumed_ts > l.end_ts)
 GROUP BY ALL ORDER BY model, symbol, side, leverage, price_bucket;
 
 -- The model's forecast of what was liquidated: volume consumed in each time bucket. Persisted like the
@@ -184,12 +188,12 @@ ORDER BY b.model, b.symbol, b.side, b.price_bucket;
 CREATE OR REPLACE TABLE model_comparison AS
 WITH fate AS (
     SELECT p.model, p.symbol, p.side, p.volume_usd,
-           CASE WHEN p.consumed_end_ts <= l.end_ts THEN p.consumed_volume_usd ELSE 0 END AS consumed_usd,
-           CASE WHEN p.consumed_end_ts IS NULL OR p.consumed_end_ts > l.end_ts
+           CASE WHEN p.consumed_ts <= l.end_ts THEN p.consumed_volume_usd ELSE 0 END AS consumed_usd,
+           CASE WHEN p.consumed_ts IS NULL OR p.consumed_ts > l.end_ts
                 THEN p.scale_free_volume * exp(g.log_scale) ELSE 0 END AS alive_usd
-    FROM position_grid p JOIN last_time l USING (symbol)
+    FROM positions p JOIN last_time l USING (symbol)
     JOIN grid_scale g ON g.model = p.model AND g.symbol = p.symbol AND g.side = p.side AND g.end_ts = l.end_ts
-    WHERE p.first_alive_end_ts <= l.end_ts
+    WHERE p.created_ts <= l.end_ts
 ),
 totals AS (
     SELECT model, symbol, side, sum(volume_usd) AS created_volume_usd, sum(consumed_usd) AS consumed_volume_usd,
