@@ -41,7 +41,8 @@ other_symbols AS (  -- forceOrder recordings hold every symbol: the rows of symb
            format('{} rows of {} symbols without market data in this build left out', count(*),
                   count(DISTINCT coalesce(r.symbol, '?'))), count(*), min(r.ts), max(r.ts)
     FROM typed_realized_liquidations r JOIN files f USING (file_id)
-    WHERE r.is_valid AND coalesce(r.symbol NOT IN (SELECT symbol FROM stg_realized_liquidations), true) GROUP BY ALL
+    -- (realized_liquidations: stg_realized_liquidations as sql/25_backtest_windows.sql wrote it, read once)
+    WHERE r.is_valid AND coalesce(r.symbol NOT IN (SELECT symbol FROM realized_liquidations), true) GROUP BY ALL
 ),
 duplicate_keys AS ( -- keys in more than one file (each file is unique in itself once staged)
     SELECT symbol, data_type, kline_interval, row_key, count(*) AS n, count(DISTINCT row_hash) AS variants,
@@ -134,7 +135,7 @@ rows_by_series_parts AS (
     UNION ALL SELECT symbol, data_type, '', min(ts), max(ts), count(*) FROM stg_trades
     WHERE overlapping OR NOT inside_window GROUP BY ALL
     UNION ALL SELECT symbol, data_type, '', min(first_ts), max(last_ts), sum(rows_staged) FROM trade_files_counted GROUP BY ALL
-    UNION ALL SELECT symbol, source, '', min(ts), max(ts), count(*) FROM stg_realized_liquidations GROUP BY ALL
+    UNION ALL SELECT symbol, source, '', min(ts), max(ts), count(*) FROM realized_liquidations GROUP BY ALL
 ),
 rows_by_series AS (
     SELECT symbol, data_type, kline_interval, min(first_ts) AS first_ts, max(last_ts) AS last_ts, sum(rows)::BIGINT AS rows
