@@ -294,12 +294,21 @@ def reference_heatmap(con) -> dict[tuple, float]:
     return {k: v for k, v in cells.items() if v >= 0.01}
 
 
+# binance_standard's heatmap in the built file, one row per bucket end, side and price bucket (alive_cells, the
+# same by leverage, is the build's own temporary table)
+HEATMAP_BY_SIDE = """
+    SELECT ts + to_seconds(param('time_bucket_s')::BIGINT) AS end_ts, side,
+           round(price_bucket / param('price_bucket_usd'))::BIGINT AS bucket_index, v
+    FROM (SELECT ts, price_bucket, 'long' AS side, long_usd AS v FROM heatmap WHERE model = 'binance_standard'
+          UNION ALL
+          SELECT ts, price_bucket, 'short', short_usd FROM heatmap WHERE model = 'binance_standard')
+"""
+
+
 def test_sql_lifecycle_matches_a_plain_python_reference(demo_db):
     con = duckdb.connect(str(demo_db.with_suffix(".duckdb")), read_only=True)
     expected = reference_heatmap(con)
-    got = {(ts, side, b): v for ts, side, b, v in con.execute(
-        "SELECT end_ts, side, bucket_index, sum(alive_volume_usd) FROM alive_cells WHERE model = 'binance_standard' "
-        "GROUP BY ALL").fetchall()}
+    got = {(ts, side, b): v for ts, side, b, v in con.execute(HEATMAP_BY_SIDE + "WHERE v > 0").fetchall()}
     assert len(expected) > 1000
     assert set(got) == set(expected)
     worst = max(abs(got[k] - expected[k]) / expected[k] for k in expected)
@@ -315,9 +324,8 @@ def test_binance_standard_tracks_the_simulated_open_positions(demo_dir, demo_db,
     truth = str(demo_dir / "simulator" / "BTCUSDT-open-positions-1h.csv")
     rows = con.execute("""
         WITH model AS (
-            SELECT end_ts, sum(alive_volume_usd) FILTER (side = 'long') AS long_usd,
-                   sum(alive_volume_usd) FILTER (side = 'short') AS short_usd
-            FROM alive_cells WHERE model = 'binance_standard' GROUP BY end_ts
+            SELECT end_ts, sum(v) FILTER (side = 'long') AS long_usd, sum(v) FILTER (side = 'short') AS short_usd
+            FROM (""" + HEATMAP_BY_SIDE + """) GROUP BY end_ts
         ), truth AS (
             SELECT "time"::TIMESTAMP AS end_ts, long_notional_usd, short_notional_usd
             FROM read_csv(?, timestampformat = '%Y-%m-%dT%H:%M:%SZ')
