@@ -472,11 +472,15 @@ def fetch(args) -> None:
 def create_sources(con, args, since: str = "-infinity") -> None:
     """The empty source tables, the --start/--end window, the time from which to recompute (sql/00_macros.sql,
     rebuild_from) and the model parameters."""
-    con.execute("SET VARIABLE rebuild_from = CAST(? AS TIMESTAMP)", [since])
+    set_rebuild_from(con, since)
     run_sql_files(con, SQL_FILES[:2])
     con.execute("INSERT INTO build_window VALUES (?, ?)",
                 [args.start, args.end + dt.timedelta(days=1) if args.end else None])
     set_parameters(con, args)
+
+
+def set_rebuild_from(con, since: str) -> None:
+    con.execute("SET VARIABLE rebuild_from = CAST(? AS TIMESTAMP)", [since])
 
 
 def run_models(con, names: list[str] = SQL_FILES[2:]) -> None:
@@ -505,6 +509,13 @@ def memory_megabytes(con) -> int:
     """DuckDB's memory limit in MB, as it understood --memory-limit (it reports e.g. '667.5 MiB')."""
     number, unit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0].split()
     return int(float(number) * 1024 ** "KMGTP".index(unit[0]) // 1024 if unit[0] in "KMGTP" else float(number) / 2**20)
+
+
+def memory_limit_mb(memory_limit: str) -> int:
+    """--memory-limit in MB as DuckDB understands it (a BuildError when it understands none)."""
+    with duckdb.connect() as probe:
+        configure(probe, memory_limit, Path(tempfile.gettempdir()))
+        return memory_megabytes(probe)
 
 
 def default_memory_limit() -> str:
@@ -608,47 +619,52 @@ def build(args) -> Path:
     log(f"found {len(files)} files under {args.data}")
     tables = output_tables(load_metadata())
     key = build_key(args)
-    previous = None if getattr(args, "full", False) else previous_build(duck_path, key)
     duck_tmp = duck_path.with_name(duck_path.name + ".tmp")
-    con = open_build(duck_path, duck_tmp, previous)
-    try:
-        with tempfile.TemporaryDirectory(prefix="liquidation-heatmap-") as tmp:
-            configure(con, args.memory_limit, Path(tmp) / "spill")
-            try:
-                files = stage.stage_files(files, Path(args.cache or db_path.parent / "cache"), args.jobs,
-                                          memory_megabytes(con), log)
-            except stage.StageError as error:
-                raise BuildError(str(error)) from error
-            for info in files:
-                if info["status"] != "loaded":
-                    log(f"quarantined {info['name']}: {info['detail']}")
-            since = rebuild_from(previous, files, args.end) if previous else "-infinity"
-            log("a full build" if since == "-infinity" else
-                f"incremental: the previous build's results before {since} are kept, the rest recomputed")
-            create_sources(con, args, since)
-            stage.register(con, files)
-            if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
-                raise BuildError(f"none of the {len(files)} files under {args.data} could be read (see messages above)")
-            run_models(con, SQL_FILES[2:3])
-            choices = con.execute("SELECT choices FROM source_choices").fetchone()[0]
-            if since != "-infinity" and choices != previous[0].get("source_choices"):
-                log(f"a full build after all: the sources the models read changed (now {choices})")
-                since = "-infinity"
-                con.execute("SET VARIABLE rebuild_from = '-infinity'::TIMESTAMP")
-            write_build_info(con, args, files, key, since, choices)
-            run_models(con, SQL_FILES[3:])
-            describe_outputs(con, tables)
-            summarize(con)
-            # (still inside: the export's queries may spill too; a year of the demo's trades sorts 24 M cells)
-            appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")
-            export_sqlite(con, tables, db_path, since if appends else None, commit=con.commit)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Staging reads only the files: the DuckDB file is opened, and the empty sources and the parameters
+        # set up, while it runs (0.1 s of a day added's 3.4 s at 30 days)
+        staging = pool.submit(stage.stage_files, files, Path(args.cache or db_path.parent / "cache"), args.jobs,
+                              memory_limit_mb(args.memory_limit), log)
+        previous = None if getattr(args, "full", False) else previous_build(duck_path, key)
+        con = open_build(duck_path, duck_tmp, previous)
+        try:
+            with tempfile.TemporaryDirectory(prefix="liquidation-heatmap-") as tmp:
+                configure(con, args.memory_limit, Path(tmp) / "spill")
+                create_sources(con, args)
+                try:
+                    files = staging.result()
+                except stage.StageError as error:
+                    raise BuildError(str(error)) from error
+                for info in files:
+                    if info["status"] != "loaded":
+                        log(f"quarantined {info['name']}: {info['detail']}")
+                since = rebuild_from(previous, files, args.end) if previous else "-infinity"
+                log("a full build" if since == "-infinity" else
+                    f"incremental: the previous build's results before {since} are kept, the rest recomputed")
+                set_rebuild_from(con, since)
+                stage.register(con, files)
+                if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
+                    raise BuildError(f"none of the {len(files)} files under {args.data} could be read (see messages above)")
+                run_models(con, SQL_FILES[2:3])
+                choices = con.execute("SELECT choices FROM source_choices").fetchone()[0]
+                if since != "-infinity" and choices != previous[0].get("source_choices"):
+                    log(f"a full build after all: the sources the models read changed (now {choices})")
+                    since = "-infinity"
+                    set_rebuild_from(con, since)
+                write_build_info(con, args, files, key, since, choices)
+                run_models(con, SQL_FILES[3:])
+                describe_outputs(con, tables)
+                summarize(con)
+                # (still inside: the export's queries may spill too; a year of the demo's trades sorts 24 M cells)
+                appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")
+                export_sqlite(con, tables, db_path, since if appends else None, commit=con.commit)
+                con.close()
+            if not previous:
+                os.replace(duck_tmp, duck_path)
+        finally:
             con.close()
-        if not previous:
-            os.replace(duck_tmp, duck_path)
-    finally:
-        con.close()
-        duck_tmp.unlink(missing_ok=True)
-        duck_tmp.with_name(duck_tmp.name + ".wal").unlink(missing_ok=True)   # a failed build's write-ahead log
+            duck_tmp.unlink(missing_ok=True)
+            duck_tmp.with_name(duck_tmp.name + ".wal").unlink(missing_ok=True)   # a failed build's write-ahead log
     log(f"built {db_path} and {duck_path}")
     return db_path
 
