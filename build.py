@@ -223,8 +223,7 @@ SQLITE_TYPES = {"BIGINT": int, "INTEGER": int, "HUGEINT": int, "UBIGINT": int, "
 PREFETCH_ROWS = 500_000
 
 
-def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None = None,
-                  commit=lambda: None) -> None:
+def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None, commit) -> None:
     """Write the output tables to a new SQLite file, then swap it in: a failed build leaves the old one.
     With `since` (an incremental build, whose previous SQLite file matches its previous DuckDB file), the
     new file starts as a copy of the previous one: the APPENDED tables keep their rows before `since` and
@@ -469,10 +468,9 @@ def fetch(args) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def create_sources(con, args, since: str = "-infinity") -> None:
-    """The empty source tables, the --start/--end window, the time from which to recompute (sql/00_macros.sql,
-    rebuild_from) and the model parameters."""
-    set_rebuild_from(con, since)
+def create_sources(con, args) -> None:
+    """The empty source tables, the --start/--end window and the model parameters. (The time from which to
+    recompute, sql/00_macros.sql's rebuild_from, is everything until set_rebuild_from says otherwise.)"""
     run_sql_files(con, SQL_FILES[:2])
     con.execute("INSERT INTO build_window VALUES (?, ?)",
                 [args.start, args.end + dt.timedelta(days=1) if args.end else None])
@@ -657,7 +655,7 @@ def build(args) -> Path:
                 summarize(con)
                 # (still inside: the export's queries may spill too; a year of the demo's trades sorts 24 M cells)
                 appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")
-                export_sqlite(con, tables, db_path, since if appends else None, commit=con.commit)
+                export_sqlite(con, tables, db_path, since if appends else None, con.commit)
                 con.close()
             if not previous:
                 os.replace(duck_tmp, duck_path)

@@ -118,20 +118,13 @@ SELECT g.symbol, max(g.end_ts) AS end_ts, max(g.end_ts) - to_seconds(param('time
            AS current_price
 FROM time_grid g GROUP BY g.symbol;
 
--- The grid's ends over all symbols, as constants the filters below name, so that DuckDB applies them as it
--- reads positions (a filter that names a symbol's own grid is applied only after position_grid's joins).
-SET VARIABLE grid_earliest_last_end = (SELECT min(last_end) FROM (
-    SELECT max(end_ts) AS last_end FROM time_grid GROUP BY symbol));
-SET VARIABLE grid_latest_first_end = (SELECT max(first_end) FROM (
-    SELECT min(end_ts) AS first_end FROM time_grid GROUP BY symbol));
 
 -- At the last time the grid needs no arithmetic: the last end is a grid time, so position_grid's first grid
 -- time at or after t is at or before it exactly when t is. Opened by then is created_ts <= end_ts, consumed
 -- by then is consumed_ts <= end_ts, and alive then is the rest: the two statements below read positions
 -- with these conditions instead of position_grid (0.07 s less each in a day added at 30 days).
 
--- Alive levels at the last time, by model, side, leverage and price bucket. The first filter is implied by
--- the alive condition for every symbol's last end, and names constants: DuckDB applies it as it reads.
+-- Alive levels at the last time, by model, side, leverage and price bucket.
 CREATE OR REPLACE TABLE levels AS
 SELECT p.model, p.symbol, l.start_ts AS ts, p.side, p.leverage, p.price_bucket,
        sum(p.scale_free_volume * exp(g.log_scale)) AS alive_volume_usd,
@@ -140,14 +133,17 @@ SELECT p.model, p.symbol, l.start_ts AS ts, p.side, p.leverage, p.price_bucket,
            AS distance_pct
 FROM positions p JOIN last_time l USING (symbol)
 JOIN grid_scale g ON g.model = p.model AND g.symbol = p.symbol AND g.side = p.side AND g.end_ts = l.end_ts
-WHERE (p.consumed_ts IS NULL OR p.consumed_ts > getvariable('grid_earliest_last_end'))
-  AND p.created_ts <= l.end_ts AND (p.consumed_ts IS NULL OR p.consumed_ts > l.end_ts)
+WHERE p.created_ts <= l.end_ts AND (p.consumed_ts IS NULL OR p.consumed_ts > l.end_ts)
 GROUP BY ALL ORDER BY model, symbol, side, leverage, price_bucket;
 
 -- The model's forecast of what was liquidated: volume consumed in each time bucket. Persisted like the
 -- heatmap: the buckets that end from rebuild_from() on are computed again. A consumption's bucket ends
 -- at or after rebuild_from() only if it came less than a bucket before, or if its grid starts at or after
--- rebuild_from() (position_grid clamps to the grid's first end): the first filter says so with constants.
+-- rebuild_from() (position_grid clamps to the grid's first end). The first filter says so with constants
+-- (the latest first grid end over all symbols), so that DuckDB applies it as it reads positions, before
+-- position_grid's joins (0.04 -> 0.01 s in a day added at 30 days).
+SET VARIABLE grid_latest_first_end = (SELECT max(first_end) FROM (
+    SELECT min(end_ts) AS first_end FROM time_grid GROUP BY symbol));
 CREATE TABLE IF NOT EXISTS predicted_liquidations (
     model VARCHAR, symbol VARCHAR, ts TIMESTAMP, side VARCHAR, volume_usd DOUBLE, positions BIGINT);
 DELETE FROM predicted_liquidations WHERE ts >= first_bucket_rebuilt();

@@ -19,8 +19,9 @@ LAST_DAY = str(dt.date.fromisoformat(START) + dt.timedelta(days=DAYS - 1))
 
 
 def tables(db: Path) -> dict[str, list[tuple]]:
-    """Every exported table but build_info (and SQLite's own, such as the planner's sqlite_stat1), floats to 9 significant digits (a sum carried over from the
-    previous build is added in another order than a full build adds it), rows sorted."""
+    """Every exported table but build_info and SQLite's own (the planner's sqlite_stat1), floats to 9
+    significant digits (a sum carried over from the previous build is added in another order than a full
+    build adds it), rows sorted."""
     with sqlite3.connect(db) as con:
         names = [name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                  if name != "build_info" and not name.startswith("sqlite_")]
