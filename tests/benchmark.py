@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import os
 import platform
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -151,5 +155,114 @@ def main() -> None:
         readme.write_text(block.sub(lambda m: f"{m[1]}{header}\n\n{markdown}\n{m[2]}", readme.read_text()))
 
 
+# ---------------------------------------------------------------- pages (issue 12)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(db: Path) -> tuple[subprocess.Popen, str]:
+    """`build.py serve`'s own command, on a free loopback port."""
+    import build
+    port = free_port()
+    process = subprocess.Popen(build.serve_command(db, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/-/versions.json", timeout=2).close()
+            return process, url
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                sys.exit("datasette did not start")
+            time.sleep(0.3)
+
+
+def load(url: str, path: str, clients: int, requests: int) -> dict:
+    """`clients` threads, each sending `requests` GETs of one path on its own keep-alive connection, as a
+    browser does (gzip accepted): every latency, the p95 and the bytes of one response."""
+    def client(_) -> list[float]:
+        connection, took = http.client.HTTPConnection(url.split("//")[1], timeout=120), []
+        for _ in range(requests):
+            began = time.perf_counter()
+            connection.request("GET", path, headers={"Accept-Encoding": "gzip"})
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                sys.exit(f"{path}: HTTP {response.status}: {body[:300]!r}")
+            took.append(time.perf_counter() - began)
+            client.bytes = len(body)
+        connection.close()
+        return took
+    with ThreadPoolExecutor(clients) as pool:
+        took = sorted(t for times in pool.map(client, range(clients)) for t in times)
+    return {"p95_s": took[int(0.95 * (len(took) - 1))], "median_s": statistics.median(took), "bytes": client.bytes}
+
+
+def chart_drawn(url: str, runs: int) -> list[float]:
+    """Seconds from navigation to the chart drawn (#chart[data-drawn]) in headless Chromium, each run in a new
+    browser context (an empty cache, as a first visit)."""
+    from playwright.sync_api import sync_playwright
+    times = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        for _ in range(runs):
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("#chart[data-drawn=true]", timeout=60_000)
+            times.append(page.evaluate("performance.now()") / 1000)   # (from the navigation's start)
+            if errors:
+                sys.exit(f"{url}: JavaScript errors: {errors}")
+            context.close()
+        browser.close()
+    return times
+
+
+PAGES = {"heatmap": "/liquidations/heatmap"}   # chart pages timed in Chromium: name -> path
+
+
+def pages_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="benchmark.py pages", description="The served pages and stored queries: "
+                                     "latency under load beside the floor, and the heatmap drawn in Chromium.")
+    parser.add_argument("--db", type=Path, help="a built SQLite file (default: build the 30-day demo first)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=25, help="requests per client and path")
+    parser.add_argument("--draws", type=int, default=5, help="page loads timed in Chromium")
+    args = parser.parse_args(argv)
+    import yaml
+    with tempfile.TemporaryDirectory(prefix="benchmark-pages-") as name:
+        db = args.db
+        if db is None:
+            print("simulating and building the 30-day demo ...", file=sys.stderr)
+            for command in (["demo", "--out", f"{name}/raw"], ["build", "--data", f"{name}/raw", "--db", f"{name}/l.db"]):
+                subprocess.run([sys.executable, str(ROOT / "build.py"), *command], check=True, capture_output=True)
+            db = Path(name) / "l.db"
+        queries = yaml.safe_load((ROOT / "datasette.yaml").read_text())["databases"]["liquidations"]["queries"]
+        process, url = start_server(db)
+        try:
+            floor = load(url, "/-/versions.json", args.clients, args.requests)
+            rows = [("floor: /-/versions.json", floor)]
+            rows += [(f"stored query {q}", load(url, f"/liquidations/{q}.json?_shape=array", args.clients, args.requests))
+                     for q in queries]
+            draws = {page: chart_drawn(url + path, args.draws) for page, path in PAGES.items()}
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    print(f"{args.clients} clients x {args.requests} requests per path on loopback; {machine()}; {dt.date.today()}")
+    for what, m in rows:
+        print(f"{what:40}p95 {1000 * m['p95_s']:8.1f} ms = {m['p95_s'] / floor['p95_s']:6.1f}x the floor   "
+              f"median {1000 * m['median_s']:7.1f} ms   {m['bytes']:>10,} bytes sent")
+    for page, times in draws.items():
+        print(f"{page} page: chart drawn in {statistics.median(times):.2f} s (median of {len(times)}: "
+              + ", ".join(f"{t:.2f}" for t in times) + ")")
+
+
 if __name__ == "__main__":
-    main()
+    pages_main(sys.argv[2:]) if sys.argv[1:2] == ["pages"] else main()
