@@ -23,6 +23,16 @@ def natural(value: str) -> list:
     return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", value))]
 
 
+async def allowed_values(datasette, database: str, query: str, name: str) -> list[str] | None:
+    """The values parameter `name` of `query` may take (from the SQL its rule names), or None (a format, or no rule)."""
+    rules = datasette.plugin_config("liquidation_params") or {}
+    rule = rules.get(f"{query}.{name}", rules.get(name))
+    if rule is None or rule in FORMATS:
+        return None
+    values = [str(row[0]) for row in (await datasette.get_database(database).execute(rule)).rows]
+    return values if " order by " in rule.lower() else sorted(values, key=natural)   # the rule's order, if it has one
+
+
 async def problem_with(datasette, request: Request) -> str | None:
     match = QUERY_PATH.match(request.path)
     queries = (datasette.config or {}).get("databases", {}).get(match["database"] if match else "", {})
@@ -39,11 +49,10 @@ async def problem_with(datasette, request: Request) -> str | None:
             if pattern.match(value):
                 continue
         else:
-            result = await datasette.get_database(match["database"]).execute(rule)
-            allowed = [str(row[0]) for row in result.rows]
+            allowed = await allowed_values(datasette, match["database"], match["query"], name)
             if value in allowed:
                 continue
-            expected = "one of " + ", ".join(sorted(allowed, key=natural)) if allowed else "nothing: this build has none"
+            expected = "one of " + ", ".join(allowed) if allowed else "nothing: this build has none"
         return f"{match['query']}: {name}={value!r} is not valid; expected {expected}"
     return None
 
@@ -65,3 +74,11 @@ def asgi_wrapper(datasette):
             await app(scope, receive, send)
         return checked
     return wrap
+
+
+@hookimpl
+def extra_template_vars(datasette):
+    async def allowed(name: str, query: str = "") -> list[str]:
+        """For the pages' controls: the values a parameter may take in this build."""
+        return await allowed_values(datasette, "liquidations", query, name) or []
+    return {"allowed": allowed}

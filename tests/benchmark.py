@@ -225,7 +225,7 @@ def chart_drawn(url: str, runs: int) -> list[float]:
     return times
 
 
-PAGES = {"heatmap": "/liquidations/heatmap"}   # chart pages timed in Chromium: name -> path
+PAGES = {"heatmap": "/heatmap"}   # chart pages timed in Chromium: name -> path
 
 
 def pages_main(argv: list[str]) -> None:

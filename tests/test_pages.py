@@ -52,8 +52,9 @@ def browser():
 
 
 def open_page(browser, url: str, viewport: str):
-    """A page that records every JavaScript error. datasette-plot's script, which throws on a page without
-    a result table (domain.md §5), is kept off the chart pages and the index by their templates."""
+    """A page that records every JavaScript error and console error, unfiltered. datasette-plot's script, which
+    throws on a page without a result table (domain.md §5), is kept off the chart pages, the index and the
+    database page by their templates."""
     page = browser.new_page(viewport=VIEWPORTS[viewport])
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(f"{e}\n{e.stack}"))
@@ -72,10 +73,19 @@ def shot(page, name: str) -> Path:
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 @pytest.mark.parametrize("query", CHART_PAGES)
 def test_chart_pages_draw_their_data(browser, server, query, viewport):
-    page = open_page(browser, f"{server}/liquidations/{query}", viewport)
+    requests = []
+    page = browser.new_page(viewport=VIEWPORTS[viewport])
+    page.on("request", lambda r: requests.append(r.url) if "/liquidations/" in r.url else None)
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(f"{e}\n{e.stack}"))
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{server}/{query}")
     page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
+    assert len(requests) == 1 and requests[0].split("?")[0].endswith(".json"), requests   # one request per view
+    title = page.evaluate("document.getElementById('chart').layout.title.text")
+    assert "BTCUSDT" in title and ("UTC" in title), title   # what, where and when
     traces = page.evaluate("document.getElementById('chart').data.map(t => ({type: t.type, "
-                           "points: (t.z || t.y || []).length, values: (t.z ? t.z.flat() : t.y || [])"
+                           "points: (t.z || t.y || t.close || []).length, values: (t.z ? t.z.flat() : t.y || t.close || [])"
                            ".filter(v => v > 0).length}))")
     assert traces and all(t["points"] > 0 for t in traces), traces
     assert sum(t["values"] for t in traces) > 0, "every value is zero"
@@ -89,18 +99,30 @@ def test_chart_pages_draw_their_data(browser, server, query, viewport):
 
 
 def test_heatmap_draws_price_line_and_buckets_on_a_shared_axis(browser, server):
-    page = open_page(browser, f"{server}/liquidations/heatmap?model=binance_standard&bucket_usd=500", "desktop")
+    page = open_page(browser, f"{server}/heatmap?model=binance_standard&bucket_usd=500&time_bucket_s=3600", "desktop")
     page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
-    heat, line = page.evaluate("document.getElementById('chart').data.map(t => ({type: t.type, x: t.x.length, "
-                               "y: t.y.slice(0, 3), rows: t.z ? t.z.length : 0}))")
-    assert heat["type"] == "heatmap" and line["type"] == "scatter"
-    assert heat["x"] == line["x"] > 24  # one column per hour, the price at each
+    heat, candles = page.evaluate("document.getElementById('chart').data.map(t => ({type: t.type, x: t.x.length, "
+                                  "y: t.y ? t.y.slice(0, 3) : [], rows: t.z ? t.z.length : 0, zmax: t.zmax}))")
+    assert heat["type"] == "heatmap" and candles["type"] == "candlestick"
+    assert heat["x"] == candles["x"] > 24  # one column per hour, a candle at each
     assert heat["y"][1] - heat["y"][0] == 500 and heat["rows"] > 3
+    title = page.evaluate("document.getElementById('chart').layout.title.text")
+    assert title.startswith("binance_standard, BTCUSDT: 2024-09-01 00:00 to 2024-09-05 00:00 UTC"), title
+    # the colour threshold: Plotly's slider clips the scale at a percentile
+    steps = page.evaluate("document.getElementById('chart').layout.sliders[0].steps.map(s => [s.label, s.args[0].zmax[0]])")
+    assert [label for label, _ in steps] == ["90", "95", "98", "99", "99.5", "100"]
+    assert [v for _, v in steps] == sorted(v for _, v in steps) and heat["zmax"] == steps[3][1]
+    # hover in readable units
+    assert page.evaluate("[LH.usd(1234), LH.usd(2500000), LH.usd(3.2e9)]") == ["1.23K", "2.50M", "3.20B"]
+    # the presets are links: 24h shows the last 24 hours
+    page.click("nav.presets a:text('24h')")
+    page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
+    assert "last=24h" in page.url and page.evaluate("document.getElementById('chart').data[0].x.length") == 24
     assert page.errors == []
 
 
 def test_controls_live_in_the_url(browser, server):
-    page = open_page(browser, f"{server}/liquidations/liquidation_map", "desktop")
+    page = open_page(browser, f"{server}/liquidation_map", "desktop")
     page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
     page.select_option("select[name=model]", "trade_flow")
     page.fill("input[name=at]", "2024-09-03T12:00")
@@ -108,7 +130,13 @@ def test_controls_live_in_the_url(browser, server):
     page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
     assert "model=trade_flow" in page.url and "at=2024-09-03T12%3A00" in page.url
     title = page.evaluate("document.getElementById('chart').layout.title.text")
-    assert "trade_flow" in title and "2024-09-03T12:00:00Z" in title
+    assert "trade_flow" in title and "2024-09-03 12:00 UTC" in title
+    names = page.evaluate("document.getElementById('chart').data.map(t => [t.type, t.name, t.yaxis || 'y'])")
+    assert [n for t, n, _ in names if t == "bar"] == ["2x", "5x", "10x", "20x", "50x", "100x", "125x"]  # by tier
+    assert [(n, y) for t, n, y in names if t == "scatter"] == [("cumulative longs", "y2"), ("cumulative shorts", "y2")]
+    axes = page.evaluate("(l => [l.barmode, l.yaxis.rangemode, l.yaxis2.rangemode, l.shapes[0].x0])"
+                         "(document.getElementById('chart').layout)")
+    assert axes[:3] == ["stack", "tozero", "tozero"] and axes[3] > 0   # both axes from zero; the price marked
     # the shared link opens the same view
     again = open_page(browser, page.url, "desktop")
     assert again.eval_on_selector("select[name=model]", "s => s.value") == "trade_flow"
@@ -116,7 +144,7 @@ def test_controls_live_in_the_url(browser, server):
 
 
 def test_backtest_page_shows_verdicts_per_horizon_and_the_chosen_horizons_chart(browser, server):
-    page = open_page(browser, f"{server}/liquidations/backtest?horizon=4h", "phone")
+    page = open_page(browser, f"{server}/backtest?horizon=4h", "phone")
     page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
     note = page.inner_text(".estimate-note")
     assert "estimates" in note and "out of sample" in note and "earlier windows" in note
@@ -152,8 +180,9 @@ def test_backtest_page_shows_verdicts_per_horizon_and_the_chosen_horizons_chart(
 
 
 def test_a_bad_parameter_is_explained_on_the_page(browser, server):
-    page = open_page(browser, f"{server}/liquidations/heatmap?start=yesterday", "desktop")
-    assert "start='yesterday' is not valid" in page.inner_text("body")
+    page = open_page(browser, f"{server}/heatmap?start=yesterday", "desktop")
+    page.wait_for_selector("#chart.message-error", timeout=30_000)
+    assert "start='yesterday' is not valid" in page.inner_text("#chart")
 
 
 def test_index_explains_and_links_everything(browser, server):
@@ -162,10 +191,22 @@ def test_index_explains_and_links_everything(browser, server):
     text = page.inner_text("body")
     assert "estimate" in text.lower() and "not advice" in text
     links = page.eval_on_selector_all("a", "links => links.map(a => a.getAttribute('href'))")
-    for name in [*CHART_PAGES, "levels", "predicted_vs_realized", "coverage", "data_quality", "heatmap_cells",
+    for name in CHART_PAGES:
+        assert f"/{name}" in links, name
+    for name in ["heatmap", "levels", "predicted_vs_realized", "coverage", "data_quality", "heatmap_cells",
                  "data_quality_problems", "realized_liquidations"]:
         assert f"/liquidations/{name}" in links, name
+    counts = page.eval_on_selector_all("#tables li", "items => items.map(i => i.textContent)")
+    assert any("heatmap_cells" in c and "10,001" not in c for c in counts)   # exact counts
     shot(page, "index-desktop")
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("path", ["/liquidations", "/liquidations/heatmap", "/liquidations?sql=select+ts,+close+from+price_klines",
+                                  "/liquidations/heatmap_cells", "/liquidations/compare_models"])
+def test_data_pages_have_no_javascript_errors(browser, server, path):
+    page = open_page(browser, server + path, "desktop")
+    page.wait_for_load_state("networkidle")
     assert page.errors == []
 
 

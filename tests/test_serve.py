@@ -1,6 +1,8 @@
 """Datasette on the built SQLite file: in process, with `datasette --get`, and as a real server."""
 
+import gzip
 import json
+import re
 import socket
 import sqlite3
 import subprocess
@@ -14,6 +16,8 @@ from conftest import ROOT, run_build
 from datasette.app import Datasette
 
 import build
+
+CHART_PAGES = ["/heatmap", "/liquidation_map", "/compare_models", "/backtest"]   # templates/pages/
 
 
 def tables() -> list[str]:
@@ -44,7 +48,7 @@ async def rows(ds, path: str) -> list[dict]:
 
 def test_every_table_and_query_answers_with_datasette_get(demo_db):
     command = build.serve_command(demo_db, 8001)
-    paths = ["/", "/liquidations", "/assets/plotly.min.js"] + [f"/liquidations/{t}" for t in tables() + queries()]
+    paths = ["/", "/liquidations", *CHART_PAGES] + [f"/liquidations/{t}" for t in tables() + queries()]
     with ThreadPoolExecutor(4) as pool:   # each `datasette --get` is a process of its own: a few at once
         results = pool.map(lambda path: subprocess.run([*command, "--get", path], capture_output=True, text=True,
                                                        timeout=120, check=False), paths)
@@ -81,43 +85,59 @@ async def test_data_quality_query_filters(broken_db):
     assert gaps and all(r["problem"] == "gap" for r in gaps)
 
 
-async def test_heatmap_query_is_compact_and_matches_the_table(datasette, demo_db):
-    found = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard&margin_pct=1000")
+async def test_heatmap_query_reads_the_rows_the_table_adds_up_to(datasette, demo_db):
+    base = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard&bucket_usd=100&time_bucket_s=3600")
     with sqlite3.connect(demo_db) as con:
-        expected = con.execute("SELECT ts, price_bucket, long_usd + short_usd FROM heatmap_cells "
+        expected = con.execute("SELECT ts, price_bucket, long_usd, short_usd FROM heatmap_cells "
                                "WHERE model = 'binance_standard'").fetchall()
-    times = sorted({ts for ts, _, _ in expected})
-    assert [r["ts"] for r in found] == times  # one row per time, none cut off
-    first, step = found[0]["price_bucket_first"], found[0]["price_bucket_usd"]
-    arrays = {r["ts"]: json.loads(r["alive_kusd"]) for r in found}
-    assert len({len(a) for a in arrays.values()}) == 1  # one shared price axis
-    for ts, bucket, usd in expected[::97]:
-        assert arrays[ts][int((bucket - first) / step)] == round(usd / 1000)
-    assert all(r["price_low"] <= r["price_close"] <= r["price_high"] for r in found)
-    coarse = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard&bucket_usd=1000"
-                                   "&start=2024-09-02&end=2024-09-02T23:59")
-    assert coarse[0]["price_bucket_usd"] == 1000 and coarse[0]["ts"] == "2024-09-02T00:00:00Z" and len(coarse) == 24
-    default = await rows(datasette, "/liquidations/heatmap.json")
-    assert default[0]["model"] == "ensemble" and default[0]["symbol"] == "BTCUSDT"
-    windowed = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard")  # margin_pct 25
-    low, high = min(r["price_low"] for r in found), max(r["price_high"] for r in found)
-    lowest = windowed[0]["price_bucket_first"]
-    highest = lowest + len(json.loads(windowed[0]["alive_kusd"])) * step
-    assert first <= low * 0.75 - step <= lowest and highest <= high * 1.25 + step  # the window, cut to where levels are
-    assert [(r["long_usd_total"], r["short_usd_total"]) for r in windowed] == [
-        (r["long_usd_total"], r["short_usd_total"]) for r in found]  # totals count levels out of the window too
-    for row, whole in zip(windowed, found):
-        offset = int((lowest - first) / step)
+    assert [r["ts"] for r in base] == sorted({ts for ts, *_ in expected})  # one row per time, none cut off
+    by_time = {r["ts"]: r for r in base}
+    seen = 0
+    for ts, bucket, long_usd, short_usd in expected:
+        row = by_time[ts]
+        i = round((bucket - row["price_bucket_first"]) / 100)
         values = json.loads(row["alive_kusd"])
-        assert values == json.loads(whole["alive_kusd"])[offset:offset + len(values)]
+        if 0 <= i < len(values):   # in the row's window: the price's range in its hour, widened by 25 %
+            assert values[i] == round((long_usd + short_usd) / 1000), (ts, bucket)
+            seen += 1
+        else:
+            assert not (row["price_low"] * 0.75 <= bucket + 100 and bucket <= row["price_high"] * 1.25)
+    assert seen > 0.6 * len(expected)   # (out of it: mostly the 2x levels, 50 % away)
+    totals = {}
+    for ts, _, long_usd, short_usd in expected:
+        totals[ts] = (totals.get(ts, (0, 0))[0] + long_usd, totals.get(ts, (0, 0))[1] + short_usd)
+    assert all((r["long_usd_total"], r["short_usd_total"]) == tuple(map(round, totals[r["ts"]])) for r in base)
+    assert all(r["price_low"] <= min(r["price_open"], r["price_close"]) <= r["price_high"] for r in base)
+    # a coarser price bucket sums ten base buckets; a day holds the mean of its hours
+    coarse = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard&bucket_usd=1000&time_bucket_s=3600")
+    assert coarse[5]["price_bucket_usd"] == 1000 and sum(json.loads(coarse[5]["alive_kusd"])) == pytest.approx(
+        sum(json.loads(base[5]["alive_kusd"])), rel=0.05)
+    daily = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard&bucket_usd=100&time_bucket_s=86400"
+                                  "&start=2024-09-02&end=2024-09-02")
+    hours = [r for r in base if r["ts"].startswith("2024-09-02")]
+    assert len(daily) == 1 and len(hours) == 24
+    assert daily[0]["long_usd_total"] == pytest.approx(sum(r["long_usd_total"] for r in hours) / 24, abs=1)
+    assert daily[0]["price_high"] == max(r["price_high"] for r in hours)
+    assert (daily[0]["price_open"], daily[0]["price_close"]) == (hours[0]["price_open"], hours[-1]["price_close"])
+    # the presets: the last 24 hours up to the latest time
+    day = await rows(datasette, "/liquidations/heatmap.json?model=binance_standard&last=24h&bucket_usd=100&time_bucket_s=3600")
+    assert [r["ts"] for r in day] == [r["ts"] for r in base][-24:]
 
 
-async def test_thirty_days_of_heatmap_fit_one_response(month_db):
-    """30 days at 1 hour x 100 USDT for one model (the README's demo): one untruncated response under 2 MB."""
-    response = await in_process(month_db).client.get("/liquidations/heatmap.json?model=ensemble")
-    body = response.json()
-    assert response.status_code == 200 and body["truncated"] is False and len(body["rows"]) == 30 * 24
-    assert len(response.content) < 2_000_000
+async def test_heatmap_resolution_fits_one_screen(month_db):
+    """The README's 30-day demo: left to choose, the heatmap query sends the finest resolution within 60,000 cells."""
+    ds = in_process(month_db)
+    chosen = {}
+    for last in ["", "12h", "7d", "30d"]:
+        response = await ds.client.get(f"/liquidations/heatmap.json?_shape=array&last={last}")
+        found = response.json()
+        cells = sum(len(json.loads(r["alive_kusd"])) for r in found)
+        assert response.status_code == 200 and 0 < cells <= 60_000 and len(response.content) < 500_000
+        chosen[last] = (found[0]["time_bucket_s"], found[0]["price_bucket_usd"], len(found))
+    assert chosen["12h"] == (3600, 100, 12)   # the finest there is
+    assert chosen[""][2] * chosen[""][0] >= 29 * 86400   # every day, at a coarser resolution
+    finer = await ds.client.get("/liquidations/heatmap.json?_shape=array&bucket_usd=100&time_bucket_s=3600")
+    assert len(finer.json()) == 30 * 24   # asked for, the base resolution comes whole
 
 
 async def test_levels_liquidation_map_and_compare_queries(datasette):
@@ -125,15 +145,21 @@ async def test_levels_liquidation_map_and_compare_queries(datasette):
     assert latest and {(r["side"], r["leverage"]) for r in latest} == {("long", 10)}
     assert all(r["distance_pct"] < 0 for r in latest)  # long levels lie below the price
     earlier = await rows(datasette, "/liquidations/levels.json?model=binance_standard&at=2024-09-02T06:30")
-    assert earlier[0]["ts"] == "2024-09-02T06:00:00Z" and earlier[0]["leverage"] is None
+    assert earlier[0]["ts"] == "2024-09-02T06:00:00Z" and {r["leverage"] for r in earlier} >= {10, 20, 50}
     assert all((r["distance_pct"] < 0.2) == (r["side"] == "long") for r in earlier)  # longs below the price
     the_map = await rows(datasette, "/liquidations/liquidation_map.json?model=funding_adjusted")
     longs = [r for r in the_map if r["side"] == "long"]
     assert longs and all(r["price_bucket"] < r["current_price"] for r in longs)
     assert longs[0]["cumulative_usd"] == pytest.approx(sum(r["volume_usd"] for r in longs), rel=1e-6)
+    assert all(sum(json.loads(r["volume_by_leverage_usd"]).values()) == pytest.approx(r["volume_usd"], abs=0.05)
+               for r in the_map)
+    at_latest = {(r["side"], r["leverage"], r["price_bucket"]): r["alive_volume_usd"]
+                 for r in await rows(datasette, "/liquidations/levels.json?model=funding_adjusted")}
+    assert sum(at_latest.values()) == pytest.approx(sum(r["volume_usd"] for r in the_map), rel=1e-6)
     compared = await rows(datasette, "/liquidations/compare_models.json?at=2024-09-03")
     assert [r["model"] for r in compared] == ["binance_standard", "ensemble", "funding_adjusted", "trade_flow"]
     assert all(r["ts"] == "2024-09-03T00:00:00Z" and r["long_alive_usd"] > 0 for r in compared)
+    assert all(sum(json.loads(r["alive_kusd"])) > 0 for r in compared)
 
 
 MODELS = {"binance_standard", "funding_adjusted", "trade_flow", "ensemble"}
@@ -204,8 +230,9 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
     ("heatmap.json?model=best",  # no baselines: they have no heatmap
      "model='best' is not valid; expected one of binance_standard, ensemble, funding_adjusted, trade_flow"),
     ("heatmap.json?start=last+week", "start='last week' is not valid; expected an ISO-8601"),
-    ("heatmap.json?bucket_usd=-5", "bucket_usd='-5' is not valid; expected a positive number"),
-    ("heatmap.json?margin_pct=wide", "margin_pct='wide' is not valid; expected a positive number"),
+    ("heatmap.json?bucket_usd=130", "bucket_usd='130' is not valid; expected one of 100, 200, 500, 1000"),
+    ("heatmap.json?time_bucket_s=60", "time_bucket_s='60' is not valid; expected one of 3600, 14400, 86400"),
+    ("heatmap.json?last=2w", "last='2w' is not valid; expected one of 12h, 24h, 3d, 7d, 30d"),
     ("levels.json?side=up", "side='up' is not valid; expected one of long, short"),
     ("levels.json?leverage=7", "leverage='7' is not valid; expected one of 2, 5, 10, 20, 50, 100, 125"),
     ("liquidation_map.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
@@ -249,8 +276,22 @@ def test_serve_runs_a_real_server(demo_db):
                 assert time.monotonic() < deadline and server.poll() is None, "server did not start"
                 time.sleep(0.3)
         assert any(r["data_type"] == "metrics" for r in rows)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/assets/plotly.min.js") as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/heatmap") as r:
+            plotly_url = re.search(r'src="(/assets/plotly-[^"]+)"', r.read().decode())[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{plotly_url}") as r:
             assert b"plotly.js" in r.read(300)  # served from the installed plotly package, not a CDN
+        gzipped = urllib.request.Request(f"http://127.0.0.1:{port}{plotly_url}", headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(gzipped) as r:
+            assert r.headers["Content-Encoding"] == "gzip" and "immutable" in r.headers["Cache-Control"]
+            assert b"plotly.js" in gzip.decompress(r.read())[:300]
+        heatmap = urllib.request.Request(f"http://127.0.0.1:{port}/liquidations/heatmap.json?_shape=array",
+                                         headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(heatmap) as r:   # the stored queries' JSON compressed too
+            assert r.headers["Content-Encoding"] == "gzip" and json.loads(gzip.decompress(r.read()))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/liquidations.json") as r:   # exact counts, not 10,001
+            counts = {t["name"]: t["count"] for t in json.load(r)["tables"]}
+        with sqlite3.connect(demo_db) as con:
+            assert counts["heatmap_cells"] == con.execute("SELECT count(*) FROM heatmap_cells").fetchone()[0] > 10_001
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -1,5 +1,6 @@
-"""Tell every chart page whether the ensemble's parameters were fitted to realized liquidations or are
-the defaults (sql/45_calibration.sql): a template variable, calibration_note."""
+"""Template functions for the chart pages (templates/pages/): whether the ensemble was fitted
+(calibration_note), and a small stored query's rows for what a page shows as a table (stored_query_rows).
+A chart's own rows are fetched by the page from the stored query's JSON, once per view."""
 
 from datasette import hookimpl
 
@@ -7,12 +8,13 @@ LATEST_FIT = """SELECT symbol, applies_from, train_from, train_to,
        group_concat(parameter || ' ' || printf('%.3g', value), ', ') AS fitted
 FROM fitted_parameters WHERE applies_to IS NULL AND parameter NOT LIKE 'leverage_share%'
 GROUP BY symbol, applies_from, train_from, train_to ORDER BY symbol"""
+DATABASE = "liquidations"
 
 
 @hookimpl
-def extra_template_vars(datasette, database):
+def extra_template_vars(datasette):
     async def calibration_note():
-        db = datasette.databases.get(database or "liquidations")
+        db = datasette.databases.get(DATABASE)
         if db is None or not await db.table_exists("fitted_parameters"):
             return ""
         rows = (await db.execute(LATEST_FIT)).rows
@@ -22,4 +24,10 @@ def extra_template_vars(datasette, database):
         return "Ensemble fitted walk-forward to realized liquidations (fitted_parameters). " + "; ".join(
             f"{r['symbol']}: trained {r['train_from'][:10]} to {r['train_to'][:10]}, in force from "
             f"{r['applies_from'][:10]}: {r['fitted']}" for r in rows) + "."
-    return {"calibration_note": calibration_note}
+
+    async def stored_query_rows(name: str, **values) -> list[dict]:
+        """The rows of stored query `name` (datasette.yaml) with these parameters, the others empty."""
+        query = datasette.config["databases"][DATABASE]["queries"][name]
+        params = {param: str(values.get(param, "")) for param in query["params"]}
+        return [dict(row) for row in (await datasette.get_database(DATABASE).execute(query["sql"], params)).rows]
+    return {"calibration_note": calibration_note, "stored_query_rows": stored_query_rows}
