@@ -30,6 +30,10 @@ WHERE g.start_ts >= time_bucket(to_seconds(24 * param('time_bucket_s')::BIGINT),
 -- price (the default 25 % holds the levels of 5x and more); the totals count every level, in or out.
 -- The heatmap query (datasette.yaml) picks the finest resolution whose cells fit one response. A day
 -- added recomputes from the start of the day before it: a 24-bucket row covers it.
+CREATE OR REPLACE TABLE heatmap_resolutions AS
+SELECT t * param('time_bucket_s')::BIGINT AS time_bucket_s, p * param('price_bucket_usd') AS price_bucket_usd
+FROM unnest([1, 4, 24]) AS times(t) CROSS JOIN unnest([1, 2, 5, 10]) AS prices(p)
+ORDER BY time_bucket_s, price_bucket_usd;
 CREATE OR REPLACE MACRO page_rows_from() AS
     time_bucket(to_seconds(24 * param('time_bucket_s')::BIGINT), first_bucket_rebuilt());
 CREATE TABLE IF NOT EXISTS heatmap_rows (
@@ -38,10 +42,7 @@ CREATE TABLE IF NOT EXISTS heatmap_rows (
     price_open DOUBLE, price_high DOUBLE, price_low DOUBLE, price_close DOUBLE);
 DELETE FROM heatmap_rows WHERE ts >= page_rows_from();
 INSERT INTO heatmap_rows
-WITH resolutions AS (
-    SELECT t * param('time_bucket_s')::BIGINT AS time_bucket_s, p * param('price_bucket_usd') AS price_bucket_usd
-    FROM unnest([1, 4, 24]) AS times(t) CROSS JOIN unnest([1, 2, 5, 10]) AS prices(p)
-),
+WITH resolutions AS (FROM heatmap_resolutions),
 base_buckets AS (   -- how many base time buckets each coarser one holds, for the mean
     SELECT g.symbol, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), g.start_ts) AS ts, count(*) AS n
     FROM time_grid g CROSS JOIN (SELECT DISTINCT time_bucket_s FROM resolutions) r

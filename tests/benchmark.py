@@ -1,6 +1,14 @@
 """Speed and memory of builds at real Binance volume, as ratios measured side by side in one run.
 
     .venv/bin/python tests/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--runs N] [--readme]
+    .venv/bin/python tests/benchmark.py pages [--db DB] [--clients 8] [--readme]
+
+The second form (issue 12) serves a built database (default: the 30-day demo, built first) with
+`build.py serve`'s own command on loopback and measures, side by side: the p95 latency of every stored
+query at 8 clients beside the floor (/-/versions.json, Datasette's cheapest answer), and the heatmap
+page's chart drawn in headless Chromium, from a new browser context each time (a first visit).
+
+The first form:
 
 Simulates days + 1 of BTCUSDT at real aggTrades volume (or reuses --data, a folder simulated before
 with at least that many days), then, on the same files and the same machine, one after another:
@@ -235,6 +243,7 @@ def pages_main(argv: list[str]) -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=25, help="requests per client and path")
     parser.add_argument("--draws", type=int, default=5, help="page loads timed in Chromium")
+    parser.add_argument("--readme", action="store_true", help="also write the table into README.md's pages block")
     args = parser.parse_args(argv)
     import yaml
     with tempfile.TemporaryDirectory(prefix="benchmark-pages-") as name:
@@ -255,13 +264,23 @@ def pages_main(argv: list[str]) -> None:
         finally:
             process.terminate()
             process.wait(timeout=10)
-    print(f"{args.clients} clients x {args.requests} requests per path on loopback; {machine()}; {dt.date.today()}")
-    for what, m in rows:
-        print(f"{what:40}p95 {1000 * m['p95_s']:8.1f} ms = {m['p95_s'] / floor['p95_s']:6.1f}x the floor   "
-              f"median {1000 * m['median_s']:7.1f} ms   {m['bytes']:>10,} bytes sent")
-    for page, times in draws.items():
-        print(f"{page} page: chart drawn in {statistics.median(times):.2f} s (median of {len(times)}: "
-              + ", ".join(f"{t:.2f}" for t in times) + ")")
+    header = f"{args.clients} clients x {args.requests} requests per path on loopback; {machine()}; {dt.date.today()}"
+    table = [("what", "p95", "vs the floor", "median", "bytes sent (gzip)", "target")]
+    table += [(what, f"{1000 * m['p95_s']:.1f} ms", f"{m['p95_s'] / floor['p95_s']:.1f}x", f"{1000 * m['median_s']:.1f} ms",
+               f"{m['bytes']:,}", "<= 3x the floor" if what.endswith(" heatmap") else ("" if what.startswith("floor")
+                                                                                      else "<= 100 ms"))
+              for what, m in rows]
+    table += [(f"{page} page: chart drawn in Chromium (median of {len(times)})", f"{statistics.median(times):.2f} s",
+               "", "runs: " + ", ".join(f"{t:.2f}" for t in times), "", "<= 1 s") for page, times in draws.items()]
+    print(header)
+    for row in table:
+        print(f"{row[0]:52}{row[1]:>11}{row[2]:>9}{row[3]:>30}{row[4]:>16}  {row[5]}")
+    if args.readme:
+        markdown = "\n".join("| " + " | ".join(row) + " |" for row in table[:1] + [("---",) * 6] + table[1:])
+        readme = ROOT / "README.md"
+        block = re.compile(r"(<!-- pages benchmark: python tests/benchmark.py pages -->\n).*?(<!-- end of pages benchmark -->)",
+                           re.DOTALL)
+        readme.write_text(block.sub(lambda m: f"{m[1]}{header}\n\n{markdown}\n{m[2]}", readme.read_text()))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_heatmap_draws_price_line_and_buckets_on_a_shared_axis(browser, server):
     assert heat["x"] == candles["x"] > 24  # one column per hour, a candle at each
     assert heat["y"][1] - heat["y"][0] == 500 and heat["rows"] > 3
     title = page.evaluate("document.getElementById('chart').layout.title.text")
-    assert title.startswith("binance_standard, BTCUSDT: 2024-09-01 00:00 to 2024-09-05 00:00 UTC"), title
+    assert title.startswith("binance_standard, BTCUSDT<br>2024-09-01 00:00 to 2024-09-05 00:00 UTC"), title
     # the colour threshold: Plotly's slider clips the scale at a percentile
     steps = page.evaluate("document.getElementById('chart').layout.sliders[0].steps.map(s => [s.label, s.args[0].zmax[0]])")
     assert [label for label, _ in steps] == ["90", "95", "98", "99", "99.5", "100"]
