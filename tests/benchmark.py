@@ -157,10 +157,15 @@ def main() -> None:
     for row in table:
         print(f"{row[0]:58}{row[1]:38}{row[2]:64}{row[3]}")
     if args.readme:
-        markdown = "\n".join("| " + " | ".join(row) + " |" for row in table[:1] + [("---",) * 4] + table[1:])
-        readme = ROOT / "README.md"
-        block = re.compile(r"(<!-- benchmark: python tests/benchmark.py --readme -->\n).*?(<!-- end of benchmark -->)", re.DOTALL)
-        readme.write_text(block.sub(lambda m: f"{m[1]}{header}\n\n{markdown}\n{m[2]}", readme.read_text()))
+        write_readme_table("benchmark: python tests/benchmark.py --readme", "end of benchmark", header, table)
+
+
+def write_readme_table(start: str, end: str, header: str, table: list[tuple]) -> None:
+    """The table, as Markdown under its header, between README.md's comments <!-- start --> and <!-- end -->."""
+    markdown = "\n".join("| " + " | ".join(row) + " |" for row in table[:1] + [("---",) * len(table[0])] + table[1:])
+    readme = ROOT / "README.md"
+    block = re.compile(f"(<!-- {re.escape(start)} -->\n).*?(<!-- {re.escape(end)} -->)", re.DOTALL)
+    readme.write_text(block.sub(lambda m: f"{m[1]}{header}\n\n{markdown}\n{m[2]}", readme.read_text()))
 
 
 # ---------------------------------------------------------------- pages (issue 12)
@@ -276,11 +281,7 @@ def pages_main(argv: list[str]) -> None:
     for row in table:
         print(f"{row[0]:52}{row[1]:>11}{row[2]:>9}{row[3]:>30}{row[4]:>16}  {row[5]}")
     if args.readme:
-        markdown = "\n".join("| " + " | ".join(row) + " |" for row in table[:1] + [("---",) * 6] + table[1:])
-        readme = ROOT / "README.md"
-        block = re.compile(r"(<!-- pages benchmark: python tests/benchmark.py pages -->\n).*?(<!-- end of pages benchmark -->)",
-                           re.DOTALL)
-        readme.write_text(block.sub(lambda m: f"{m[1]}{header}\n\n{markdown}\n{m[2]}", readme.read_text()))
+        write_readme_table("pages benchmark: python tests/benchmark.py pages", "end of pages benchmark", header, table)
 
 
 if __name__ == "__main__":
