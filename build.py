@@ -806,7 +806,7 @@ def serve(args) -> None:
     if not db_path.exists():
         raise BuildError(f"no database at {db_path}: run `python build.py build` (or `python build.py`) first")
     command = serve_command(db_path, args.port)
-    log(f"serving {db_path} at http://127.0.0.1:{args.port}/  (Ctrl-C to stop)")
+    log(f"serving {db_path} at http://127.0.0.1:{args.port}/ (the heatmap: /heatmap; Ctrl-C to stop)")
     os.execv(command[0], command)
 
 
@@ -816,7 +816,7 @@ def default_run(args) -> None:
         log(f"no Binance files under {DATA_DIR}: simulating demo data into {DATA_DIR / 'demo'}")
         demo(parse_args(["demo"]))
     db_path = build(parse_args(["build"]))
-    print(f"\nBuilt {db_path}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/")
+    print(f"\nBuilt {db_path}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/ (the heatmap: /heatmap)")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
