@@ -128,14 +128,17 @@ async def test_heatmap_resolution_fits_one_screen(month_db):
     """The README's 30-day demo: left to choose, the heatmap query sends the finest resolution within 60,000 cells."""
     ds = in_process(month_db)
     chosen = {}
-    for last in ["", "12h", "7d", "30d"]:
+    for last in ["", "12h", "3d", "7d", "30d"]:
         response = await ds.client.get(f"/liquidations/heatmap.json?_shape=array&last={last}")
         found = response.json()
         cells = sum(len(json.loads(r["alive_kusd"])) for r in found)
         assert response.status_code == 200 and 0 < cells <= 60_000 and len(response.content) < 500_000
         chosen[last] = (found[0]["time_bucket_s"], found[0]["price_bucket_usd"], len(found))
-    assert chosen["12h"] == (3600, 100, 12)   # the finest there is
-    assert chosen[""][2] * chosen[""][0] >= 29 * 86400   # every day, at a coarser resolution
+        if last == "":   # the README: "59,874 cells, 336 KB of JSON before gzip"
+            assert cells == 59_874 and round(len(response.content), -3) == 336_000, (cells, len(response.content))
+    assert chosen["12h"] == (3600, 100, 12) and chosen["3d"] == (3600, 100, 72)   # the finest there is
+    # the README's figures: the whole range at 4 hours x 100 USDT, 7 days at 1 hour x 200 USDT
+    assert chosen[""] == chosen["30d"] == (14400, 100, 180) and chosen["7d"] == (3600, 200, 168)
     finer = await ds.client.get("/liquidations/heatmap.json?_shape=array&bucket_usd=100&time_bucket_s=3600")
     assert len(finer.json()) == 30 * 24   # asked for, the base resolution comes whole
 
