@@ -23,10 +23,14 @@ def natural(value: str) -> list:
     return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", value))]
 
 
+def rule_for(datasette, query: str, name: str) -> str | None:
+    rules = datasette.plugin_config("liquidation_params") or {}
+    return rules.get(f"{query}.{name}", rules.get(name))
+
+
 async def allowed_values(datasette, database: str, query: str, name: str) -> list[str] | None:
     """The values parameter `name` of `query` may take (from the SQL its rule names), or None (a format, or no rule)."""
-    rules = datasette.plugin_config("liquidation_params") or {}
-    rule = rules.get(f"{query}.{name}", rules.get(name))
+    rule = rule_for(datasette, query, name)
     if rule is None or rule in FORMATS:
         return None
     values = [str(row[0]) for row in (await datasette.get_database(database).execute(rule)).rows]
@@ -39,9 +43,8 @@ async def problem_with(datasette, request: Request) -> str | None:
     query = queries.get("queries", {}).get(match["query"]) if match else None
     if query is None or match["database"] not in datasette.databases:
         return None
-    rules = datasette.plugin_config("liquidation_params") or {}
     for name in query.get("params", []):
-        value, rule = request.args.get(name, ""), rules.get(f"{match['query']}.{name}", rules.get(name))
+        value, rule = request.args.get(name, ""), rule_for(datasette, match["query"], name)
         if not value or rule is None:
             continue
         if rule in FORMATS:

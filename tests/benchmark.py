@@ -36,13 +36,11 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +49,8 @@ import duckdb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from conftest import start_server  # (tests/ is this script's folder, first on sys.path)
+
 import simulate
 
 START = dt.date(2024, 9, 1)
@@ -169,28 +169,6 @@ def write_readme_table(start: str, end: str, header: str, table: list[tuple]) ->
 
 
 # ---------------------------------------------------------------- pages (issue 12)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(db: Path) -> tuple[subprocess.Popen, str]:
-    """`build.py serve`'s own command, on a free loopback port."""
-    import build
-    port = free_port()
-    process = subprocess.Popen(build.serve_command(db, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/-/versions.json", timeout=2).close()
-            return process, url
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                sys.exit("datasette did not start")
-            time.sleep(0.3)
 
 
 def load(url: str, path: str, clients: int, requests: int) -> dict:

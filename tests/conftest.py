@@ -4,8 +4,11 @@ import hashlib
 import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -137,3 +140,26 @@ def month_db(tmp_path_factory) -> Path:
     result = run_build("--data", str(out / "raw"), "--db", str(db))
     assert result.returncode == 0, result.stderr
     return db
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(db: Path) -> tuple[subprocess.Popen, str]:
+    """`build.py serve`'s own Datasette command on a free loopback port, once it answers: the process and its URL."""
+    import build
+    port = free_port()
+    process = subprocess.Popen(build.serve_command(db, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/-/versions.json", timeout=2).close()
+            return process, url
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("datasette did not start") from None
+            time.sleep(0.3)

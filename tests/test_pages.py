@@ -1,15 +1,9 @@
 """The pages in a real browser: Debian's Chromium driven by Playwright, against a real server on loopback."""
 
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, chromium_path
-
-import build
+from conftest import ROOT, chromium_path, start_server
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
@@ -18,20 +12,7 @@ CHART_PAGES = ["heatmap", "liquidation_map", "compare_models", "backtest"]
 
 @pytest.fixture(scope="module")
 def server(demo_db):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(build.serve_command(demo_db, port), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/-/versions.json", timeout=2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and process.poll() is None, "datasette did not start"
-            time.sleep(0.3)
+    process, url = start_server(demo_db)
     yield url
     process.terminate()
     process.wait(timeout=10)

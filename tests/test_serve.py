@@ -3,7 +3,6 @@
 import gzip
 import json
 import re
-import socket
 import sqlite3
 import subprocess
 import time
@@ -12,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from conftest import ROOT, run_build
+from conftest import ROOT, free_port, run_build
 from datasette.app import Datasette
 
 import build
@@ -255,12 +254,6 @@ async def test_bad_parameters_get_a_clear_400(datasette, path, message):
     assert message in response.json()["error"]
     page = await datasette.client.get("/liquidations/" + path.replace(".json", ""))
     assert page.status_code == 400 and "is not valid" in page.text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_runs_a_real_server(demo_db):
