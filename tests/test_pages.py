@@ -1,5 +1,6 @@
 """The pages in a real browser: Debian's Chromium driven by Playwright, against a real server on loopback."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,9 @@ def test_chart_pages_draw_their_data(browser, server, query, viewport):
     assert sum(t["values"] for t in traces) > 0, "every value is zero"
     assert "estimate" in page.inner_text(".estimate-note").lower()
     assert page.query_selector("script[src*='cdn']") is None
+    bundled = page.evaluate("Object.keys(Plotly.PlotSchema.get().traces)")   # the partial bundle, plugins/plotly/
+    used = set(re.findall(r'\btype: "([a-z]+)"', (ROOT / "templates" / "pages" / f"{query}.html").read_text()))
+    assert used - {"date", "line"} <= set(bundled), (used, bundled)   # (axis and shape types are not traces)
     width = page.evaluate("document.getElementById('chart').getBoundingClientRect().width")
     assert 0 < width <= VIEWPORTS[viewport]["width"]
     shot(page, f"{query}-{viewport}")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, free_port, run_build
 from datasette.app import Datasette
+from datasette.plugins import pm
 
 import build
 
@@ -189,8 +190,12 @@ async def test_predicted_vs_realized_query_per_horizon(datasette, demo_db, basel
     four = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard&horizon=4h")
     assert {r["horizon"] for r in four} == {"4h"} and all(int(r["ts"][11:13]) % 4 == 0 for r in four)
     assert len(four) < len(found) / 3
-    everyone = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h")
+    assert {r["model"] for r in await rows(datasette, "/liquidations/predicted_vs_realized.json")} == {"ensemble"}
+    everyone = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h&model=all")
     assert {r["model"] for r in everyone} == MODELS | baselines
+    both = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h&model=all&side=both")
+    assert {r["side"] for r in both} == {"both"} and 2 * len(both) == len(everyone)
+    assert sum(r["realized_usd"] for r in both) == pytest.approx(sum(r["realized_usd"] for r in everyone), rel=1e-6)
 
 
 async def test_backtest_query(datasette, baselines):
@@ -243,7 +248,7 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
     ("backtest.json?model=oracle", "model='oracle' is not valid; expected one of binance_standard, breakout"),
     ("backtest_verdicts.json?model=shuffled",  # models only
      "model='shuffled' is not valid; expected one of binance_standard, ensemble, funding_adjusted, trade_flow"),
-    ("predicted_vs_realized.json?model=x", "model='x' is not valid; expected one of binance_standard, breakout"),
+    ("predicted_vs_realized.json?model=x", "model='x' is not valid; expected one of all, binance_standard, breakout"),
     ("backtest.json?horizon=2h", "backtest: horizon='2h' is not valid; expected one of 1h, 4h, 24h"),
     ("backtest_verdicts.json?horizon=1d", "backtest_verdicts: horizon='1d' is not valid; expected one of 1h, 4h, 24h"),
     ("predicted_vs_realized.json?horizon=soon", "horizon='soon' is not valid; expected one of 1h, 4h, 24h"),
@@ -254,6 +259,33 @@ async def test_bad_parameters_get_a_clear_400(datasette, path, message):
     assert message in response.json()["error"]
     page = await datasette.client.get("/liquidations/" + path.replace(".json", ""))
     assert page.status_code == 400 and "is not valid" in page.text
+
+
+async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, monkeypatch):
+    ds, path = in_process(demo_db), "/liquidations/heatmap.json?_shape=array&last=24h"
+    first, again = await ds.client.get(path), await ds.client.get(path)
+    assert "x-cache" not in first.headers and again.headers["x-cache"] == "hit" and again.content == first.content
+    assert again.headers["content-type"] == first.headers["content-type"]
+    fresh = await ds.client.get(path, headers={"Cache-Control": "no-cache"})   # asked afresh: the query runs
+    assert "x-cache" not in fresh.headers and fresh.json() == first.json()
+    for headers in ({"Cookie": "ds_actor=x"}, {"Authorization": "Bearer x"}):   # an actor may see other things
+        assert "x-cache" not in (await ds.client.get(path, headers=headers)).headers
+    plain = await ds.client.get(path, headers={"Accept-Encoding": "identity"})   # (httpx asks for gzip by default)
+    assert "x-cache" not in plain.headers and "content-encoding" not in plain.headers   # its own key
+    bad = "/liquidations/heatmap.json?bucket_usd=130"
+    assert [(await ds.client.get(bad)).status_code for _ in range(2)] == [400, 400]
+    assert "x-cache" not in (await ds.client.get(bad)).headers   # only whole 200s are kept
+    mutable = Datasette([str(demo_db)], config=ds.config, plugins_dir=str(ROOT / "plugins"))
+    await mutable.client.get(path)
+    assert "x-cache" not in (await mutable.client.get(path)).headers   # its file may change: never kept
+    responses = next(p for p in pm.get_plugins() if getattr(p, "__file__", "").endswith("plugins/responses.py"))
+    largest = max(len(body) for (*_, gzipped), (_, body) in responses._kept[ds].items() if gzipped)  # the heatmap's
+    monkeypatch.setattr(responses, "CACHE_BYTES", largest + 1)   # room for one answer: the oldest goes
+    small = in_process(demo_db)
+    for p in (path, "/liquidations/coverage.json", path):
+        await small.client.get(p)
+    assert (await small.client.get(path)).headers["x-cache"] == "hit"
+    assert "x-cache" not in (await small.client.get("/liquidations/coverage.json")).headers
 
 
 def test_serve_runs_a_real_server(demo_db):
