@@ -7,8 +7,8 @@ compresses in the event loop: on the 30-day heatmap's 336 KB of JSON, level 9 to
 Kept: a database served immutable (`build.py serve` serves it so) cannot change while the server runs, so a
 GET of it always gets the same answer. The answer is kept, compressed, and sent again without running the query,
 as a caching proxy in front would (up to CACHE_BYTES in all, least recently used out first). Not kept: requests
-with a cookie or an Authorization header (an actor may see other things), requests that say
-`Cache-Control: no-cache` (they get a fresh answer), answers other than a whole 200, and mutable databases.
+with a cookie or an Authorization header (an actor may see other things), answers other than a whole 200, and
+mutable databases. A request that says `Cache-Control: no-cache` gets a fresh answer, which is kept.
 Datasette's `query_ms` in a kept JSON answer is the first run's.
 
 Plotly: the partial bundle in plugins/plotly/ (1.2 MB, never a CDN), compressed once, at level 9, when the
@@ -65,7 +65,6 @@ def cacheable(datasette, scope) -> bool:
     headers = dict(scope["headers"])
     database = scope["path"].split("/")[1].split(".")[0]
     return (scope["method"] == "GET" and b"cookie" not in headers and b"authorization" not in headers
-            and b"no-cache" not in headers.get(b"cache-control", b"")
             and database in datasette.databases and not datasette.databases[database].is_mutable)
 
 
@@ -89,7 +88,7 @@ def kept(datasette, app):
         if scope["type"] != "http" or not cacheable(datasette, scope):
             return await app(scope, receive, send)
         key = (scope["path"], scope["query_string"], b"gzip" in dict(scope["headers"]).get(b"accept-encoding", b""))
-        if key in answers:
+        if key in answers and b"no-cache" not in dict(scope["headers"]).get(b"cache-control", b""):
             answers.move_to_end(key)
             start, body = answers[key]
             await send({**start, "headers": [*start["headers"], (b"x-cache", b"hit")]})

@@ -28,8 +28,10 @@ WHERE g.start_ts >= time_bucket(to_seconds(24 * param('time_bucket_s')::BIGINT),
 -- alive on average while it lasted) and its trade prices' open, high, low and close. The window is the
 -- bucket's traded range widened by heatmap_margin_pct, as traders' heatmaps show a band around the
 -- price (the default 25 % holds the levels of 5x and more); the totals count every level, in or out.
--- The heatmap query (datasette.yaml) picks the finest resolution whose cells fit one response. A day
--- added recomputes from the start of the day before it: a 24-bucket row covers it.
+-- The heatmap query (datasette.yaml) picks the finest resolution whose cells fit one response. A build
+-- recomputes each resolution's rows from the start of its time bucket holding the first bucket rebuilt
+-- (rows_from): a day added recomputes one day of 24-bucket rows but only the new hours of the finer ones.
+-- (page_rows_from(), the earliest of them, is where the export to SQLite rewrites from.)
 CREATE OR REPLACE TABLE heatmap_resolutions AS
 SELECT t * param('time_bucket_s')::BIGINT AS time_bucket_s, p * param('price_bucket_usd') AS price_bucket_usd
 FROM unnest([1, 4, 24]) AS times(t) CROSS JOIN unnest([1, 2, 5, 10]) AS prices(p)
@@ -40,25 +42,28 @@ CREATE TABLE IF NOT EXISTS heatmap_rows (
     model VARCHAR, symbol VARCHAR, time_bucket_s BIGINT, price_bucket_usd DOUBLE, ts TIMESTAMP, cells BIGINT,
     price_bucket_first DOUBLE, alive_kusd VARCHAR, long_usd_total DOUBLE, short_usd_total DOUBLE,
     price_open DOUBLE, price_high DOUBLE, price_low DOUBLE, price_close DOUBLE);
-DELETE FROM heatmap_rows WHERE ts >= page_rows_from();
+DELETE FROM heatmap_rows WHERE ts >= time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt());
 INSERT INTO heatmap_rows
-WITH resolutions AS (FROM heatmap_resolutions),
+WITH resolutions AS (
+    SELECT *, time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt()) AS rows_from FROM heatmap_resolutions
+),
+times AS (SELECT DISTINCT time_bucket_s, rows_from FROM resolutions),
 base_buckets AS (   -- how many base time buckets each coarser one holds, for the mean
     SELECT g.symbol, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), g.start_ts) AS ts, count(*) AS n
-    FROM time_grid g CROSS JOIN (SELECT DISTINCT time_bucket_s FROM resolutions) r
+    FROM time_grid g JOIN times r ON g.start_ts >= r.rows_from
     WHERE g.start_ts >= page_rows_from() GROUP BY ALL
 ),
 prices AS (
     SELECT p.symbol, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), p.ts) AS ts,
            arg_min(p.price_open, p.ts) AS price_open, max(p.price_high) AS price_high,
            min(p.price_low) AS price_low, arg_max(p.price_close, p.ts) AS price_close
-    FROM grid_prices p CROSS JOIN (SELECT DISTINCT time_bucket_s FROM resolutions) r
+    FROM grid_prices p JOIN times r ON p.ts >= r.rows_from
     WHERE p.ts >= page_rows_from() GROUP BY ALL
 ),
 cells AS (
     SELECT h.model, h.symbol, r.time_bucket_s, r.price_bucket_usd, time_bucket(to_seconds(r.time_bucket_s), h.ts) AS ts,
            floor(h.price_bucket / r.price_bucket_usd)::BIGINT AS b, sum(h.long_usd) AS long_usd, sum(h.short_usd) AS short_usd
-    FROM heatmap h CROSS JOIN resolutions r
+    FROM heatmap h JOIN resolutions r ON h.ts >= r.rows_from
     WHERE h.ts >= page_rows_from()
     GROUP BY ALL
 ),
