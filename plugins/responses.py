@@ -73,6 +73,8 @@ class Kept(OrderedDict):
     size = 0
 
     def keep(self, key, start, body: bytes) -> None:
+        if key in self:   # (asked afresh: the new answer replaces the old)
+            self.size -= len(self.pop(key)[1])
         self[key], self.size = (start, body), self.size + len(body)
         while self.size > CACHE_BYTES:
             self.size -= len(self.popitem(last=False)[1][1])

@@ -43,9 +43,12 @@ CREATE TABLE IF NOT EXISTS heatmap_rows (
     price_bucket_first DOUBLE, alive_kusd VARCHAR, long_usd_total DOUBLE, short_usd_total DOUBLE,
     price_open DOUBLE, price_high DOUBLE, price_low DOUBLE, price_close DOUBLE);
 DELETE FROM heatmap_rows WHERE ts >= time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt());
-INSERT INTO heatmap_rows
+-- (one time bucket at a time: the four price resolutions of all of them at once held 12 copies of the
+-- heatmap in one aggregate)
+CREATE OR REPLACE TEMP MACRO heatmap_rows_at(time_bucket_s_) AS TABLE
 WITH resolutions AS (
     SELECT *, time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt()) AS rows_from FROM heatmap_resolutions
+    WHERE time_bucket_s = time_bucket_s_
 ),
 times AS (SELECT DISTINCT time_bucket_s, rows_from FROM resolutions),
 base_buckets AS (   -- how many base time buckets each coarser one holds, for the mean
@@ -93,8 +96,10 @@ SELECT d.model, d.symbol, d.time_bucket_s, d.price_bucket_usd, d.ts, d.hi - d.lo
 FROM dense d
 LEFT JOIN cells c ON c.model = d.model AND c.symbol = d.symbol AND c.time_bucket_s = d.time_bucket_s
                  AND c.price_bucket_usd = d.price_bucket_usd AND c.ts = d.ts AND c.b = d.b
-GROUP BY ALL
-ORDER BY d.model, d.symbol, d.time_bucket_s, d.price_bucket_usd, d.ts;
+GROUP BY ALL;
+INSERT INTO heatmap_rows FROM heatmap_rows_at(param('time_bucket_s')::BIGINT) ORDER BY model, symbol, price_bucket_usd, ts;
+INSERT INTO heatmap_rows FROM heatmap_rows_at(4 * param('time_bucket_s')::BIGINT) ORDER BY model, symbol, price_bucket_usd, ts;
+INSERT INTO heatmap_rows FROM heatmap_rows_at(24 * param('time_bucket_s')::BIGINT) ORDER BY model, symbol, price_bucket_usd, ts;
 
 -- The liquidation map at every time, by leverage: per model, symbol, time, side and leverage tier, the
 -- alive volume of each price bucket as a JSON object {"price bucket": USDT}, which the queries expand

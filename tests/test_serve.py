@@ -268,6 +268,7 @@ async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, m
     assert again.headers["content-type"] == first.headers["content-type"]
     fresh = await ds.client.get(path, headers={"Cache-Control": "no-cache"})   # asked afresh: the query runs
     assert "x-cache" not in fresh.headers and fresh.json() == first.json()
+    assert (await ds.client.get(path)).headers["x-cache"] == "hit"   # the fresh answer replaced the kept one
     for headers in ({"Cookie": "ds_actor=x"}, {"Authorization": "Bearer x"}):   # an actor may see other things
         assert "x-cache" not in (await ds.client.get(path, headers=headers)).headers
     plain = await ds.client.get(path, headers={"Accept-Encoding": "identity"})   # (httpx asks for gzip by default)
@@ -279,6 +280,7 @@ async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, m
     await mutable.client.get(path)
     assert "x-cache" not in (await mutable.client.get(path)).headers   # its file may change: never kept
     responses = next(p for p in pm.get_plugins() if getattr(p, "__file__", "").endswith("plugins/responses.py"))
+    assert responses._kept[ds].size == sum(len(body) for _, body in responses._kept[ds].values())
     largest = max(len(body) for (*_, gzipped), (_, body) in responses._kept[ds].items() if gzipped)  # the heatmap's
     monkeypatch.setattr(responses, "CACHE_BYTES", largest + 1)   # room for one answer: the oldest goes
     small = in_process(demo_db)
