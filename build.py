@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import functools
 import hashlib
 import http.client
 import json
@@ -614,6 +615,8 @@ def sqlite_build_id(db_path: Path) -> str | None:
 
 
 def build(args) -> Path:
+    if args.start and args.end and args.end < args.start:   # (before anything is written)
+        raise BuildError(f"--end {args.end} is before --start {args.start}: nothing to build")
     db_path = Path(args.db)
     duck_path = db_path.with_suffix(".duckdb")
     db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -780,9 +783,9 @@ def report(args) -> None:
     print(text + "\n" + table, end="")
 
 
-def serve_command(db_path: Path, port: int) -> list[str]:
+def serve_command(db_path: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     """`datasette serve` of the built file, immutable, with exact row counts (Datasette's own stop at 10,000)."""
-    return [sys.executable, "-m", "datasette", "serve", "-i", str(db_path), "--port", str(port),
+    return [sys.executable, "-m", "datasette", "serve", "-i", str(db_path), "--host", host, "--port", str(port),
             "--inspect-file", str(inspect_file(db_path)),
             "--metadata", str(ROOT / "metadata.yml"), "--config", str(ROOT / "datasette.yaml"),
             "--template-dir", str(ROOT / "templates"), "--plugins-dir", str(ROOT / "plugins")]
@@ -805,8 +808,8 @@ def serve(args) -> None:
     db_path = Path(args.db)
     if not db_path.exists():
         raise BuildError(f"no database at {db_path}: run `python build.py build` (or `python build.py`) first")
-    command = serve_command(db_path, args.port)
-    log(f"serving {db_path} at http://127.0.0.1:{args.port}/ (the heatmap: /heatmap; Ctrl-C to stop)")
+    command = serve_command(db_path, args.port, args.host)
+    log(f"serving {db_path} at http://{args.host}:{args.port}/ (the heatmap: /heatmap; Ctrl-C to stop)")
     os.execv(command[0], command)
 
 
@@ -819,18 +822,27 @@ def default_run(args) -> None:
     print(f"\nBuilt {db_path}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/ (the heatmap: /heatmap)")
 
 
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with every option's default, where it has one its help does not already name."""
+    def _get_help_string(self, action):
+        empty = action.default in (None, [], False) or action.default is argparse.SUPPRESS
+        return action.help if empty or "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     date = dt.date.fromisoformat
-    parser = argparse.ArgumentParser(prog="build.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="build.py", description=__doc__.split("\n")[0] + " With no command: "
+                                     "build the Binance files under data/raw (simulating the demo if there are none).")
     commands = parser.add_subparsers(dest="command")
-    p = commands.add_parser("demo", help="write simulated Binance files (deterministic for a seed)")
-    p.add_argument("--out", type=Path, default=DATA_DIR / "demo")
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--symbol", default="BTCUSDT")
+    add = functools.partial(commands.add_parser, formatter_class=DefaultsShown)
+    p = add("demo", help="write simulated Binance files (deterministic for a seed)")
+    p.add_argument("--out", type=Path, default=DATA_DIR / "demo", help="folder to write the Binance files into")
+    p.add_argument("--days", type=int, default=30, help="days to simulate")
+    p.add_argument("--seed", type=int, default=1, help="the simulator's seed: the same seed, the same files")
+    p.add_argument("--symbol", default="BTCUSDT", help="symbol the files are named for")
     p.add_argument("--start", default="2024-09-01", help="first simulated day (YYYY-MM-DD)")
     p.add_argument("--trades-per-day", type=int, default=20_000, help="aggTrades per day (real: 2-3 million)")
-    p = commands.add_parser("build", help="ingest Binance files, run the SQL models, write SQLite")
+    p = add("build", help="ingest Binance files, run the SQL models, write SQLite")
     p.add_argument("--data", type=Path, default=DATA_DIR, help="folder of Binance files (Vision layout or flat)")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file to write (DuckDB file beside it)")
     p.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
@@ -843,15 +855,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parameters", metavar="CSV", help="model parameters file (default sql/seeds/model_parameters.csv)")
     p.add_argument("--leverage-tiers", metavar="CSV", help="leverage tiers file (leverage,weight,typical_notional_usd)")
     p.add_argument("--maintenance-brackets", metavar="CSV", help="maintenance bracket table (default: BTCUSDT's)")
-    p.add_argument("--horizons", default="1h,4h,24h", help="backtest forecast horizons (default 1h,4h,24h)")
+    p.add_argument("--horizons", default="1h,4h,24h", help="backtest forecast horizons")
     p.add_argument("--memory-limit", default=default_memory_limit(),
-                   help="DuckDB's memory limit, e.g. 4GB (default: a quarter of RAM); beyond it, work spills to disk")
+                   help="DuckDB's memory limit, e.g. 4GB (the default is a quarter of RAM); beyond it, work spills to disk")
     p.add_argument("--cache", type=Path, help="staged Parquet of every file read (default: cache/ beside --db)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                   help="files staged in parallel (default: one per core)")
+                   help="files staged in parallel (the default is one per core)")
     p.add_argument("--full", action="store_true",
                    help="recompute everything (default: only what new, changed or removed files change)")
-    p = commands.add_parser("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
+    p = add("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
     p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
     p.add_argument("--start", type=date, required=True, help="first day (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=date, required=True, help="last day, inclusive (its month for fundingRate)")
@@ -862,7 +874,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=4, help="parallel downloads")
     p.add_argument("--retries", type=int, default=4, help="tries per request on timeouts, dropped connections, 5xx")
     p.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled each try")
-    p = commands.add_parser("report", help="print the backtest's scores and skill as a Markdown table")
+    p = add("report", help="print the backtest's scores and skill as a Markdown table")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="built SQLite file")
     p.add_argument("--readme", action="store_true", help="also write both tables into README.md's blocks")
     p.add_argument("--seeds", default="101,102,103", type=lambda text: [int(n) for n in text.split(",") if n],
@@ -873,9 +885,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--csv", type=Path, default=ROOT / "data" / "backtest_skill.csv", help="skills CSV to write")
     p.add_argument("--before", type=Path, default=ROOT / "data" / "backtest_skill_before.csv",
                    help="skills CSV of the models before, compared in the table")
-    p = commands.add_parser("serve", help="run Datasette on the built SQLite file")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB)
-    p.add_argument("--port", type=int, default=8001)
+    p = add("serve", help="run Datasette on the built SQLite file (read only: served immutable)")
+    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="built SQLite file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, "
+                   "so other machines can reach it)")
+    p.add_argument("--port", type=int, default=8001, help="port to listen on")
     return parser.parse_args(argv)
 
 

@@ -5,16 +5,29 @@ datasette.yaml's plugins.liquidation_params maps each parameter to a format ('ti
 to SQL listing its allowed values; a key 'query.parameter' overrides it for one query. An empty value
 is always allowed (the query's default)."""
 
+import csv
+import datetime as dt
+import io
 import json
 import re
 
 from datasette import hookimpl
 from datasette.utils.asgi import Request, Response
 
-FORMATS = {
-    "time": (re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?Z?)?$"),
-             "an ISO-8601 UTC date or time, e.g. 2024-09-01 or 2024-09-01T12:00:00Z"),
-}
+
+def utc_time(value: str) -> bool:
+    """An ISO-8601 UTC date or time that exists: the pattern, then a real date parser (2024-02-30, 2024-13-45
+    and 25:00 match the pattern, and SQLite's strftime turns them into NULL, which the queries read as empty)."""
+    if not re.match(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?Z?)?$", value):
+        return False
+    try:
+        dt.datetime.fromisoformat(value.removesuffix("Z"))
+    except ValueError:
+        return False
+    return True
+
+
+FORMATS = {"time": (utc_time, "an ISO-8601 UTC date or time that exists, e.g. 2024-09-01 or 2024-09-01T12:00:00Z")}
 QUERY_PATH = re.compile(r"^/(?P<database>[^/]+)/(?P<query>[^/.]+)(\.(?P<format>json|csv))?$")
 
 
@@ -48,8 +61,8 @@ async def problem_with(datasette, request: Request) -> str | None:
         if not value or rule is None:
             continue
         if rule in FORMATS:
-            pattern, expected = FORMATS[rule]
-            if pattern.match(value):
+            valid, expected = FORMATS[rule]
+            if valid(value):
                 continue
         else:
             allowed = await allowed_values(datasette, match["database"], match["query"], name)
@@ -68,6 +81,10 @@ def asgi_wrapper(datasette):
                 if scope["path"].endswith(".json"):
                     body = {"ok": False, "error": problem, "status": 400, "title": "Invalid parameter"}
                     response = Response(json.dumps(body), status=400, content_type="application/json")
+                elif scope["path"].endswith(".csv"):   # in the format asked for: a CSV reader sees the message
+                    body = io.StringIO()
+                    csv.writer(body).writerows([["error", "status"], [problem, 400]])
+                    response = Response(body.getvalue(), status=400, content_type="text/csv; charset=utf-8")
                 else:
                     html = await datasette.render_template(
                         "error.html", {"ok": False, "error": problem, "status": 400, "title": "Invalid parameter"})

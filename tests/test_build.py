@@ -165,7 +165,7 @@ def test_coarser_intervals_are_accepted_and_the_finest_used(demo_dir, tmp_path):
     assert rows(db, "SELECT DISTINCT kline_interval FROM price_klines") == [("1m",)]
 
 
-def test_bad_input_exits_non_zero_and_keeps_the_previous_database(demo_db, tmp_path):
+def test_bad_input_exits_non_zero_and_keeps_the_previous_database(demo_dir, demo_db, tmp_path):
     db = tmp_path / "liquidations.db"
     shutil.copy(demo_db, db)
     before = db.read_bytes()
@@ -183,6 +183,9 @@ def test_bad_input_exits_non_zero_and_keeps_the_previous_database(demo_db, tmp_p
     assert db.read_bytes() == before
     result = run_build("--data", str(empty.parent / "junk"), "--db", str(db), "--memory-limit", "lots")
     assert result.returncode == 2 and "--memory-limit 'lots'" in result.stderr and db.read_bytes() == before
+    result = run_build("--data", str(demo_dir), "--db", str(db), "--start", "2024-09-20", "--end", "2024-09-10")
+    assert result.returncode == 2 and "--end 2024-09-10 is before --start 2024-09-20" in result.stderr
+    assert db.read_bytes() == before
     # nothing left behind but the staging cache (which remembers the junk file as quarantined)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "empty", "junk", "liquidations.db"]
 
@@ -273,3 +276,16 @@ def test_no_arguments_on_a_fresh_clone_simulates_then_builds(tmp_path, monkeypat
     assert "python build.py serve" in capsys.readouterr().out
     assert rows(tmp_path / "liquidations.db", "SELECT count(DISTINCT symbol) FROM data_coverage") == [(1,)]
     assert build.main([]) == 0 and len(calls) == 1  # data is there now: build only
+
+
+def test_help_names_every_default_and_serve_listens_on_loopback_unless_told(demo_db):
+    helps = {command: run_build("--help", command=command) for command in ("demo", "build", "fetch", "report", "serve")}
+    assert all(result.returncode == 0 for result in helps.values())
+    assert "(default: 30)" in helps["demo"].stdout and "(default: 1h,4h,24h)" in helps["build"].stdout
+    assert "(default: 4)" in helps["fetch"].stdout and "(default: 101,102,103)" in helps["report"].stdout
+    assert "(default: None)" not in "".join(result.stdout for result in helps.values())
+    serve = run_build("--help", command="serve").stdout
+    assert "--host HOST" in serve and "(default: 127.0.0.1)" in serve and "(default: 8001)" in serve
+    command = build.serve_command(demo_db, 8001)
+    assert command[command.index("--host") + 1] == "127.0.0.1" and "-i" in command   # immutable: read only
+    assert build.serve_command(demo_db, 8001, "0.0.0.0")[command.index("--host") + 1] == "0.0.0.0"

@@ -1,6 +1,8 @@
 """Datasette on the built SQLite file: in process, with `datasette --get`, and as a real server."""
 
+import csv
 import gzip
+import io
 import json
 import re
 import sqlite3
@@ -237,6 +239,10 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
     ("heatmap.json?model=best",  # no baselines: they have no heatmap
      "model='best' is not valid; expected one of binance_standard, ensemble, funding_adjusted, trade_flow"),
     ("heatmap.json?start=last+week", "start='last week' is not valid; expected an ISO-8601"),
+    ("heatmap.json?start=2024-13-45", "start='2024-13-45' is not valid; expected an ISO-8601 UTC date or time that exists"),
+    ("heatmap.json?end=2024-02-30", "end='2024-02-30' is not valid"),   # (the pattern matches: a real parser says no)
+    ("liquidation_map.json?at=2024-09-20T25:00", "at='2024-09-20T25:00' is not valid"),
+    ("levels.json?at=2024-09-20T12:61Z", "at='2024-09-20T12:61Z' is not valid"),
     ("heatmap.json?bucket_usd=130", "bucket_usd='130' is not valid; expected one of 100, 200, 500, 1000"),
     ("heatmap.json?time_bucket_s=60", "time_bucket_s='60' is not valid; expected one of 3600, 14400, 86400"),
     ("heatmap.json?last=2w", "last='2w' is not valid; expected one of 12h, 24h, 3d, 7d, 30d"),
@@ -259,6 +265,20 @@ async def test_bad_parameters_get_a_clear_400(datasette, path, message):
     assert message in response.json()["error"]
     page = await datasette.client.get("/liquidations/" + path.replace(".json", ""))
     assert page.status_code == 400 and "is not valid" in page.text
+    table = await datasette.client.get("/liquidations/" + path.replace(".json", ".csv"))   # in the format asked for
+    assert table.status_code == 400 and table.headers["content-type"].startswith("text/csv")
+    assert list(csv.DictReader(io.StringIO(table.text))) == [{"error": response.json()["error"], "status": "400"}]
+
+
+async def test_a_problem_kind_the_build_did_not_find_is_an_empty_list_not_a_400(datasette):
+    rule = yaml.safe_load((ROOT / "datasette.yaml").read_text())["plugins"]["liquidation_params"]["problem"]
+    kinds = set(re.findall(r'"(\w+)"', rule))
+    readme = (ROOT / "README.md").read_text()
+    listed = re.search(r"`data_quality.problem` is one of:(.*?)The `data_quality` query", readme, re.DOTALL)[1]
+    assert kinds == set(re.findall(r"`(\w+)`", listed)) - {"error", "info", "warning"}   # one list, documented
+    found = {r["problem"] for r in await rows(datasette, "/liquidations/data_quality.json")}
+    assert found < kinds and "gap" not in found
+    assert await rows(datasette, "/liquidations/data_quality.json?problem=gap") == []
 
 
 async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, monkeypatch):
