@@ -32,7 +32,12 @@ SELECT coalesce(m.symbol, f.symbol)              AS symbol, 'metrics' AS series,
        m.count_toptrader_long_short_ratio        AS top_trader_account_ratio,
        m.sum_toptrader_long_short_ratio          AS top_trader_position_ratio,
        m.sum_taker_long_short_vol_ratio          AS taker_buy_sell_ratio,
-       m.sum_open_interest > 0 AND m.sum_open_interest_value > 0 AS is_valid,
+       -- (isfinite: DuckDB reads nan and inf as numbers, and orders NaN above every number, so nan > 0)
+       m.sum_open_interest > 0 AND m.sum_open_interest_value > 0
+           AND isfinite(m.sum_open_interest) AND isfinite(m.sum_open_interest_value)
+           AND coalesce(isfinite(m.count_long_short_ratio) AND isfinite(m.count_toptrader_long_short_ratio)
+                        AND isfinite(m.sum_toptrader_long_short_ratio) AND isfinite(m.sum_taker_long_short_vol_ratio),
+                        true) AS is_valid,
        hash(m.sum_open_interest, m.sum_open_interest_value, m.count_long_short_ratio,
             m.count_toptrader_long_short_ratio, m.sum_toptrader_long_short_ratio,
             m.sum_taker_long_short_vol_ratio)    AS row_hash,
@@ -66,7 +71,9 @@ SELECT f.symbol, f.data_type, f.kline_interval, f.data_type || ' ' || coalesce(f
        k.volume, k.quote_volume AS quote_volume_usd, k.count AS trade_count,
        k.taker_buy_volume, k.taker_buy_quote_volume AS taker_buy_quote_volume_usd,
        least(k.open, k.high, k.low, k.close) > 0 AND k.high >= greatest(k.open, k.close, k.low)
-           AND k.low <= least(k.open, k.close) AS is_valid,
+           AND k.low <= least(k.open, k.close)
+           AND isfinite(k.open + k.high + k.low + k.close) AND coalesce(isfinite(k.volume + k.quote_volume), true)
+           AS is_valid,
        hash(k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.count) AS row_hash,
        f.overlapping, f.last_ts AS file_last_ts, k.file_id, k.rowid AS src_rowid
 FROM src_klines k JOIN src_files f USING (file_id);
@@ -95,7 +102,7 @@ CREATE OR REPLACE VIEW typed_trades AS
 SELECT f.symbol, f.data_type, t.agg_trade_id AS trade_id, ts_from_epoch(t.transact_time) AS ts,
        t.price, t.quantity, t.price * t.quantity AS notional_usd,
        CASE WHEN t.is_buyer_maker THEN 'sell' ELSE 'buy' END AS taker_side,
-       t.price > 0 AND t.quantity > 0 AS is_valid,
+       t.price > 0 AND t.quantity > 0 AND isfinite(t.price * t.quantity) AS is_valid,
        hash(t.price, t.quantity, t.transact_time, t.is_buyer_maker) AS row_hash, f.overlapping, f.inside_window,
        t.file_last_ts, t.file_id, t.rowid AS src_rowid
 FROM src_agg_trades t JOIN src_files f USING (file_id)
@@ -160,8 +167,8 @@ FROM src_liquidations_aggregated a CROSS JOIN (VALUES ('long'), ('short')) s(sid
 
 CREATE OR REPLACE VIEW typed_realized_liquidations AS  -- every row, checked, with a hash for duplicates
 SELECT *, (symbol IS NOT NULL OR source = 'liquidationsAggregated')   -- (its symbol may be decided by the build)
-          AND ts IS NOT NULL AND side IS NOT NULL AND volume_usd >= 0
-          AND (price IS NULL AND source = 'liquidationsAggregated' OR price > 0) AS is_valid,
+          AND ts IS NOT NULL AND side IS NOT NULL AND volume_usd >= 0 AND isfinite(volume_usd)
+          AND (price IS NULL AND source = 'liquidationsAggregated' OR price > 0 AND isfinite(price)) AS is_valid,
        hash(ts, side, price, quantity, volume_usd) AS row_hash
 FROM realized_rows;
 

@@ -1,5 +1,6 @@
 """build.py build: Binance files in, DuckDB and SQLite out, every problem reported."""
 
+import datetime as dt
 import re
 import shutil
 import sqlite3
@@ -289,3 +290,36 @@ def test_help_names_every_default_and_serve_listens_on_loopback_unless_told(demo
     command = build.serve_command(demo_db, 8001)
     assert command[command.index("--host") + 1] == "127.0.0.1" and "-i" in command   # immutable: read only
     assert build.serve_command(demo_db, 8001, "0.0.0.0")[command.index("--host") + 1] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("data_type, interval, line, column, value, problem", [
+    ("klines", "1m", 100, 4, "nan", "invalid_price_bar"),       # the close
+    ("klines", "1m", 200, 2, "inf", "invalid_price_bar"),       # the high
+    ("aggTrades", None, 50, 1, "inf", "non_positive_trade"),    # the price
+    ("aggTrades", None, 60, 2, "NaN", "non_positive_trade"),    # the quantity
+    ("metrics", None, 10, 2, "nan", "non_positive_open_interest"),
+    ("metrics", None, 11, 3, "-inf", "non_positive_open_interest"),
+])
+def test_numbers_that_are_not_finite_are_left_out_and_reported(demo_dir, tmp_path, data_type, interval, line,
+                                                                column, value, problem):
+    """DuckDB reads nan and inf as numbers (and orders NaN above every number: nan > 0), so without a check
+    they passed as valid rows: one NaN close made every level's price NaN downstream."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    day = str(dt.date.fromisoformat(START) + dt.timedelta(days=1))
+    path = daily_file(data, data_type, day, interval=interval)
+    lines = read_zip_lines(path)
+    fields = lines[line].split(",")
+    fields[column] = value
+    write_zip_lines(path, lines[:line] + [",".join(fields)] + lines[line + 1:])
+    db = tmp_path / "liquidations.db"
+    result = run_build("--data", str(data), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    reported = [r for r in problems(db).get(problem, []) if r[0].endswith(path.name)]
+    assert len(reported) == 1 and reported[0][3] == 1 and "not finite" in reported[0][2], problems(db).get(problem)
+    with duckdb.connect(str(db.with_suffix(".duckdb")), read_only=True) as con:
+        bad = con.execute("""SELECT (SELECT count(*) FROM stg_klines_all WHERE NOT isfinite(open + high + low + close))
+                                  + (SELECT count(*) FROM stg_trades WHERE NOT isfinite(price * quantity))
+                                  + (SELECT count(*) FROM stg_open_interest
+                                     WHERE NOT isfinite(open_interest + open_interest_usd))""").fetchone()[0]
+    assert bad == 0

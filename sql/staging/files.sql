@@ -75,7 +75,7 @@ invalid AS (
                           WHEN 'liquidationsAggregated' THEN 'invalid_liquidation'
                           WHEN 'aggTrades' THEN 'non_positive_trade' WHEN 'trades' THEN 'non_positive_trade'
                           ELSE 'invalid_price_bar' END,
-           'warning', format('{} rows with zero, negative, missing or inconsistent values left out of the models',
+           'warning', format('{} rows with zero, negative, missing, not finite (nan, inf) or inconsistent values left out of the models',
                              count(*)),
            count(*), min(ts), max(ts)
     FROM dq_rows WHERE NOT coalesce(is_valid, false) GROUP BY ALL
