@@ -61,8 +61,7 @@ CACHE_BYTES = 64 * 2**20     # a 30-day heatmap's answer is 145 KB compressed
 CACHE_LARGEST = 4 * 2**20
 
 
-def cacheable(datasette, scope) -> bool:
-    headers = dict(scope["headers"])
+def cacheable(datasette, scope, headers: dict) -> bool:
     database = scope["path"].split("/")[1].split(".")[0]
     return (scope["method"] == "GET" and b"cookie" not in headers and b"authorization" not in headers
             and database in datasette.databases and not datasette.databases[database].is_mutable)
@@ -87,10 +86,11 @@ def kept(datasette, app):
     answers = _kept.setdefault(datasette, Kept())
 
     async def answer(scope, receive, send):
-        if scope["type"] != "http" or not cacheable(datasette, scope):
+        headers = dict(scope.get("headers", ()))
+        if scope["type"] != "http" or not cacheable(datasette, scope, headers):
             return await app(scope, receive, send)
-        key = (scope["path"], scope["query_string"], b"gzip" in dict(scope["headers"]).get(b"accept-encoding", b""))
-        if key in answers and b"no-cache" not in dict(scope["headers"]).get(b"cache-control", b""):
+        key = (scope["path"], scope["query_string"], b"gzip" in headers.get(b"accept-encoding", b""))
+        if key in answers and b"no-cache" not in headers.get(b"cache-control", b""):
             answers.move_to_end(key)
             start, body = answers[key]
             await send({**start, "headers": [*start["headers"], (b"x-cache", b"hit")]})

@@ -46,11 +46,10 @@ DELETE FROM heatmap_rows WHERE ts >= time_bucket(to_seconds(time_bucket_s), firs
 -- (one time bucket at a time: the four price resolutions of all of them at once held 12 copies of the
 -- heatmap in one aggregate)
 CREATE OR REPLACE TEMP MACRO heatmap_rows_at(time_bucket_s_) AS TABLE
-WITH resolutions AS (
-    SELECT *, time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt()) AS rows_from FROM heatmap_resolutions
-    WHERE time_bucket_s = time_bucket_s_
+WITH times AS (   -- the time bucket, and its first time rebuilt
+    SELECT time_bucket_s_ AS time_bucket_s, time_bucket(to_seconds(time_bucket_s_), first_bucket_rebuilt()) AS rows_from
 ),
-times AS (SELECT DISTINCT time_bucket_s, rows_from FROM resolutions),
+resolutions AS (SELECT r.*, t.rows_from FROM heatmap_resolutions r JOIN times t USING (time_bucket_s)),
 base_buckets AS (   -- how many base time buckets each coarser one holds, for the mean
     SELECT g.symbol, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), g.start_ts) AS ts, count(*) AS n
     FROM time_grid g JOIN times r ON g.start_ts >= r.rows_from
@@ -96,10 +95,11 @@ SELECT d.model, d.symbol, d.time_bucket_s, d.price_bucket_usd, d.ts, d.hi - d.lo
 FROM dense d
 LEFT JOIN cells c ON c.model = d.model AND c.symbol = d.symbol AND c.time_bucket_s = d.time_bucket_s
                  AND c.price_bucket_usd = d.price_bucket_usd AND c.ts = d.ts AND c.b = d.b
-GROUP BY ALL;
-INSERT INTO heatmap_rows FROM heatmap_rows_at(param('time_bucket_s')::BIGINT) ORDER BY model, symbol, price_bucket_usd, ts;
-INSERT INTO heatmap_rows FROM heatmap_rows_at(4 * param('time_bucket_s')::BIGINT) ORDER BY model, symbol, price_bucket_usd, ts;
-INSERT INTO heatmap_rows FROM heatmap_rows_at(24 * param('time_bucket_s')::BIGINT) ORDER BY model, symbol, price_bucket_usd, ts;
+GROUP BY ALL
+ORDER BY d.model, d.symbol, d.price_bucket_usd, d.ts;
+INSERT INTO heatmap_rows FROM heatmap_rows_at(param('time_bucket_s')::BIGINT);
+INSERT INTO heatmap_rows FROM heatmap_rows_at(4 * param('time_bucket_s')::BIGINT);
+INSERT INTO heatmap_rows FROM heatmap_rows_at(24 * param('time_bucket_s')::BIGINT);
 
 -- The liquidation map at every time, by leverage: per model, symbol, time, side and leverage tier, the
 -- alive volume of each price bucket as a JSON object {"price bucket": USDT}, which the queries expand
