@@ -46,8 +46,9 @@ from stage import KLINE_TYPES, SOURCE_TABLES, checksum_status, sha256
 ROOT = Path(__file__).resolve().parent
 SQL_DIR = ROOT / "sql"
 SQL_FILES = sorted(p.name for p in SQL_DIR.glob("*.sql"))  # 00_macros.sql, 01_sources.sql, then the layers
-DATA_DIR = ROOT / "data" / "raw"
+DATA_DIR = ROOT / "data" / "raw"                 # real Binance files (what `fetch` writes)
 DEFAULT_DB = ROOT / "data" / "liquidations.db"
+DEMO_DIR = ROOT / "data" / "demo"                # the simulated demo, apart: its files in raw/, its own database
 DATABASE_NAME = "liquidations"  # Datasette names the database after the file's stem
 
 # Binance names every file SYMBOL-TYPE-PERIOD, or SYMBOL-INTERVAL-PERIOD for the kline types, whose
@@ -154,17 +155,39 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
     if unknown := [str(p) for p in given if p.is_file() and not recognise(p) or not p.exists()]:
         raise BuildError(f"--liquidations {unknown[0]}: not a liquidationSnapshot, forceOrder (timestamp,symbol,side,"
                          "avg_price,filled_qty,usd_value) or aggregated (time,long_usd,short_usd) file")
-    found: dict[tuple, dict] = {}
+    found: dict[tuple, list[dict]] = {}
     for path in sorted(data_dir.rglob("*")) + [p for p in given if p.is_file()]:
         info = recognise(path) if path.is_file() else None
         if info and (not symbols or info["symbol"] in (*symbols, "*")) and (
                 not info["period"] or period_overlaps(info["period"], start, end)):
             # how files are named in every report
             info["name"] = str(path.relative_to(data_dir) if path.is_relative_to(data_dir) else path)
-            key = (path.parent.resolve(), path.stem)  # X.zip and X.csv side by side: read the zip
-            if key not in found or path.suffix == ".zip":
-                found[key] = info
-    return list(found.values())
+            found.setdefault((path.parent.resolve(), path.stem), []).append(info)
+    files = []
+    for zip_first in (sorted(same, key=lambda info: info["path"].suffix != ".zip") for same in found.values()):
+        files.append(zip_first[0])
+        for copy in zip_first[1:]:  # X.zip and X.csv side by side (an unzipped download): the zip is read
+            same = stage.same_as_zip(copy["path"], zip_first[0]["path"])
+            files.append({**copy, "status": "skipped", "problem": "unzipped_copy" if same else "csv_differs_from_zip",
+                          "detail": f"not read: {zip_first[0]['name']} beside it is read, "
+                                    + ("and holds the same CSV" if same else "and the CSV inside it differs from this one")})
+    check_not_mixed(files)
+    return files
+
+
+@functools.cache
+def simulated(folder: Path) -> bool:
+    """Whether a folder is inside what `build.py demo` wrote (it writes simulator/params.json at its top)."""
+    return (folder / "simulator" / "params.json").is_file() or folder.parent != folder and simulated(folder.parent)
+
+
+def check_not_mixed(files: list[dict]) -> None:
+    """Simulated and real Binance files in one build would merge into one series (both are BTCUSDT): refuse.
+    (Realized-liquidation recordings, known by their header, are not Binance's files and may be given to any build.)"""
+    kinds = {simulated(info["path"].resolve().parent): info["name"] for info in files if info["period"]}
+    if len(kinds) == 2:
+        raise BuildError(f"refusing to mix simulated files (e.g. {kinds[True]}, written by `build.py demo`) with real "
+                         f"ones (e.g. {kinds[False]}) in one build: build each folder apart with --data")
 
 
 # ---------------------------------------------------------------- DuckDB
@@ -614,9 +637,26 @@ def sqlite_build_id(db_path: Path) -> str | None:
         return None
 
 
-def build(args) -> Path:
-    if args.start and args.end and args.end < args.start:   # (before anything is written)
+def check_arguments(args) -> None:
+    """Every bad argument or combination fails here, naming it, before a file is read or written: the
+    parameter layer (--param, --parameters, --leverage-tiers, --maintenance-brackets, --horizons) runs
+    on no data, so a typo is found at once rather than after staging a month of files."""
+    if args.start and args.end and args.end < args.start:
         raise BuildError(f"--end {args.end} is before --start {args.start}: nothing to build")
+    if args.jobs < 1:
+        raise BuildError(f"--jobs {args.jobs}: at least one file must be staged at a time")
+    if bad := [symbol for symbol in args.symbol if not re.fullmatch(r"[A-Z0-9]+", symbol)]:
+        raise BuildError(f"--symbol {bad[0]}: expected a Binance symbol such as BTCUSDT")
+    with duckdb.connect() as con:
+        create_sources(con, args)
+        try:
+            con.execute((SQL_DIR / "10_parameters.sql").read_text())
+        except duckdb.Error as error:
+            raise BuildError(str(error).removeprefix("Invalid Input Error: ")) from None
+
+
+def build(args) -> Path:
+    check_arguments(args)
     db_path = Path(args.db)
     duck_path = db_path.with_suffix(".duckdb")
     db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -645,7 +685,7 @@ def build(args) -> Path:
                     raise BuildError(str(error)) from error
                 for info in files:
                     if info["status"] != "loaded":
-                        log(f"quarantined {info['name']}: {info['detail']}")
+                        log(f"{info['status']} {info['name']}: {info['detail']}")
                 since = rebuild_from(previous, files, args.end) if previous else "-infinity"
                 log("a full build" if since == "-infinity" else
                     f"incremental: the previous build's results before {since} are kept, the rest recomputed")
@@ -759,6 +799,7 @@ def skill_table(after: list[dict], before: list[dict]) -> str:
 
 
 def report(args) -> None:
+    args.db = built_db(args.db)
     if not args.db.exists():
         raise BuildError(f"no database at {args.db}: run `python build.py` (or `python build.py build`) first")
     text = backtest_report(args.db)
@@ -805,7 +846,7 @@ def inspect_file(db_path: Path) -> Path:
 
 
 def serve(args) -> None:
-    db_path = Path(args.db)
+    db_path = built_db(args.db)
     if not db_path.exists():
         raise BuildError(f"no database at {db_path}: run `python build.py build` (or `python build.py`) first")
     command = serve_command(db_path, args.port, args.host)
@@ -814,12 +855,23 @@ def serve(args) -> None:
 
 
 def default_run(args) -> None:
-    """A fresh clone: simulate demo data when data/raw holds no Binance files, then build."""
-    if not any(parse_file_name(p) for p in DATA_DIR.rglob("*")):
-        log(f"no Binance files under {DATA_DIR}: simulating demo data into {DATA_DIR / 'demo'}")
-        demo(parse_args(["demo"]))
-    db_path = build(parse_args(["build"]))
+    """Build the Binance files under data/raw; with none there (a fresh clone), the demo: simulated once into
+    data/demo/raw and built into its own database, data/demo/liquidations.db, never mixed with real files."""
+    if any(parse_file_name(p) for p in DATA_DIR.rglob("*")):
+        db_path = build(parse_args(["build"]))
+    else:
+        log(f"no Binance files under {DATA_DIR}: building the demo (simulated data) in {DEMO_DIR}")
+        if not any(parse_file_name(p) for p in (DEMO_DIR / "raw").rglob("*")):
+            demo(parse_args(["demo"]))
+        db_path = build(parse_args(["build", "--data", str(DEMO_DIR / "raw"), "--db", str(DEMO_DIR / DEFAULT_DB.name)]))
     print(f"\nBuilt {db_path}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/ (the heatmap: /heatmap)")
+
+
+def built_db(db: Path | None) -> Path:
+    """--db, or the database `python build.py` built: the real data's, else the demo's."""
+    if db:
+        return db
+    return next((path for path in (DEFAULT_DB, DEMO_DIR / DEFAULT_DB.name) if path.exists()), DEFAULT_DB)
 
 
 class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
@@ -829,14 +881,17 @@ class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if empty or "default" in (action.help or "") else super()._get_help_string(action)
 
 
+BUILT_DB_HELP = "built SQLite file (default: data/liquidations.db, or the demo's data/demo/liquidations.db without it)"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     date = dt.date.fromisoformat
-    parser = argparse.ArgumentParser(prog="build.py", description=__doc__.split("\n")[0] + " With no command: "
+    parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name or "build.py", description=__doc__.split("\n")[0] + " With no command: "
                                      "build the Binance files under data/raw (simulating the demo if there are none).")
     commands = parser.add_subparsers(dest="command")
     add = functools.partial(commands.add_parser, formatter_class=DefaultsShown)
     p = add("demo", help="write simulated Binance files (deterministic for a seed)")
-    p.add_argument("--out", type=Path, default=DATA_DIR / "demo", help="folder to write the Binance files into")
+    p.add_argument("--out", type=Path, default=DEMO_DIR / "raw", help="folder to write the Binance files into")
     p.add_argument("--days", type=int, default=30, help="days to simulate")
     p.add_argument("--seed", type=int, default=1, help="the simulator's seed: the same seed, the same files")
     p.add_argument("--symbol", default="BTCUSDT", help="symbol the files are named for")
@@ -845,7 +900,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = add("build", help="ingest Binance files, run the SQL models, write SQLite")
     p.add_argument("--data", type=Path, default=DATA_DIR, help="folder of Binance files (Vision layout or flat)")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file to write (DuckDB file beside it)")
-    p.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
+    p.add_argument("--symbol", action="append", default=[], type=str.upper, help="only this symbol (repeatable)")
     p.add_argument("--start", type=date, help="first day to use (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=date, help="last day to use, inclusive")
     p.add_argument("--liquidations", action="append", default=[], metavar="PATH",
@@ -875,7 +930,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=4, help="tries per request on timeouts, dropped connections, 5xx")
     p.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled each try")
     p = add("report", help="print the backtest's scores and skill as a Markdown table")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="built SQLite file")
+    p.add_argument("--db", type=Path, help=BUILT_DB_HELP)
     p.add_argument("--readme", action="store_true", help="also write both tables into README.md's blocks")
     p.add_argument("--seeds", default="101,102,103", type=lambda text: [int(n) for n in text.split(",") if n],
                    help="simulator seeds to score beside the demo (comma-separated; '' for none)")
@@ -886,7 +941,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--before", type=Path, default=ROOT / "data" / "backtest_skill_before.csv",
                    help="skills CSV of the models before, compared in the table")
     p = add("serve", help="run Datasette on the built SQLite file (read only: served immutable)")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="built SQLite file")
+    p.add_argument("--db", type=Path, help=BUILT_DB_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, "
                    "so other machines can reach it)")
     p.add_argument("--port", type=int, default=8001, help="port to listen on")

@@ -144,6 +144,22 @@ def gzip_of(path: Path, member: zipfile.ZipInfo, dest: Path) -> None:
         dst.write(member.CRC.to_bytes(4, "little") + (member.file_size & 0xFFFFFFFF).to_bytes(4, "little"))
 
 
+def same_as_zip(csv_path: Path, zip_path: Path) -> bool:
+    """Whether a CSV holds the same bytes as the one CSV inside a zip (by the zip's CRC-32 and size)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = [m for m in archive.infolist() if m.filename.lower().endswith(".csv")]
+    except (zipfile.BadZipFile, OSError):
+        return False
+    if len(members) != 1 or members[0].file_size != csv_path.stat().st_size:
+        return False
+    crc = 0
+    with csv_path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            crc = zlib.crc32(block, crc)
+    return crc == members[0].CRC
+
+
 def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
     """Make one file readable by read_csv and look at its first line. Sets status, problem, has_header and csv_path.
 
@@ -308,7 +324,8 @@ def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb:
     if removed := checksums.prune(cache):
         log(f"removed {removed} staged files from the cache: their source files are gone or changed")
     checksums.save()
-    todo = [info for info in files if info["checksum"] != "mismatch" and not info["target"].with_suffix(".json").exists()]
+    todo = [info for info in files if info["checksum"] != "mismatch" and info.get("status") != "skipped"
+            and not info["target"].with_suffix(".json").exists()]
     log(f"checksums of {len(files)} files in {time.perf_counter() - started:.1f} s; "
         f"{len(files) - len(todo)} already staged, {len(todo)} to stage in {cache}")
     todo_batches = batches(todo)
@@ -359,7 +376,10 @@ def batches(files: list[dict]) -> list[list[dict]]:
 
 
 def staged(info: dict) -> dict:
-    """What the cache says of a file (a checksum mismatch is never staged: it is quarantined as it is)."""
+    """What the cache says of a file (a checksum mismatch is never staged: it is quarantined as it is; a file
+    skipped when it was found, a CSV beside its zip, is not read)."""
+    if info.get("status") == "skipped":
+        return {"has_header": None, "quality": []}
     if info["checksum"] == "mismatch":
         return {"status": "quarantined", "problem": "checksum_mismatch", "has_header": None, "quality": [],
                 "detail": f"sha256 of {info['path'].name} differs from {info['path'].name}.CHECKSUM; file not ingested"}

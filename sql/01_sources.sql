@@ -16,7 +16,8 @@ CREATE TABLE src_files (
     period         VARCHAR NOT NULL,  -- YYYY-MM-DD (daily file) or YYYY-MM (monthly file)
     has_header     BOOLEAN,           -- detected from the first line, never assumed
     checksum       VARCHAR NOT NULL,  -- 'ok', 'absent' (no .CHECKSUM beside it) or 'mismatch'
-    status         VARCHAR NOT NULL,  -- 'loaded' or 'quarantined' (not ingested; see problem)
+    status         VARCHAR NOT NULL,  -- 'loaded', 'quarantined' (not ingested; see problem) or 'skipped' (a CSV
+                                      -- beside its zip, which is read instead)
     problem        VARCHAR,           -- why it was quarantined
     detail         VARCHAR,
     csv_path       VARCHAR,           -- while staging: where the CSV was read from (a temporary copy for zips)

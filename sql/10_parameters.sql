@@ -50,3 +50,14 @@ SELECT CASE
               AND param('stop_distance_share') BETWEEN 0 AND 1 AND param('calibration_cell_share') >= 0)
         THEN error('stop_loss_share must be in [0, 1), stop_distance_share in [0, 1] and calibration_cell_share >= 0')
 END;
+
+-- The horizons, from build.py --horizons (default 1h,4h,24h). Levels at t come from the heatmap's
+-- time grid, so a horizon must be a whole number of its time buckets.
+CREATE OR REPLACE TABLE backtest_horizons AS
+SELECT trim(h) AS horizon, interval_seconds(trim(h)) AS horizon_s
+FROM unnest(string_split(coalesce(getvariable('backtest_horizons'), '1h,4h,24h'), ',')) t(h);
+SELECT CASE WHEN (SELECT count(*) FROM backtest_horizons WHERE horizon_s IS NULL OR horizon_s <= 0
+                  OR horizon_s % param('time_bucket_s')::BIGINT <> 0) > 0
+    THEN error('--horizons: each horizon must be a Binance interval (1h, 4h, 1d ...) that is a whole number of '
+               || 'time buckets (time_bucket_s = ' || param('time_bucket_s')::BIGINT || ' s); got '
+               || getvariable('backtest_horizons')) END;

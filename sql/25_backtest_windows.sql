@@ -7,17 +7,6 @@
 CREATE OR REPLACE TABLE realized_liquidations AS
 SELECT symbol, ts, side, price, volume_usd, source FROM stg_realized_liquidations ORDER BY symbol, ts;
 
--- The horizons, from build.py --horizons (default 1h,4h,24h). Levels at t come from the heatmap's
--- time grid, so a horizon must be a whole number of its time buckets.
-CREATE OR REPLACE TABLE backtest_horizons AS
-SELECT trim(h) AS horizon, interval_seconds(trim(h)) AS horizon_s
-FROM unnest(string_split(coalesce(getvariable('backtest_horizons'), '1h,4h,24h'), ',')) t(h);
-SELECT CASE WHEN (SELECT count(*) FROM backtest_horizons WHERE horizon_s IS NULL OR horizon_s <= 0
-                  OR horizon_s % param('time_bucket_s')::BIGINT <> 0) > 0
-    THEN error('--horizons: each horizon must be a Binance interval (1h, 4h, 1d ...) that is a whole number of '
-               || 'time buckets (time_bucket_s = ' || param('time_bucket_s')::BIGINT || ' s); got '
-               || getvariable('backtest_horizons')) END;
-
 -- The windows of one horizon tile time: each starts on time_bucket's grid of that horizon. So the window
 -- that holds a time is found by arithmetic, and joins to it are equalities: a join on origin <= t < end
 -- compared every row with every window of its symbol (75 s of a year's build at one refit a day: issue 11).

@@ -25,10 +25,12 @@ FROM dq_series_steps WHERE step_s > 0 GROUP BY ALL;
 CREATE OR REPLACE TABLE data_quality AS
 WITH
 files AS (SELECT * FROM src_files),
-quarantined AS (
-    SELECT symbol, data_type, kline_interval, path AS file, NULL::BIGINT AS line, problem, 'error' AS severity,
+quarantined AS (   -- and skipped: a CSV beside its zip (an unzipped download), which the zip stands for
+    SELECT symbol, data_type, kline_interval, path AS file, NULL::BIGINT AS line, problem,
+           CASE problem WHEN 'unzipped_copy' THEN 'info' WHEN 'csv_differs_from_zip' THEN 'warning' ELSE 'error' END
+               AS severity,
            detail, NULL::BIGINT AS rows_affected, NULL::TIMESTAMP AS first_ts, NULL::TIMESTAMP AS last_ts
-    FROM files WHERE status = 'quarantined'
+    FROM files WHERE status IN ('quarantined', 'skipped')
 ),
 in_file AS (        -- found when each file was staged
     SELECT coalesce(q.symbol, f.symbol), q.data_type, q.kline_interval, f.path, q.line, q.problem, q.severity, q.detail,

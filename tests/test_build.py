@@ -4,6 +4,8 @@ import datetime as dt
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -158,7 +160,9 @@ def test_coarser_intervals_are_accepted_and_the_finest_used(demo_dir, tmp_path):
     one_minute = read_zip_lines(daily_file(data, "klines", "2024-09-01", interval="1m"))
     hourly = daily_file(data, "klines", "2024-09-01", interval="1h")
     hourly.parent.mkdir(parents=True)
-    write_zip_lines(hourly, one_minute[:1] + one_minute[1::60])
+    # (an hour's bar closes 3,599,999 ms after it opens: a 1m bar in a 1h file would be an interval_mismatch)
+    bars = [line.split(",") for line in one_minute[1::60]]
+    write_zip_lines(hourly, one_minute[:1] + [",".join([*f[:6], str(int(f[0]) + 3_599_999), *f[7:]]) for f in bars])
     db = tmp_path / "x.db"
     assert run_build("--data", str(data), "--db", str(db)).returncode == 0
     assert rows(db, "SELECT kline_interval, used_by_models, cadence_s FROM data_coverage WHERE data_type = 'klines' "
@@ -262,9 +266,11 @@ def test_several_symbols_build_at_once(demo_dir, tmp_path):
 
 
 def test_no_arguments_on_a_fresh_clone_simulates_then_builds(tmp_path, monkeypatch, capsys):
-    """`python build.py`: demo data when data/raw holds no Binance files, then the build; again, no new demo."""
+    """`python build.py`: demo data when data/raw holds no Binance files, then the build, into the demo's own
+    folder and database; again, no new demo; `serve` and `report` then find the demo's database."""
     monkeypatch.setattr(build, "DATA_DIR", tmp_path / "raw")
     monkeypatch.setattr(build, "DEFAULT_DB", tmp_path / "liquidations.db")
+    monkeypatch.setattr(build, "DEMO_DIR", tmp_path / "demo")
     real = simulate.simulate
     calls = []
 
@@ -273,9 +279,12 @@ def test_no_arguments_on_a_fresh_clone_simulates_then_builds(tmp_path, monkeypat
         return real(out, **{**kwargs, "days": 2, "trades_per_day": 1000})
     monkeypatch.setattr(simulate, "simulate", two_days)
     assert build.main([]) == 0
-    assert calls == [tmp_path / "raw" / "demo"]
+    assert calls == [tmp_path / "demo" / "raw"]
     assert "python build.py serve" in capsys.readouterr().out
-    assert rows(tmp_path / "liquidations.db", "SELECT count(DISTINCT symbol) FROM data_coverage") == [(1,)]
+    demo_db = tmp_path / "demo" / "liquidations.db"
+    assert rows(demo_db, "SELECT count(DISTINCT symbol) FROM data_coverage") == [(1,)]
+    assert not (tmp_path / "liquidations.db").exists() and not (tmp_path / "raw").exists()
+    assert build.built_db(None) == demo_db
     assert build.main([]) == 0 and len(calls) == 1  # data is there now: build only
 
 
@@ -293,12 +302,9 @@ def test_help_names_every_default_and_serve_listens_on_loopback_unless_told(demo
 
 
 @pytest.mark.parametrize("data_type, interval, line, column, value, problem", [
-    ("klines", "1m", 100, 4, "nan", "invalid_price_bar"),       # the close
-    ("klines", "1m", 200, 2, "inf", "invalid_price_bar"),       # the high
+    # (klines' nan close and metrics' -inf are among tests/test_bad_inputs.py's cases)
     ("aggTrades", None, 50, 1, "inf", "non_positive_trade"),    # the price
     ("aggTrades", None, 60, 2, "NaN", "non_positive_trade"),    # the quantity
-    ("metrics", None, 10, 2, "nan", "non_positive_open_interest"),
-    ("metrics", None, 11, 3, "-inf", "non_positive_open_interest"),
 ])
 def test_numbers_that_are_not_finite_are_left_out_and_reported(demo_dir, tmp_path, data_type, interval, line,
                                                                 column, value, problem):
@@ -323,3 +329,14 @@ def test_numbers_that_are_not_finite_are_left_out_and_reported(demo_dir, tmp_pat
                                   + (SELECT count(*) FROM stg_open_interest
                                      WHERE NOT isfinite(open_interest + open_interest_usd))""").fetchone()[0]
     assert bad == 0
+
+
+def test_the_installed_command_runs_build_py_from_anywhere(tmp_path):
+    """`pip install -e .` installs `liquidation-heatmap`, the same commands as `python build.py`."""
+    command = Path(sys.executable).with_name("liquidation-heatmap")
+    assert command.exists(), "pip install -e . makes it: [project.scripts] in pyproject.toml"
+    helped = subprocess.run([str(command), "build", "--help"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert helped.returncode == 0 and "usage: liquidation-heatmap build" in helped.stdout
+    failed = subprocess.run([str(command), "build", "--data", "nope"], cwd=tmp_path, capture_output=True, text=True,
+                            check=False)
+    assert failed.returncode == 2 and "data folder nope does not exist" in failed.stderr

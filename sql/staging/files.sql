@@ -66,8 +66,19 @@ WITH unparseable AS (
            count(DISTINCT r.line) AS rows_affected, NULL::TIMESTAMP AS first_ts, NULL::TIMESTAMP AS last_ts
     FROM src_rejects r JOIN src_files f USING (file_id) GROUP BY ALL
 ),
+left_out_rows AS (   -- rows left out of the models: invalid values, or a row that disagrees with its file's name
+    SELECT d.file_id, d.symbol, d.data_type, d.kline_interval, d.mismatch, count(*) AS n, min(d.found) AS found,
+           min(d.ts) AS first_ts, max(d.ts) AS last_ts, any_value(f.period) AS period,
+           min(d.src_rowid) + 1 + any_value(f.has_header::INT) AS guess   -- its first row's place, past the header
+    FROM dq_rows d JOIN src_files f USING (file_id) WHERE NOT coalesce(d.is_valid, false) GROUP BY ALL
+),
+left_out AS (       -- and that row's line: past the lines DuckDB could not read before it, counted twice over
+    SELECT l.*, l.guess + (SELECT count(*) FROM src_rejects r WHERE r.file_id = l.file_id AND r.line <= l.guess
+                               + (SELECT count(*) FROM src_rejects q WHERE q.file_id = l.file_id AND q.line <= l.guess)) AS line
+    FROM left_out_rows l
+),
 invalid AS (
-    SELECT file_id, symbol, data_type, kline_interval, NULL::BIGINT,
+    SELECT file_id, symbol, data_type, kline_interval, line,
            CASE data_type WHEN 'metrics' THEN 'non_positive_open_interest'
                           WHEN 'fundingRate' THEN 'invalid_funding_rate'
                           WHEN 'liquidationSnapshot' THEN 'invalid_liquidation'
@@ -75,10 +86,22 @@ invalid AS (
                           WHEN 'liquidationsAggregated' THEN 'invalid_liquidation'
                           WHEN 'aggTrades' THEN 'non_positive_trade' WHEN 'trades' THEN 'non_positive_trade'
                           ELSE 'invalid_price_bar' END,
-           'warning', format('{} rows with zero, negative, missing, not finite (nan, inf) or inconsistent values left out of the models',
-                             count(*)),
-           count(*), min(ts), max(ts)
-    FROM dq_rows WHERE NOT coalesce(is_valid, false) GROUP BY ALL
+           'warning', format('{} rows with zero, negative, missing, not finite (nan, inf) or inconsistent values left '
+                             'out of the models; first at line {}', n, line),
+           n, first_ts, last_ts
+    FROM left_out WHERE mismatch IS NULL
+),
+mismatched AS (     -- the file's name says one thing and its rows another: a wrong or renamed file
+    SELECT file_id, symbol, data_type, kline_interval, line, mismatch, 'error',
+           CASE mismatch
+               WHEN 'outside_file_period' THEN format('{} rows dated outside the file''s period {} (from {} to {}) left out; '
+                                                      'first at line {}', n, period, first_ts, last_ts, line)
+               WHEN 'symbol_mismatch' THEN format('{} rows for {} in a file named for {} left out; first at line {}',
+                                                  n, found, symbol, line)
+               ELSE format('{} bars {} ms long in a file named for {} bars left out; first at line {}',
+                           n, found, kline_interval, line) END,
+           n, first_ts, last_ts
+    FROM left_out WHERE mismatch IS NOT NULL
 ),
 repeated AS (
     -- The same key twice in one file is a fault of that file (Binance repeats rows across files, not
@@ -90,4 +113,5 @@ repeated AS (
            sum(n - 1), min(first_ts), max(last_ts)
     FROM stage_repeated_keys GROUP BY ALL
 )
-SELECT * FROM unparseable UNION ALL SELECT * FROM invalid UNION ALL SELECT * FROM repeated;
+SELECT * FROM unparseable UNION ALL SELECT * FROM invalid UNION ALL SELECT * FROM mismatched
+UNION ALL SELECT * FROM repeated;
