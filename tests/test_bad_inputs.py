@@ -51,6 +51,8 @@ IN_DATA = {
     "absurd high": ("a bar whose high is 1e12 (a misplaced digit)", "row left out (warning), with its line; the build does not blow up",
                     "invalid_price_bar",
                     f"markPriceKlines/BTCUSDT/1m/BTCUSDT-1m-{DAY[3]}.zip", 501, "inconsistent"),
+    "absurd trade price": ("a trade at 1e12", "row left out (warning), with its line and the day's median",
+                           "trade_price_outlier", f"BTCUSDT-aggTrades-{DAY[2]}.zip", 81, "median price"),
     "zero quantity": ("a trade of quantity 0", "row left out (warning), with its line",
                       "non_positive_trade", f"BTCUSDT-aggTrades-{DAY[0]}.zip", 51, "1 rows"),
     "missing time": ("a trade with an empty time field", "row left out (warning), with its line",
@@ -124,6 +126,7 @@ def messy(demo_dir, tmp_path_factory) -> tuple[Path, Path, str]:
     edit(klines[0], 300, 2, lambda f: f"{float(f[3]) * 0.9:.1f}")
     edit(mark[3], 500, 2, "1000000000000")
     edit(trades[0], 50, 2, "0")
+    edit(trades[2], 80, 1, "1000000000000")
     edit(trades[1], 70, 5, "")
     edit(funding, 2, 2, "0.5")
     edit(klines[2], 100, 4, "nan")

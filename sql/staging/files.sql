@@ -36,10 +36,28 @@ SELECT file_id, symbol, data_type, kline_interval, row_key, count(*) AS n, count
 FROM dq_rows SEMI JOIN repeated USING (file_id, symbol, data_type, kline_interval, row_key)
 WHERE is_valid GROUP BY ALL;
 
--- The rows left out of the Parquet: invalid ones, and every copy of a key after its first in the file.
--- (A row is its file and rowid: a batch may hold files of several src_* tables, each counting its rowids.)
+-- Trades priced over 100 times above or below their file's median: no market trades a day a hundredfold
+-- apart (flash crashes wick 90 %), and one such trade (a misplaced digit) would put the trade-flow
+-- model's levels where nobody holds a position. (A bar's range is bounded alike: sql/02_staging.sql.)
+CREATE OR REPLACE TABLE stage_far_trades AS
+WITH spread AS (   -- the files whose trades are that far apart at all (a min and a max: 0.05 s a day of 2 M trades,
+    -- where every file's median took 0.17 s)
+    SELECT file_id FROM typed_trades WHERE is_valid GROUP BY file_id HAVING max(price) > 100 * min(price)
+),
+medians AS (
+    SELECT file_id, approx_quantile(price, 0.5) AS median FROM typed_trades SEMI JOIN spread USING (file_id)
+    WHERE is_valid GROUP BY file_id
+)
+SELECT t.file_id, t.symbol, t.data_type, t.ts, t.src_rowid, m.median
+FROM typed_trades t JOIN medians m USING (file_id)
+WHERE t.is_valid AND NOT t.price BETWEEN m.median / 100 AND m.median * 100;
+
+-- The rows left out of the Parquet: invalid ones, far trades, and every copy of a key after its first in
+-- the file. (A row is its file and rowid: a batch may hold files of several src_* tables, each counting its rowids.)
 CREATE OR REPLACE TABLE stage_dropped AS
 SELECT file_id, src_rowid FROM dq_rows WHERE NOT coalesce(is_valid, false)
+UNION ALL
+SELECT file_id, src_rowid FROM stage_far_trades
 UNION ALL
 SELECT file_id, src_rowid FROM dq_rows d SEMI JOIN stage_repeated_keys k USING (file_id, symbol, data_type, kline_interval, row_key)
 WHERE d.is_valid
@@ -66,11 +84,16 @@ WITH unparseable AS (
            count(DISTINCT r.line) AS rows_affected, NULL::TIMESTAMP AS first_ts, NULL::TIMESTAMP AS last_ts
     FROM src_rejects r JOIN src_files f USING (file_id) GROUP BY ALL
 ),
-left_out_rows AS (   -- rows left out of the models: invalid values, or a row that disagrees with its file's name
+left_out_rows AS (   -- rows left out of the models: invalid values, a row that disagrees with its file's name, far trades
     SELECT d.file_id, d.symbol, d.data_type, d.kline_interval, d.mismatch, count(*) AS n, min(d.found) AS found,
            min(d.ts) AS first_ts, max(d.ts) AS last_ts, any_value(f.period) AS period,
            min(d.src_rowid) + 1 + any_value(f.has_header::INT) AS guess   -- its first row's place, past the header
-    FROM dq_rows d JOIN src_files f USING (file_id) WHERE NOT coalesce(d.is_valid, false) GROUP BY ALL
+    FROM (SELECT file_id, symbol, data_type, kline_interval, mismatch, found, ts, src_rowid
+          FROM dq_rows WHERE NOT coalesce(is_valid, false)
+          UNION ALL
+          SELECT file_id, symbol, data_type, '', 'trade_price_outlier', round(median, 8)::VARCHAR, ts, src_rowid
+          FROM stage_far_trades) d
+    JOIN src_files f USING (file_id) GROUP BY ALL
 ),
 left_out AS (       -- and that row's line: past the lines DuckDB could not read before it, counted twice over
     SELECT l.*, l.guess + (SELECT count(*) FROM src_rejects r WHERE r.file_id = l.file_id AND r.line <= l.guess
@@ -91,9 +114,12 @@ invalid AS (
            n, first_ts, last_ts
     FROM left_out WHERE mismatch IS NULL
 ),
-mismatched AS (     -- the file's name says one thing and its rows another: a wrong or renamed file
-    SELECT file_id, symbol, data_type, kline_interval, line, mismatch, 'error',
+mismatched AS (     -- the file's name says one thing and its rows another (a wrong or renamed file); far trades
+    SELECT file_id, symbol, data_type, kline_interval, line, mismatch,
+           CASE mismatch WHEN 'trade_price_outlier' THEN 'warning' ELSE 'error' END,
            CASE mismatch
+               WHEN 'trade_price_outlier' THEN format('{} trades priced over 100 times above or below the file''s median '
+                                                      'price {} left out; first at line {}', n, found, line)
                WHEN 'outside_file_period' THEN format('{} rows dated outside the file''s period {} (from {} to {}) left out; '
                                                       'first at line {}', n, period, first_ts, last_ts, line)
                WHEN 'symbol_mismatch' THEN format('{} rows for {} in a file named for {} left out; first at line {}',
