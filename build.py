@@ -729,8 +729,12 @@ def summarize(con) -> None:
 
 def demo(args) -> None:
     import simulate
+    if args.days < 1 or args.trades_per_day < 1:
+        raise BuildError(f"--days {args.days} and --trades-per-day {args.trades_per_day}: each must be at least 1")
+    if not re.fullmatch(r"[A-Z0-9]+", args.symbol):
+        raise BuildError(f"--symbol {args.symbol}: expected a Binance symbol such as BTCUSDT")
     summary = simulate.simulate(args.out, days=args.days, seed=args.seed, symbol=args.symbol,
-                                trades_per_day=args.trades_per_day, start=args.start, progress=log)
+                                trades_per_day=args.trades_per_day, start=str(args.start), progress=log)
     log(f"demo data written to {args.out}: {summary}")
 
 
@@ -881,6 +885,12 @@ class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if empty or "default" in (action.help or "") else super()._get_help_string(action)
 
 
+def port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is no TCP port (1-65535)")
+    return int(text)
+
+
 BUILT_DB_HELP = "built SQLite file (default: data/liquidations.db, or the demo's data/demo/liquidations.db without it)"
 
 
@@ -895,7 +905,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--days", type=int, default=30, help="days to simulate")
     p.add_argument("--seed", type=int, default=1, help="the simulator's seed: the same seed, the same files")
     p.add_argument("--symbol", default="BTCUSDT", help="symbol the files are named for")
-    p.add_argument("--start", default="2024-09-01", help="first simulated day (YYYY-MM-DD)")
+    p.add_argument("--start", type=date, default="2024-09-01", help="first simulated day (YYYY-MM-DD)")
     p.add_argument("--trades-per-day", type=int, default=20_000, help="aggTrades per day (real: 2-3 million)")
     p = add("build", help="ingest Binance files, run the SQL models, write SQLite")
     p.add_argument("--data", type=Path, default=DATA_DIR, help="folder of Binance files (Vision layout or flat)")
@@ -944,7 +954,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--db", type=Path, help=BUILT_DB_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, "
                    "so other machines can reach it)")
-    p.add_argument("--port", type=int, default=8001, help="port to listen on")
+    p.add_argument("--port", type=port, default=8001, help="port to listen on")
     return parser.parse_args(argv)
 
 

@@ -168,7 +168,7 @@ def test_every_case_is_in_the_readme_table():
     table = re.search(r"<!-- bad inputs: tests/test_bad_inputs.py -->\n(.*?)<!-- end of bad inputs -->",
                       (ROOT / "README.md").read_text(), re.DOTALL)[1]
     named = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
-    assert named == [*IN_DATA, *ARGUMENTS] and len(named) >= 25
+    assert named == [*IN_DATA, *ARGUMENTS, *OTHER_COMMANDS] and len(named) >= 25
 
 
 @pytest.mark.parametrize("case", IN_DATA)
@@ -262,3 +262,24 @@ def test_bad_arguments_fail_naming_them_and_write_nothing(case, previous, demo_d
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert hashlib.sha256(previous.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in previous.parent.iterdir()) in (["liquidations.db"], ["cache", "liquidations.db"])
+
+
+# name: (what is wrong, what the user sees, the command line, text in the error)
+OTHER_COMMANDS = {
+    "no days to simulate": ("demo --days 0", "error naming it, nothing written", ["demo", "--days", "0"], "--days 0"),
+    "a day that does not exist": ("demo --start 2024-13-01", "usage error naming it", ["demo", "--start", "2024-13-01"],
+                                  "argument --start: invalid fromisoformat value: '2024-13-01'"),
+    "no such port": ("serve --port 99999", "usage error naming it", ["serve", "--port", "99999"],
+                     "argument --port: '99999' is no TCP port (1-65535)"),
+    "no database to serve": ("serve --db of a file not built", "error saying how to build it",
+                             ["serve", "--db", "{tmp}/nope.db"], "run `python build.py build`"),
+}
+
+
+@pytest.mark.parametrize("case", OTHER_COMMANDS)
+def test_the_other_commands_refuse_bad_arguments(case, tmp_path):
+    _, _, (command, *args), message = OTHER_COMMANDS[case]
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    result = run_build(*args, *(["--out", str(tmp_path / "demo")] if command == "demo" else []), command=command)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
