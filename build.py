@@ -223,6 +223,9 @@ def write_build_info(con, args, files: list[dict], key: str, since: str, choices
         "build_id": uuid.uuid4().hex, "build_key": key, "rebuilt_from": since, "source_choices": choices,
         "data_dir": str(args.data), "symbols": ",".join(args.symbol or []) or "all found",
         "start": str(args.start or ""), "end": str(args.end or ""), "files_found": str(len(files)),
+        # (the pages say so: a simulated market is a test bench, not the market)
+        "input_data": "simulated: build.py demo" if any(simulated(info["path"].resolve().parent) for info in files
+                                                         if info["period"]) else "Binance files",
         "python": sys.version.split()[0], "duckdb": duckdb.__version__,
         "sqlite_utils": version("sqlite-utils"), "datasette": version("datasette"),
         "memory_limit": con.execute("SELECT current_setting('memory_limit')").fetchone()[0],

@@ -241,6 +241,7 @@ def test_real_binance_trades_parse(tmp_path):
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT data_type, rows, first_ts, last_ts FROM data_coverage") == [
         ("trades", 2000, "2024-08-08T23:54:16Z", "2024-08-08T23:55:05Z")]
+    assert rows(db, "SELECT value FROM build_info WHERE key = 'input_data'") == [("Binance files",)]
     lines = (ROOT / "tests/samples/BTCUSDT-trades-2024-08-08.csv").read_text().splitlines()[1:]
     quote_usd = round(sum(float(line.split(",")[3]) for line in lines), 4)
     taker_buys = sum(line.endswith("false") for line in lines)  # the buyer was not the maker
@@ -283,6 +284,7 @@ def test_no_arguments_on_a_fresh_clone_simulates_then_builds(tmp_path, monkeypat
     assert "python build.py serve" in capsys.readouterr().out
     demo_db = tmp_path / "demo" / "liquidations.db"
     assert rows(demo_db, "SELECT count(DISTINCT symbol) FROM data_coverage") == [(1,)]
+    assert rows(demo_db, "SELECT value FROM build_info WHERE key = 'input_data'") == [("simulated: build.py demo",)]
     assert not (tmp_path / "liquidations.db").exists() and not (tmp_path / "raw").exists()
     assert build.built_db(None) == demo_db
     assert build.main([]) == 0 and len(calls) == 1  # data is there now: build only

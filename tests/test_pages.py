@@ -72,6 +72,7 @@ def test_chart_pages_draw_their_data(browser, server, query, viewport):
     assert traces and all(t["points"] > 0 for t in traces), traces
     assert sum(t["values"] for t in traces) > 0, "every value is zero"
     assert "estimate" in page.inner_text(".estimate-note").lower()
+    assert "simulated" in page.inner_text(".simulated-note")   # the demo's files: said on every chart page
     assert page.query_selector("script[src*='cdn']") is None
     bundled = page.evaluate("Object.keys(Plotly.PlotSchema.get().traces)")   # the partial bundle, plugins/plotly/
     used = set(re.findall(r'\btype: "([a-z]+)"', (ROOT / "templates" / "pages" / f"{query}.html").read_text()))
