@@ -171,7 +171,7 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
             files.append({**copy, "status": "skipped", "problem": "unzipped_copy" if same else "csv_differs_from_zip",
                           "detail": f"not read: {zip_first[0]['name']} beside it is read, "
                                     + ("and holds the same CSV" if same else "and the CSV inside it differs from this one")})
-    check_not_mixed(files)
+    check_not_mixed([info for info in files if info["path"].is_relative_to(data_dir)])
     return files
 
 
@@ -182,8 +182,9 @@ def simulated(folder: Path) -> bool:
 
 
 def check_not_mixed(files: list[dict]) -> None:
-    """Simulated and real Binance files in one build would merge into one series (both are BTCUSDT): refuse.
-    (Realized-liquidation recordings, known by their header, are not Binance's files and may be given to any build.)"""
+    """Simulated and real Binance files under one --data would merge into one series (both are BTCUSDT): refuse.
+    (Realized-liquidation recordings, known by their header, are not Binance's files, and files given with
+    --liquidations are the user's explicit choice: either may go with any build.)"""
     kinds = {simulated(info["path"].resolve().parent): info["name"] for info in files if info["period"]}
     if len(kinds) == 2:
         raise BuildError(f"refusing to mix simulated files (e.g. {kinds[True]}, written by `build.py demo`) with real "
