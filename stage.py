@@ -183,7 +183,8 @@ def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
                     csv_path = tmp / f"{info['sha256']}.csv"
                     with archive.open(members[0]) as src, csv_path.open("wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
+        # (zipfile raises NotImplementedError for a method or version it lacks, RuntimeError for an encrypted member)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as error:
             return {**info, "problem": "unreadable_zip", "detail": f"{path.name}: {error}"}
     else:
         with path.open(encoding="utf-8", errors="replace") as f:
@@ -192,9 +193,10 @@ def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
     if not first_line:
         return {**info, "problem": "empty_file", "detail": f"{path.name} holds no rows"}
     fields = [field.strip().strip('"') for field in first_line.split(",")]
-    # Binance files have a header in some periods and not in others: a header's first field is a
-    # column name; a data row's first field is a number or a 'YYYY-MM-DD ...' time.
-    has_header = not fields[0][:1].isdigit()
+    # Binance files have a header in some periods and not in others: a header's fields are column names; a data
+    # row's are numbers, 'YYYY-MM-DD ...' times and a symbol. So a header has no field that begins with a digit, and
+    # a data row with one damaged field is still read as a row (and reported), not skipped as a header.
+    has_header = not any(field[:1].isdigit() for field in fields)
     if has_header and n_columns and len(fields) != n_columns:
         return {**info, "problem": "unexpected_columns",
                 "detail": f"{path.name}: header has {len(fields)} columns ({first_line[:120]}), "

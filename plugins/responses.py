@@ -11,6 +11,10 @@ with a cookie or an Authorization header (an actor may see other things), answer
 mutable databases. A request that says `Cache-Control: no-cache` gets a fresh answer, which is kept.
 Datasette's `query_ms` in a kept JSON answer is the first run's.
 
+Read-only: a request other than GET, HEAD or OPTIONS to an immutable database is refused, 405, as a static file
+server would, before Datasette sees it. Datasette refuses each write itself (403), all but one: a POST to
+/{db}/-/query is a 500 in 1.0a41 (its view looks for a table in the URL).
+
 Plotly: the partial bundle in plugins/plotly/ (1.2 MB, never a CDN), compressed once, at level 9, when the
 server starts, and served from memory under a URL named by its content, which browsers may cache for good."""
 
@@ -61,10 +65,19 @@ CACHE_BYTES = 64 * 2**20     # a 30-day heatmap's answer is 145 KB compressed
 CACHE_LARGEST = 4 * 2**20
 
 
-def cacheable(datasette, scope, headers: dict) -> bool:
+def immutable(datasette, scope) -> bool:
+    """Whether the request's path is under a database served immutable."""
     database = scope["path"].split("/")[1].split(".")[0]
+    return database in datasette.databases and not datasette.databases[database].is_mutable
+
+
+def cacheable(datasette, scope, headers: dict) -> bool:
     return (scope["method"] == "GET" and b"cookie" not in headers and b"authorization" not in headers
-            and database in datasette.databases and not datasette.databases[database].is_mutable)
+            and immutable(datasette, scope))
+
+
+READ_ONLY = Response.json({"ok": False, "error": "This database is served read-only", "status": 405}, status=405,
+                          headers={"Allow": "GET, HEAD, OPTIONS"})
 
 
 class Kept(OrderedDict):
@@ -87,6 +100,8 @@ def kept(datasette, app):
 
     async def answer(scope, receive, send):
         headers = dict(scope.get("headers", ()))
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS") and immutable(datasette, scope):
+            return await READ_ONLY.asgi_send(send)
         if scope["type"] != "http" or not cacheable(datasette, scope, headers):
             return await app(scope, receive, send)
         key = (scope["path"], scope["query_string"], b"gzip" in headers.get(b"accept-encoding", b""))

@@ -1,7 +1,8 @@
 """Speed and memory of builds at real Binance volume, as ratios measured side by side in one run.
 
     .venv/bin/python tests/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--runs N] [--readme]
-    .venv/bin/python tests/benchmark.py pages [--db DB] [--clients 8] [--readme]
+    .venv/bin/python tests/benchmark.py pages [--db DB] [--clients 8] [--setting NAME VALUE] [--readme]
+    .venv/bin/python tests/benchmark.py load [--db DB] [--clients 16] [--seconds 60] [--fresh] [--setting NAME VALUE]
 
 The second form (issue 12) serves a built database (default: the 30-day demo, built first) with
 `build.py serve`'s own command on loopback and measures, side by side: the p95 latency of every stored
@@ -9,6 +10,16 @@ query at 8 clients beside the floor (/-/versions.json, Datasette's cheapest answ
 page's chart drawn in headless Chromium, from a new browser context each time (a first visit). Each
 query twice: asked afresh (`Cache-Control: no-cache`, so the query runs every time, as for a view no one
 has asked for since the server started) and asked again (the answer the server keeps, plugins/responses.py).
+`--setting NAME VALUE` overrides one of datasette.yaml's settings (Datasette's own --setting), to measure
+two settings back to back; `--draws 0` leaves Chromium out.
+
+The third form (issue 13) is a bounded load test of the same server: `clients` clients, each on its own keep-alive
+connection, cycle for `seconds` over every stored query (default parameters, JSON), every page, the Plotly
+bundle the pages load and two table pages, as browsers (gzip accepted, so repeats get the kept answers;
+`--fresh`: every request asked afresh, the query run each time). It prints the requests, the errors (any answer
+but a 200, or no answer: it exits 1 if there is one), the latency's p50, p95 and p99 overall and per path,
+requests per second, and the server's resident memory (VmRSS) sampled every second: at the start, its peak
+and at the end.
 
 The first form:
 
@@ -42,7 +53,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -224,35 +237,50 @@ def chart_drawn(url: str, runs: int) -> list[float]:
 PAGES = {"heatmap": "/heatmap"}   # chart pages timed in Chromium: name -> path
 
 
+def served_db(db: Path | None, folder: str) -> Path:
+    """--db, or the 30-day demo simulated and built in `folder`."""
+    if db is not None:
+        return db
+    print("simulating and building the 30-day demo ...", file=sys.stderr)
+    for command in (["demo", "--out", f"{folder}/raw"], ["build", "--data", f"{folder}/raw", "--db", f"{folder}/l.db"]):
+        subprocess.run([sys.executable, str(ROOT / "build.py"), *command], check=True, capture_output=True)
+    return Path(folder) / "l.db"
+
+
+def stored_queries() -> list[str]:
+    import yaml
+    return list(yaml.safe_load((ROOT / "datasette.yaml").read_text())["databases"]["liquidations"]["queries"])
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, help="a built SQLite file (default: build the 30-day demo first)")
+    parser.add_argument("--setting", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override one of datasette.yaml's settings, e.g. --setting num_sql_threads 0")
+
+
 def pages_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="benchmark.py pages", description="The served pages and stored queries: "
                                      "latency under load beside the floor, and the heatmap drawn in Chromium.")
-    parser.add_argument("--db", type=Path, help="a built SQLite file (default: build the 30-day demo first)")
+    add_server_arguments(parser)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=25, help="requests per client and path")
-    parser.add_argument("--draws", type=int, default=5, help="page loads timed in Chromium")
+    parser.add_argument("--draws", type=int, default=5, help="page loads timed in Chromium (0: none)")
     parser.add_argument("--readme", action="store_true", help="also write the table into README.md's pages block")
     args = parser.parse_args(argv)
-    import yaml
     with tempfile.TemporaryDirectory(prefix="benchmark-pages-") as name:
-        db = args.db
-        if db is None:
-            print("simulating and building the 30-day demo ...", file=sys.stderr)
-            for command in (["demo", "--out", f"{name}/raw"], ["build", "--data", f"{name}/raw", "--db", f"{name}/l.db"]):
-                subprocess.run([sys.executable, str(ROOT / "build.py"), *command], check=True, capture_output=True)
-            db = Path(name) / "l.db"
-        queries = yaml.safe_load((ROOT / "datasette.yaml").read_text())["databases"]["liquidations"]["queries"]
-        process, url = start_server(db)
+        process, url = start_server(served_db(args.db, name), args.setting)
         try:
             floor = load(url, "/-/versions.json", args.clients, args.requests)
             rows = [("floor: /-/versions.json", floor, floor)]
             rows += [(f"stored query {q}", *(load(url, f"/liquidations/{q}.json?_shape=array", args.clients, args.requests,
-                                                  fresh) for fresh in (True, False))) for q in queries]
-            draws = {page: chart_drawn(url + path, args.draws) for page, path in PAGES.items()}
+                                                  fresh) for fresh in (True, False))) for q in stored_queries()]
+            draws = {page: chart_drawn(url + path, args.draws) for page, path in PAGES.items()} if args.draws else {}
         finally:
             process.terminate()
             process.wait(timeout=10)
-    header = f"{args.clients} clients x {args.requests} requests per path on loopback; {machine()}; {dt.date.today()}"
+    settings = "".join(f"; {name} {value}" for name, value in args.setting)
+    header = (f"{args.clients} clients x {args.requests} requests per path on loopback{settings}; {machine()}; "
+              f"{dt.date.today()}")
     table = [("what", "p95 asked afresh", "vs the floor", "p95 asked again", "vs the floor", "bytes sent (gzip)", "target")]
     table += [(what, f"{1000 * fresh['p95_s']:.1f} ms", f"{fresh['p95_s'] / floor['p95_s']:.1f}x",
                f"{1000 * again['p95_s']:.1f} ms", f"{again['p95_s'] / floor['p95_s']:.1f}x", f"{fresh['bytes']:,}",
@@ -267,5 +295,124 @@ def pages_main(argv: list[str]) -> None:
         write_readme_table("pages benchmark: python tests/benchmark.py pages", "end of pages benchmark", header, table)
 
 
+
+# ---------------------------------------------------------------- load (issue 13)
+
+
+SERVED_PAGES = ["/", "/liquidations", "/heatmap", "/liquidation_map", "/compare_models", "/backtest"]
+TABLE_PAGES = ["/liquidations/data_coverage", "/liquidations/heatmap_cells"]   # a small table and the largest
+
+
+def load_paths(url: str) -> list[str]:
+    """Every stored query (default parameters, JSON), every page, the Plotly bundle the pages load, the table pages."""
+    with urllib.request.urlopen(url + "/heatmap", timeout=60) as response:
+        plotly = re.search(r'src="(/assets/plotly-[^"]+)"', response.read().decode())[1]
+    return [*(f"/liquidations/{q}.json" for q in stored_queries()), *SERVED_PAGES, plotly, *TABLE_PAGES]
+
+
+def client_cycle(url: str, paths: list[str], first: int, until: float, headers: dict) -> list[tuple]:
+    """One client on its own keep-alive connection: GETs of `paths` in turn, from the `first`, until the clock
+    (time.monotonic) reads `until`: (path, seconds, error or None) each. An error is any answer but a 200 with a
+    body, or none (the connection is then opened anew)."""
+    host, done, i = url.split("//")[1], [], first
+    connection = http.client.HTTPConnection(host, timeout=60)
+    while time.monotonic() < until:
+        path, i = paths[i % len(paths)], i + 1
+        began, error = time.perf_counter(), None
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200 or not body:
+                error = f"HTTP {response.status}: {body[:200]!r}"
+        except (OSError, http.client.HTTPException) as e:
+            error = f"{type(e).__name__}: {e}"
+            connection.close()
+            connection = http.client.HTTPConnection(host, timeout=60)
+        done.append((path, time.perf_counter() - began, error))
+    connection.close()
+    return done
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now (VmRSS), MiB."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def sample_rss(pid: int, stop: threading.Event) -> list[float]:
+    """rss_mib every second until `stop` is set, and once more then."""
+    samples = [rss_mib(pid)]
+    while not stop.wait(1.0):
+        samples.append(rss_mib(pid))
+    return [*samples, rss_mib(pid)]
+
+
+def run_load(url: str, pid: int, clients: int, seconds: float, fresh: bool = False) -> dict:
+    """`clients` clients cycling over load_paths for `seconds` (each starting at a path of its own), the server's
+    memory sampled meanwhile: every request's (path, seconds, error), the memory samples, the seconds it took."""
+    paths = load_paths(url)
+    headers = {"Accept-Encoding": "gzip", **({"Cache-Control": "no-cache"} if fresh else {})}
+    stop = threading.Event()
+    with ThreadPoolExecutor(clients + 1) as pool:
+        memory = pool.submit(sample_rss, pid, stop)
+        began = time.monotonic()
+        cycles = [pool.submit(client_cycle, url, paths, i * len(paths) // clients, began + seconds, headers)
+                  for i in range(clients)]
+        requests = [request for cycle in cycles for request in cycle.result()]
+        took = time.monotonic() - began
+        stop.set()
+        return {"paths": paths, "requests": requests, "memory": memory.result(), "seconds": took}
+
+
+def percentiles(times: list[float]) -> str:
+    """p50 / p95 / p99 / max of some seconds, in ms."""
+    ordered = sorted(times)
+    at = [ordered[int(q * (len(ordered) - 1))] for q in (0.5, 0.95, 0.99)] + [ordered[-1]]
+    return " ".join(f"{1000 * t:9.1f}" for t in at)
+
+
+def load_report(result: dict) -> list[str]:
+    """The lines load_main prints: totals, errors (the first five), latency overall and per path, memory."""
+    requests, memory = result["requests"], result["memory"]
+    errors = [(path, error) for path, _, error in requests if error]
+    rate = len(requests) / result["seconds"]
+    lines = [f"requests: {len(requests):,} in {result['seconds']:.1f} s ({rate:.1f}/s); errors: {len(errors)}",
+             *(f"  error: {path}: {error}" for path, error in errors[:5]),
+             f"{'latency, ms':44}{'requests':>9}{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}",
+             f"{'overall':44}{len(requests):9,} {percentiles([t for _, t, _ in requests])}"]
+    for path in result["paths"]:
+        times = [t for p, t, _ in requests if p == path]
+        lines.append(f"{path:44}{len(times):9,} {percentiles(times)}" if times else f"{path:44}{0:9}")
+    lines.append(f"server memory (VmRSS, every 1 s): start {memory[0]:.0f} MiB, peak {max(memory):.0f} MiB, "
+                 f"end {memory[-1]:.0f} MiB")
+    return lines
+
+
+def load_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="benchmark.py load", description="A bounded load test of the server on "
+                                     "loopback: errors (none allowed), latency percentiles and the server's memory.")
+    add_server_arguments(parser)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--fresh", action="store_true", help="ask every request afresh (Cache-Control: no-cache)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="benchmark-load-") as name:
+        process, url = start_server(served_db(args.db, name), args.setting)
+        try:
+            result = run_load(url, process.pid, args.clients, args.seconds, args.fresh)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    settings = "".join(f"; {name} {value}" for name, value in args.setting)
+    print(f"load: {args.clients} clients for {args.seconds:g} s over {len(result['paths'])} paths on loopback, "
+          f"{'every request asked afresh' if args.fresh else 'as browsers (gzip; repeats get kept answers)'}"
+          f"{settings}; {machine()}; {dt.date.today()}")
+    print("\n".join(load_report(result)))
+    if any(error for *_, error in result["requests"]):
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    pages_main(sys.argv[2:]) if sys.argv[1:2] == ["pages"] else main()
+    mode = {"pages": pages_main, "load": load_main}.get(sys.argv[1] if len(sys.argv) > 1 else "")
+    mode(sys.argv[2:]) if mode else main()

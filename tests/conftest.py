@@ -148,11 +148,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: Path) -> tuple[subprocess.Popen, str]:
-    """`build.py serve`'s own Datasette command on a free loopback port, once it answers: the process and its URL."""
+def start_server(db: Path, settings=()) -> tuple[subprocess.Popen, str]:
+    """`build.py serve`'s own Datasette command on a free loopback port (each of `settings`, a name and a value,
+    passed on as Datasette's --setting), once it answers: the process and its URL."""
     import build
     port = free_port()
-    process = subprocess.Popen(build.serve_command(db, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [*build.serve_command(db, port), *(word for name, value in settings for word in ("--setting", name, value))]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
     while True:
         try:
@@ -161,5 +163,14 @@ def start_server(db: Path) -> tuple[subprocess.Popen, str]:
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
-                raise RuntimeError("datasette did not start") from None
+                raise RuntimeError(f"datasette did not start: {' '.join(command)}") from None
             time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def server(demo_db):
+    """A real server (start_server) of the demo database, for a test module: its URL."""
+    process, url = start_server(demo_db)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)

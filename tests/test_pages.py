@@ -4,19 +4,11 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, chromium_path, start_server
+from conftest import ROOT, chromium_path
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
 CHART_PAGES = ["heatmap", "liquidation_map", "compare_models", "backtest"]
-
-
-@pytest.fixture(scope="module")
-def server(demo_db):
-    process, url = start_server(demo_db)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,19 @@
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import re
 import sqlite3
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import yaml
@@ -350,3 +355,99 @@ def test_serve_runs_a_real_server(demo_db):
 def test_serve_without_a_database_says_what_to_do(tmp_path):
     result = run_build("--db", str(tmp_path / "none.db"), command="serve")
     assert result.returncode == 2 and "python build.py build" in result.stderr
+
+
+# ---------------------------------------------------------------- a real server under stress (issue 13)
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, bytes, float]:
+    """A GET: its status, body and seconds, 4xx and 5xx included."""
+    began = time.perf_counter()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, response.read(), time.perf_counter() - began
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), time.perf_counter() - began
+
+
+RUNAWAY = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c"   # never ends
+# asked while it runs: Datasette's cheapest answer, stored queries, pages that run SQL (the controls' values), tables
+PROMPT = ["/-/versions.json", "/liquidations/coverage.json", "/liquidations/heatmap.json?_shape=array", "/heatmap",
+          "/liquidations", "/liquidations/data_coverage"]
+
+
+def test_a_runaway_query_is_cut_off_while_other_requests_are_answered(server):
+    limit_s = yaml.safe_load((ROOT / "datasette.yaml").read_text())["settings"]["sql_time_limit_ms"] / 1000
+    fresh = {"Cache-Control": "no-cache"}   # no kept answer: each query runs
+    assert all(get(server + path, fresh)[0] == 200 for path in PROMPT)   # (first renders, connections: done before)
+    with ThreadPoolExecutor(1) as pool:
+        runaway = pool.submit(get, f"{server}/liquidations.json?{urllib.parse.urlencode({'sql': RUNAWAY})}")
+        time.sleep(0.2)
+        during = []   # (path, status, seconds) of the requests answered while it ran
+        while not runaway.done():
+            during += [(path, *get(server + path, fresh)[::2]) for path in PROMPT if not runaway.done()]
+        status, body, took = runaway.result()
+    assert len(during) >= 2 * len(PROMPT), during   # every path answered a few times meanwhile
+    assert all(status == 200 for _, status, _ in during), during
+    assert max(seconds for *_, seconds in during) < 1, sorted(during, key=lambda d: -d[2])[:3]
+    assert status == 400 and json.loads(body)["error"].startswith("SQL query took too long"), body[:300]
+    assert limit_s <= took < limit_s + 1.5
+
+
+WRITES = [   # Datasette 1.0's write endpoints, each with a body it would accept from an actor allowed to write
+    ("/liquidations/-/create", {"table": "t", "columns": [{"name": "a", "type": "text"}]}),
+    ("/liquidations/data_coverage/-/insert", {"row": {"symbol": "X"}}),
+    ("/liquidations/data_coverage/-/upsert", {"rows": [{"symbol": "X"}]}),
+    ("/liquidations/data_coverage/-/drop", {"confirm": True}),
+    ("/liquidations/data_coverage/1/-/update", {"update": {"symbol": "X"}}),
+    ("/liquidations/data_coverage/1/-/delete", {}),
+    ("/liquidations/-/query", {"sql": "delete from data_coverage"}),
+    ("/liquidations/-/execute-write", {"sql": "delete from data_coverage"}),
+    ("/liquidations/-/queries/store", {"name": "q", "sql": "select 1"}),
+    ("/liquidations/coverage/-/update", {"sql": "select 1"}),
+    ("/liquidations/coverage/-/delete", {}),
+]
+
+
+def test_the_server_is_read_only(server, demo_db):
+    before = hashlib.sha256(demo_db.read_bytes()).hexdigest()
+    databases = json.loads(get(server + "/-/databases.json")[1])["databases"]
+    assert [(d["name"], d["is_mutable"]) for d in databases] == [("liquidations", False)]   # served immutable
+    for path, body in WRITES:
+        for content_type, data in (("application/json", json.dumps(body)), ("application/x-www-form-urlencoded",
+                                                                              urllib.parse.urlencode(body))):
+            request = urllib.request.Request(server + path, data=data.encode(), method="POST",
+                                             headers={"Content-Type": content_type})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code in (403, 404, 405), (path, content_type, refused.value.code)
+    for path in ("/liquidations.json", "/liquidations/-/query.json"):   # ad-hoc SQL: SELECT only
+        status, body, _ = get(f"{server}{path}?{urllib.parse.urlencode({'sql': 'delete from data_coverage'})}")
+        assert status == 400 and "Statement must be a SELECT" in body.decode()
+    assert hashlib.sha256(demo_db.read_bytes()).hexdigest() == before
+    assert json.loads(get(server + "/liquidations/coverage.json?_shape=array")[1])   # still whole
+
+
+def test_the_server_listens_on_loopback_only_by_default(server, demo_db):
+    assert build.parse_args(["serve"]).host == "127.0.0.1"
+    command = build.serve_command(demo_db, 8001)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    port = urllib.parse.urlsplit(server).port
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp to read the listening sockets from")
+    listening = [fields[1] for name in ("/proc/net/tcp", "/proc/net/tcp6") if Path(name).exists()
+                 for fields in (line.split() for line in Path(name).read_text().splitlines()[1:])
+                 if fields[3] == "0A" and fields[1].endswith(f":{port:04X}")]   # (0A: LISTEN)
+    assert listening == [f"0100007F:{port:04X}"]   # 127.0.0.1 alone, not 0.0.0.0 nor ::
+
+
+def test_the_load_benchmark_runs_without_errors(demo_db):
+    """tests/benchmark.py load, briefly: every path asked, no error, memory reported."""
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "benchmark.py"), "load", "--db", str(demo_db),
+                             "--clients", "2", "--seconds", "3"], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "errors: 0" in lines[1] and lines[-1].startswith("server memory (VmRSS")
+    per_path = lines[4:-1]
+    assert len(per_path) == len(queries()) + 9 and all(int(line.split()[1].replace(",", "")) > 0 for line in per_path)
