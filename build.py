@@ -14,8 +14,10 @@ and writes the outputs. Each step is a small function; the build is linear and i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
+import fcntl
 import functools
 import hashlib
 import http.client
@@ -286,6 +288,8 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
                 os.fsync(written.fileno())   # on disk before it replaces the old file
             committed.result() if prefetched else commit()
         os.replace(tmp_path, db_path)
+    except sqlite3.OperationalError as error:   # ("disk I/O error", "database or disk is full": which file?)
+        raise sqlite3.OperationalError(f"{tmp_path}: {error}") from error
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -621,6 +625,9 @@ def open_build(duck_path: Path, duck_tmp: Path, previous) -> duckdb.DuckDBPyConn
     try:
         con = duckdb.connect(str(duck_path if previous else duck_tmp))
     except duckdb.IOException as error:   # (another process has the file open: DuckDB lets one process write)
+        duck_tmp.unlink(missing_ok=True)
+        if "lock" not in str(error):
+            raise
         raise BuildError(f"cannot write {duck_path}: {error}\nClose the program that has it open, or build "
                          "with --full (which writes a new file in its place).") from error
     con.begin()
@@ -659,11 +666,59 @@ def check_arguments(args) -> None:
             raise BuildError(str(error).removeprefix("Invalid Input Error: ")) from None
 
 
+def writable(folder: Path) -> Path:
+    """The folder, made if need be, once a file could be written in it: an unwritable --db or --cache fails
+    here, naming it, before anything is read."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return folder
+    except OSError as error:
+        raise BuildError(f"cannot write in {folder}: {error.strerror or error}") from None
+
+
+@contextlib.contextmanager
+def locked(folders: list[Path]):
+    """Hold each folder (the build's --db folder, its cache) for this build alone. The lock is the kernel's
+    (flock) on the folder itself: a second build there fails at once, naming it; the lock leaves no file behind
+    and goes with its process, kill -9 included, so it is never stale."""
+    with contextlib.ExitStack() as held:
+        for folder in dict.fromkeys(folders):
+            fd = os.open(folder, os.O_RDONLY)
+            held.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BuildError(f"another build is writing in {folder}: wait for it to end, or build with "
+                                 "another --db (and --cache)") from None
+        yield
+
+
+def clear_leftovers(db_path: Path, cache: Path) -> None:
+    """What a build stopped by force (kill -9, power cut) leaves: its unfinished files beside the databases and
+    its scratch folders in the cache. Only under the lock: no other build can be writing them."""
+    duck_tmp = db_path.with_suffix(".duckdb.tmp")
+    leftovers = [db_path.with_name(db_path.name + ".tmp"), duck_tmp, duck_tmp.with_name(duck_tmp.name + ".wal"),
+                 *cache.glob("spill-*"), *cache.glob("*/stage-*"), *cache.glob("**/.*.tmp")]
+    for path in (path for path in leftovers if path.exists()):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log(f"removed {path}, left by a build that was stopped")
+
+
 def build(args) -> Path:
     check_arguments(args)
     db_path = Path(args.db)
+    cache = Path(args.cache or db_path.parent / "cache")
+    with locked([writable(db_path.parent), writable(cache)]):
+        clear_leftovers(db_path, cache)
+        try:
+            return build_locked(args, db_path, cache)
+        except (OSError, sqlite3.OperationalError, duckdb.IOException, duckdb.FatalException) as error:
+            raise BuildError(f"the build failed: {error}\n(the database built before, if any, is as it was)") from error
+
+
+def build_locked(args, db_path: Path, cache: Path) -> Path:
     duck_path = db_path.with_suffix(".duckdb")
-    db_path.parent.mkdir(parents=True, exist_ok=True)
     files = discover(Path(args.data), args.symbol, args.start, args.end, args.liquidations)
     if not files:
         raise BuildError(f"no Binance futures files (e.g. BTCUSDT-metrics-2024-01-01.zip) found under {args.data}"
@@ -675,12 +730,12 @@ def build(args) -> Path:
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Staging reads only the files: the DuckDB file is opened, and the empty sources and the parameters
         # set up, while it runs (about 0.1 s of a day added's 3.3 s at 30 days)
-        staging = pool.submit(stage.stage_files, files, Path(args.cache or db_path.parent / "cache"), args.jobs,
+        staging = pool.submit(stage.stage_files, files, cache, args.jobs,
                               memory_limit_mb(args.memory_limit), log)
         previous = None if getattr(args, "full", False) else previous_build(duck_path, key)
         con = open_build(duck_path, duck_tmp, previous)
         try:
-            with tempfile.TemporaryDirectory(prefix="liquidation-heatmap-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="spill-", dir=cache) as tmp:   # (on disk: /tmp may be RAM)
                 configure(con, args.memory_limit, Path(tmp) / "spill")
                 create_sources(con, args)
                 try:

@@ -12,6 +12,7 @@ so a change to them restages every file."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -104,7 +105,7 @@ class Checksums:
         """Forget the files that no longer exist, and remove the staged copies that no known file holds
         (a removed file's, a changed file's earlier bytes). Returns how many were removed. What another
         build sharing the cache has saved since this one began is read again first, so that its files
-        are known. (Two builds at once on one cache are otherwise not coordinated.)"""
+        are known. (build.py locks the cache folder: no two builds write it at once.)"""
         try:
             on_disk = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -122,8 +123,11 @@ class Checksums:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def gzip_of(path: Path, member: zipfile.ZipInfo, dest: Path) -> None:
@@ -160,6 +164,10 @@ def same_as_zip(csv_path: Path, zip_path: Path) -> bool:
     return crc == members[0].CRC
 
 
+# Errors of the machine, not of a file's bytes: full, over a size limit, over quota, read-only, refused, failing.
+DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
     """Make one file readable by read_csv and look at its first line. Sets status, problem, has_header and csv_path.
 
@@ -183,8 +191,11 @@ def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
                     csv_path = tmp / f"{info['sha256']}.csv"
                     with archive.open(members[0]) as src, csv_path.open("wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
-        # (zipfile raises NotImplementedError for a method or version it lacks, RuntimeError for an encrypted member)
+        # (zipfile raises NotImplementedError for a method or version it lacks, RuntimeError for an encrypted member,
+        # OSError for a seek a damaged directory points before the file's start)
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as error:
+            if isinstance(error, OSError) and error.errno in DISK_ERRORS:
+                raise   # the disk's fault, not the file's: the build stops (a quarantine would be kept in the cache)
             return {**info, "problem": "unreadable_zip", "detail": f"{path.name}: {error}"}
     else:
         with path.open(encoding="utf-8", errors="replace") as f:
