@@ -5,11 +5,12 @@ compresses in the event loop: on the 30-day heatmap's 336 KB of JSON, level 9 to
 6 ms, for a body 15 % larger.
 
 Kept: a database served immutable (`build.py serve` serves it so) cannot change while the server runs, so a
-GET of it always gets the same answer. The answer is kept, compressed, and sent again without running the query,
-as a caching proxy in front would (up to CACHE_BYTES in all, least recently used out first). Not kept: requests
-with a cookie or an Authorization header (an actor may see other things), answers other than a whole 200, and
-mutable databases. A request that says `Cache-Control: no-cache` gets a fresh answer, which is kept.
-Datasette's `query_ms` in a kept JSON answer is the first run's.
+GET of it, or of a page that reads only it (the index, templates/pages/), always gets the same answer. The
+answer is kept, compressed, and sent again without running the query, as a caching proxy in front would (up to
+CACHE_BYTES in all, least recently used out first). Not kept: requests with a cookie or an Authorization header
+(an actor may see other things), answers other than a whole 200 or that set a cookie, and mutable databases
+(and, beside one, the index and the pages). A request that says `Cache-Control: no-cache` gets a fresh answer,
+which is kept. Datasette's `query_ms` in a kept JSON answer is the first run's.
 
 Read-only: a request other than GET, HEAD or OPTIONS to an immutable database is refused, 405, as a static file
 server would, before Datasette sees it. Datasette refuses each write itself (403), all but one: a POST to
@@ -66,9 +67,13 @@ CACHE_LARGEST = 4 * 2**20
 
 
 def immutable(datasette, scope) -> bool:
-    """Whether the request's path is under a database served immutable."""
-    database = scope["path"].split("/")[1].split(".")[0]
-    return database in datasette.databases and not datasette.databases[database].is_mutable
+    """Whether the request's path is under a database served immutable, or is the index or a page of templates/
+    pages/ (which read only the databases) while every database is served immutable."""
+    first = scope["path"].split("/")[1]
+    database = first.split(".")[0]
+    if database in datasette.databases:
+        return not datasette.databases[database].is_mutable
+    return first != "-" and not any(db.is_mutable for db in datasette.databases.values())
 
 
 def cacheable(datasette, scope, headers: dict) -> bool:
@@ -117,6 +122,7 @@ def kept(datasette, app):
             await send(message)
         await app(scope, receive, keep)
         if (len(sent) == 2 and sent[0].get("status") == 200 and not sent[1].get("more_body")
+                and not any(name.lower() == b"set-cookie" for name, _ in sent[0].get("headers", ()))
                 and len(body := sent[1].get("body", b"")) <= CACHE_LARGEST):
             answers.keep(key, sent[0], body)
     return answer

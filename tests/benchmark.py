@@ -365,28 +365,27 @@ def run_load(url: str, pid: int, clients: int, seconds: float, fresh: bool = Fal
         return {"paths": paths, "requests": requests, "memory": memory.result(), "seconds": took}
 
 
-def percentiles(times: list[float]) -> str:
-    """p50 / p95 / p99 / max of some seconds, in ms."""
+def percentiles(times: list[float]) -> list[str]:
+    """p50, p95, p99 and max of some seconds, in ms."""
     ordered = sorted(times)
-    at = [ordered[int(q * (len(ordered) - 1))] for q in (0.5, 0.95, 0.99)] + [ordered[-1]]
-    return " ".join(f"{1000 * t:9.1f}" for t in at)
+    return [f"{1000 * t:.1f}" for t in [ordered[int(q * (len(ordered) - 1))] for q in (0.5, 0.95, 0.99)] + ordered[-1:]]
 
 
-def load_report(result: dict) -> list[str]:
-    """The lines load_main prints: totals, errors (the first five), latency overall and per path, memory."""
+def load_report(result: dict) -> tuple[list[str], list[tuple]]:
+    """What load_main reports: the totals, errors (the first five) and memory; the latency table, overall and per
+    path."""
     requests, memory = result["requests"], result["memory"]
     errors = [(path, error) for path, _, error in requests if error]
-    rate = len(requests) / result["seconds"]
-    lines = [f"requests: {len(requests):,} in {result['seconds']:.1f} s ({rate:.1f}/s); errors: {len(errors)}",
-             *(f"  error: {path}: {error}" for path, error in errors[:5]),
-             f"{'latency, ms':44}{'requests':>9}{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}",
-             f"{'overall':44}{len(requests):9,} {percentiles([t for _, t, _ in requests])}"]
+    lines = [(f"requests: {len(requests):,} in {result['seconds']:.1f} s ({len(requests) / result['seconds']:.1f}/s); "
+             f"errors: {len(errors)}"), *(f"  error: {path}: {error}" for path, error in errors[:5]),
+             (f"server memory (VmRSS, every 1 s): start {memory[0]:.0f} MiB, peak {max(memory):.0f} MiB, "
+             f"end {memory[-1]:.0f} MiB")]
+    table = [("latency, ms", "requests", "p50", "p95", "p99", "max"),
+             ("overall", f"{len(requests):,}", *percentiles([t for _, t, _ in requests]))]
     for path in result["paths"]:
         times = [t for p, t, _ in requests if p == path]
-        lines.append(f"{path:44}{len(times):9,} {percentiles(times)}" if times else f"{path:44}{0:9}")
-    lines.append(f"server memory (VmRSS, every 1 s): start {memory[0]:.0f} MiB, peak {max(memory):.0f} MiB, "
-                 f"end {memory[-1]:.0f} MiB")
-    return lines
+        table.append((path, f"{len(times):,}", *(percentiles(times) if times else ["", "", "", ""])))
+    return lines, table
 
 
 def load_main(argv: list[str]) -> None:
@@ -396,6 +395,7 @@ def load_main(argv: list[str]) -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--fresh", action="store_true", help="ask every request afresh (Cache-Control: no-cache)")
+    parser.add_argument("--readme", action="store_true", help="also write the figures into README.md's load block")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="benchmark-load-") as name:
         process, url = start_server(served_db(args.db, name), args.setting)
@@ -405,12 +405,19 @@ def load_main(argv: list[str]) -> None:
             process.terminate()
             process.wait(timeout=10)
     settings = "".join(f"; {name} {value}" for name, value in args.setting)
-    print(f"load: {args.clients} clients for {args.seconds:g} s over {len(result['paths'])} paths on loopback, "
-          f"{'every request asked afresh' if args.fresh else 'as browsers (gzip; repeats get kept answers)'}"
-          f"{settings}; {machine()}; {dt.date.today()}")
-    print("\n".join(load_report(result)))
+    header = (f"{args.clients} clients for {args.seconds:g} s over {len(result['paths'])} paths on loopback, "
+              f"{'every request asked afresh' if args.fresh else 'as browsers (gzip; repeats get kept answers)'}"
+              f"{settings}; {machine()}; {dt.date.today()}")
+    lines, table = load_report(result)
+    print(f"load: {header}", *lines, sep="\n")
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    print("\n".join(f"{row[0]:{widths[0]}}" + "".join(f"  {cell:>{w}}" for cell, w in zip(row[1:], widths[1:]))
+                    for row in table))
     if any(error for *_, error in result["requests"]):
         sys.exit(1)
+    if args.readme:
+        write_readme_table("load benchmark: python tests/benchmark.py load", "end of load benchmark",
+                           f"{header}\n\n" + "; ".join(lines), table)
 
 
 if __name__ == "__main__":

@@ -301,9 +301,14 @@ async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, m
     bad = "/liquidations/heatmap.json?bucket_usd=130"
     assert [(await ds.client.get(bad)).status_code for _ in range(2)] == [400, 400]
     assert "x-cache" not in (await ds.client.get(bad)).headers   # only whole 200s are kept
+    for page in ("/", "/heatmap?model=ensemble"):   # the index and the pages read only the immutable database
+        first = await ds.client.get(page)
+        assert first.status_code == 200 and (await ds.client.get(page)).headers["x-cache"] == "hit"
+    assert "x-cache" not in (await ds.client.get("/-/versions.json")).headers   # (Datasette's own /-/ pages: never)
     mutable = Datasette([str(demo_db)], config=ds.config, plugins_dir=str(ROOT / "plugins"))
-    await mutable.client.get(path)
-    assert "x-cache" not in (await mutable.client.get(path)).headers   # its file may change: never kept
+    for page in (path, "/"):
+        await mutable.client.get(page)
+        assert "x-cache" not in (await mutable.client.get(page)).headers   # its file may change: never kept
     responses = next(p for p in pm.get_plugins() if getattr(p, "__file__", "").endswith("plugins/responses.py"))
     assert responses._kept[ds].size == sum(len(body) for _, body in responses._kept[ds].values())
     largest = max(len(body) for (*_, gzipped), (_, body) in responses._kept[ds].items() if gzipped)  # the heatmap's
@@ -448,6 +453,6 @@ def test_the_load_benchmark_runs_without_errors(demo_db):
                             check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert "errors: 0" in lines[1] and lines[-1].startswith("server memory (VmRSS")
-    per_path = lines[4:-1]
+    assert "errors: 0" in lines[1] and lines[2].startswith("server memory (VmRSS") and lines[4].startswith("overall")
+    per_path = lines[5:]
     assert len(per_path) == len(queries()) + 9 and all(int(line.split()[1].replace(",", "")) > 0 for line in per_path)
