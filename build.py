@@ -266,8 +266,7 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
     new file starts as a copy of the previous one: the APPENDED tables keep their rows before `since` and
     get only the rows from then on; every other table is written whole. `commit` (the DuckDB build's) runs
     once every row is read, and the new file replaces the old one only after it succeeded."""
-    tmp_path = db_path.with_name(db_path.name + ".tmp")
-    tmp_path.unlink(missing_ok=True)
+    tmp_path = db_path.with_name(db_path.name + ".tmp")   # (a stopped build's is gone: clear_leftovers)
     try:
         if since:
             shutil.copyfile(db_path, tmp_path)
@@ -620,8 +619,7 @@ def open_build(duck_path: Path, duck_tmp: Path, previous) -> duckdb.DuckDBPyConn
     holding only its PERSISTED tables (the SQL recomputes their rows from rebuild_from on, and everything
     else): DuckDB drops an uncommitted transaction, at a failure and on recovery after a crash, so the
     previous build's file stays whole (copying it first took 12 s at a year of data). Otherwise a new
-    file beside it, which replaces it when done."""
-    duck_tmp.unlink(missing_ok=True)
+    file beside it, which replaces it when done (a stopped build's is gone: clear_leftovers)."""
     try:
         con = duckdb.connect(str(duck_path if previous else duck_tmp))
     except duckdb.IOException as error:   # (another process has the file open: DuckDB lets one process write)

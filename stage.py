@@ -103,14 +103,9 @@ class Checksums:
 
     def prune(self, cache: Path) -> int:
         """Forget the files that no longer exist, and remove the staged copies that no known file holds
-        (a removed file's, a changed file's earlier bytes). Returns how many were removed. What another
-        build sharing the cache has saved since this one began is read again first, so that its files
-        are known. (build.py locks the cache folder: no two builds write it at once.)"""
-        try:
-            on_disk = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            on_disk = {}
-        self.known = {path: seen for path, seen in {**on_disk, **self.known}.items() if Path(path).exists()}
+        (a removed file's, a changed file's earlier bytes). Returns how many were removed. (build.py locks
+        the cache folder, so what was read at the start is all there is: no other build writes it meanwhile.)"""
+        self.known = {path: seen for path, seen in self.known.items() if Path(path).exists()}
         held = {digest[:24] for _, _, digest in self.known.values()}
         removed = 0
         for record in cache.glob("*/*/*.json"):
