@@ -49,6 +49,8 @@ SELECT CASE
     WHEN NOT (param('stop_loss_share') >= 0 AND param('stop_loss_share') < 1
               AND param('stop_distance_share') BETWEEN 0 AND 1 AND param('calibration_cell_share') >= 0)
         THEN error('stop_loss_share must be in [0, 1), stop_distance_share in [0, 1] and calibration_cell_share >= 0')
+    WHEN NOT (param('forecast_ridge') >= 0 AND param('backtest_resamples') >= 1 AND param('backtest_warmup_s') >= 0)
+        THEN error('forecast_ridge must be >= 0, backtest_resamples >= 1 and backtest_warmup_s >= 0')
 END;
 
 -- The horizons, from build.py --horizons (default 1h,4h,24h). Levels at t come from the heatmap's

@@ -27,7 +27,8 @@ WITH openings AS (
     SELECT row_number() OVER () AS opening_id, * FROM (
         SELECT * FROM openings_binance_standard
         UNION ALL SELECT * FROM openings_funding_adjusted
-        UNION ALL SELECT * FROM openings_trade_flow)
+        UNION ALL SELECT * FROM openings_trade_flow
+        UNION ALL SELECT * FROM openings_churn_only)
     WHERE volume_usd > 0 AND created_ts >= rebuild_from()
 ),
 tiered AS (

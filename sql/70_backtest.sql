@@ -4,7 +4,7 @@
 -- At each forecast origin t (every multiple of the horizon h, UTC) the levels are frozen as they were
 -- at t; the realized trigger path in (t, t + h] then says which of them were crossed. Models and
 -- position-free baselines are turned into the same thing, "crossed levels" (volume per price bucket
--- that the path crossed), and scored by the same SQL (sql/71_backtest_scores.sql).
+-- that the path crossed), and scored by the same SQL (sql/72_backtest_scores.sql).
 
 -- The windows, crossed buckets and realized volumes are in sql/25_backtest_windows.sql.
 
@@ -20,6 +20,9 @@ SELECT * FROM (VALUES
     ('nearest_buckets', 'distance only: open interest x, for each distance (in price buckets) from the price, the '
                         || 'volume liquidated there per USD of open interest whose path crossed it, in the windows '
                         || 'before t (walk-forward, expanding)'),
+    ('baseline_blend', 'the position-free terms (naive_move, breakout, recent volatility, recent realized liquidations, '
+                       || 'funding) blended by a regression fitted walk-forward (sql/71_forecast.sql): the same as '
+                       || 'forecast_without_levels'),
     ('shuffled', 'the ensemble''s levels from another day (half the span away, wrapping round), moved to the '
                  || 'price at t: the same shape of levels at the wrong time')
 ) t(model, description);
