@@ -10,11 +10,11 @@ books differ (their long share follows sentiment, momentum and funding); unlever
 hedgers hold the difference as one netted inventory (one-way mode nets an account's sides), never
 liquidated, no stop. So open interest = speculator longs + market-maker longs = speculator shorts +
 market-maker shorts, exactly (integers). They make the speculators' taker trades, so they add no
-trades; what they charge for the imbalance is the funding premium. The traders' leverage mix is drawn
-per seed, never the models' default. Output is defined independently of the DuckDB version: md5()
-draws (not hash()), integer ticks / 0.001 coins / sums, text formatted explicitly (DAY_SQL).
+trades; what they charge for the imbalance is the funding premium. A test bench shares none of the
+models' assumptions (issue 28), only Binance's liquidation formula: it reads nothing under sql/, has
+its own brackets, leverage grid and mix, and draws stop-losses per position. Output is defined
+independently of the DuckDB version: md5() draws (not hash()), integer ticks / 0.001 coins / sums.
 """
-import csv
 import datetime as dt
 import hashlib
 import heapq
@@ -25,17 +25,24 @@ import shutil
 import tempfile
 import zipfile
 from collections import Counter, namedtuple
+from itertools import pairwise
 from pathlib import Path
 from statistics import NormalDist
 
 import duckdb
 
-# BTCUSDT's leverage brackets, from the same data file the models read (domain.md section 2):
-# (notional cap USDT, max leverage, maintenance margin rate, maintenance amount "cum" USDT).
-with open(Path(__file__).parent / "sql" / "seeds" / "maintenance_brackets.csv") as _f:
-    BRACKETS = [(float(r["notional_cap_usd"]), int(r["max_leverage"]), float(r["maintenance_margin_rate"]),
-                 float(r["maintenance_amount_usd"])) for r in csv.DictReader(_f) if r["symbol"] == "BTCUSDT"]
-LEVERAGES = (2, 3, 5, 10, 12, 20, 25, 50, 75, 100, 125)  # common picks in Binance's 1-125x slider
+# The simulator's own BTCUSDT brackets (notional cap USDT, max leverage, maintenance margin rate, "cum"
+# USDT): Binance's table of 2021-03-18 (announcement "Updates to Leverage and Margin Tiers of Binance
+# Futures Contracts"; last tier open-ended, capped here), not the newer one the models read: Binance
+# changes it over time, and a bench sharing the models' brackets could not show what a wrong one costs.
+# cum_n = cum_(n-1) + floor_n x (MMR_n - MMR_(n-1)), floor_n = the previous cap (domain.md section 2).
+BRACKETS = ((50e3, 125, 0.004, 0.0), (250e3, 100, 0.005, 50.0), (1e6, 50, 0.01, 1_300.0),
+            (10e6, 20, 0.025, 16_300.0), (20e6, 10, 0.05, 266_300.0), (50e6, 5, 0.10, 1_266_300.0),
+            (100e6, 4, 0.125, 2_516_300.0), (200e6, 3, 0.15, 5_016_300.0), (300e6, 2, 0.25, 25_016_300.0),
+            (500e6, 1, 0.50, 100_016_300.0))
+# The traders' leverage grid (1-125x slider picks), none a model tier (2, 5, 10, 20, 50, 100, 125): a
+# model must approximate the traders' leverage, never share it exactly.
+LEVERAGES = (1, 3, 4, 6, 8, 12, 15, 25, 30, 40, 60, 75, 90, 110)
 PARAMS = {  # every knob; written to simulator/params.json
     "start_price_usd": 60_000, "daily_vol": 0.025,  # BTC daily volatility is typically 2-4 %
     "garch_alpha": 0.03, "garch_beta": 0.966,  # GARCH(1,1) on 1-minute log returns: vol clusters
@@ -47,7 +54,10 @@ PARAMS = {  # every knob; written to simulator/params.json
     "target_open_usd": 6e9, "oi_mood_sd": 0.25, "oi_mood_half_life_h": 72,  # open notional drifts
     "notional_median_usd": 100e3, "notional_sigma": 1.8, "notional_cap_usd": 20e6,  # lognormal sizes
     "hold_mean_h_at_5x": 96, "hold_lev_exp": 0.5,  # exponential hold, mean x (5 / leverage)^exp
-    "stop_share": 0.95, "stop_frac": (0.2, 0.8),  # share with a stop-loss, placed this far entry->LP
+    # a stop-loss with a chance linear in log leverage, 60 % at 1x to 78 % at 125x (~0.65-0.75 over a
+    # mix; none of the fit's 0, 0.5, 0.8, 0.95), at a Beta(3, 2) share of the way entry -> LP in 10-95 %
+    "stop_share_at_1x": 0.6, "stop_share_at_125x": 0.78, "stop_way_beta": (3, 2), "stop_way_range": (0.1, 0.95),
+    "leverage_median": (8, 40), "leverage_sigma": (0.6, 1.1),  # per seed: log-uniform median, log sd
     "mood_half_life_h": 24, "mood_weight": 0.05, "momentum_weight": 0.05,  # long share of openings
     "funding_feedback": 100,  # ... minus this x the funding rate (funding deters the crowded side)
     "funding_base": 1e-4, "funding_k": 0.002, "funding_cap": 0.0075, "top_trader_quantile": 0.8,
@@ -55,15 +65,25 @@ PARAMS = {  # every knob; written to simulator/params.json
 Pos = namedtuple("Pos", "pid side lev entry qty lp top")  # side +-1, entry in 0.1 ticks, qty in 0.001
 
 
-def leverage_mix_for_seed(seed):
-    """The traders' share of openings per leverage for one seed: Dirichlet(0.6) weights over LEVERAGES
-    (normalized gamma draws; alpha < 1 leaves some tiers near zero), one mix for both sides. Its own
-    stream (a string seed is hashed with sha512: stable across Python versions), so the market's draws
-    do not move with it, and it never equals the models' default (sql/seeds/leverage_tiers.csv)."""
+def leverage_mix_for_seed(seed, p=PARAMS):
+    """The traders' share of openings per leverage for one seed, both sides: a log-normal (median log-uniform
+    in p["leverage_median"], log sd uniform in p["leverage_sigma"]) binned onto LEVERAGES (edges at geometric
+    midpoints), each bin's mass x Gamma(4, 1/4) popularity noise. Its own stream (a string seed is hashed
+    with sha512: stable across Python versions), so the market's draws do not move with it."""
     rng = random.Random(f"leverage-mix-{seed}")
-    draws = [rng.gammavariate(0.6, 1) for _ in LEVERAGES]
+    lo, hi = (math.log(x) for x in p["leverage_median"])
+    dist = NormalDist(rng.uniform(lo, hi), rng.uniform(*p["leverage_sigma"]))
+    logs = [math.log(lev) for lev in LEVERAGES]
+    edges = [-math.inf, *((a + b) / 2 for a, b in pairwise(logs)), math.inf]
+    draws = [(dist.cdf(b) - dist.cdf(a)) * rng.gammavariate(4, 0.25) for a, b in pairwise(edges)]
     mix = {lev: round(x / sum(draws), 4) for lev, x in zip(LEVERAGES, draws, strict=True)}
     return {lev: w for lev, w in mix.items() if w > 0}
+
+
+def stop_probability(lev, p=PARAMS):
+    """The chance that a position at this leverage carries a stop-loss: linear in log leverage."""
+    a, b = p["stop_share_at_1x"], p["stop_share_at_125x"]
+    return a + (b - a) * math.log(lev) / math.log(125)
 
 
 def bracket(notional_usd):
@@ -88,7 +108,7 @@ class Market:
         self.close, self.logp = round(p["start_price_usd"] * 10), math.log(p["start_price_usd"])
         self.anchor, self.log_p0 = p["burn_in_anchor_per_min"], self.logp
         self.basis, self.push, self.mood, self.oi_mood, self.mom = 0, 0, 0, 0, 0
-        self.open, self.book, self.heaps, self.next_pid = {}, Counter(), {"due": []}, 0
+        self.open, self.book, self.heaps, self.next_pid, self.stops = {}, Counter(), {"due": []}, 0, 0
         median, sigma = p["notional_median_usd"], p["notional_sigma"]
         self.top_usd = median * math.exp(sigma * NormalDist().inv_cdf(p["top_trader_quantile"]))
         self.hold_min = {lev: p["hold_mean_h_at_5x"] * 60 * (5 / lev) ** p["hold_lev_exp"] for lev in leverage_mix}
@@ -129,15 +149,18 @@ class Market:
         side, lev = 1 if rng.random() < p_long else -1, rng.choices(list(self.mix), list(self.mix.values()))[0]
         usd = min(p["notional_cap_usd"], p["notional_median_usd"] * math.exp(p["notional_sigma"] * rng.gauss(0, 1)))
         entry = rng.randint(lo, hi)  # a random price inside the minute's range
-        qty = max(1, round(usd / entry * 1e4))
+        qty = max(1, int(usd / entry * 1e4))  # floor: never above the notional cap (and its bracket)
         close_ms = t_ms + 60_000 * (1 + int(rng.expovariate(1 / self.hold_min[lev])))
-        lev = min(lev, bracket(qty * entry / 1e4)[1])  # Binance caps leverage per bracket
+        if lev > (cap := bracket(qty * entry / 1e4)[1]):  # Binance caps leverage per bracket: the trader
+            lev = max((x for x in self.mix if x <= cap), default=max(x for x in LEVERAGES if x <= cap))
         lp = liq_price(side, entry / 10, qty / 1000, lev)
         pos = Pos(self.next_pid, side, lev, entry, qty, lp, usd > self.top_usd)
         self.open[pos.pid], self.next_pid = pos, self.next_pid + 1
         self._push("liq", pos, pos.lp)
-        if rng.random() < p["stop_share"]:
-            self._push("stop", pos, entry / 10 + (pos.lp - entry / 10) * rng.uniform(*p["stop_frac"]))
+        if rng.random() < stop_probability(lev, p):
+            (a, b), way = p["stop_way_range"], rng.betavariate(*p["stop_way_beta"])
+            self._push("stop", pos, entry / 10 + (pos.lp - entry / 10) * (a + (b - a) * way))
+            self.stops += 1
         heapq.heappush(self.heaps["due"], (close_ms, pos.pid))
         self._trade(pos, ev, t_ms, entry, 1)
 
@@ -313,10 +336,11 @@ def simulate(out_dir, days=30, seed=1, symbol="BTCUSDT", trades_per_day=20_000,
     mkt, con, tmp = Market(seed, mix, p), duckdb.connect(), Path(tmp_dir.name)
     start_ms = int(dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC).timestamp() * 1000)
     end_ms, files, snaps, taker, funding, hourly, by_lev = start_ms + days * 86_400_000, [], {}, {}, {}, [], []
-    ids, bars, evs, liqs, truth, pid0 = Counter(agg0=0, trade0=0), [], [], [], [], 0
+    ids, bars, evs, liqs, truth, pid0, stops0 = Counter(agg0=0, trade0=0), [], [], [], [], 0, 0
     for t_ms in range(start_ms - p["burn_in_days"] * 86_400_000, end_ms, 60_000):
         if t_ms == start_ms:  # burn-in over: count positions from here, loosen the price anchor
-            pid0, mkt.anchor, mkt.log_p0 = mkt.next_pid, p["anchor_per_min"], math.log(p["anchor_price_usd"])
+            pid0, stops0, mkt.anchor = mkt.next_pid, mkt.stops, p["anchor_per_min"]
+            mkt.log_p0 = math.log(p["anchor_price_usd"])
         bar, mark, ev, lq = mkt.minute(t_ms)
         label, b = t_ms + 60_000, mkt.book  # state at the END of this minute
         if label < start_ms:
@@ -371,5 +395,5 @@ def simulate(out_dir, days=30, seed=1, symbol="BTCUSDT", trades_per_day=20_000,
     con.close()
     tmp_dir.cleanup()
     return {"out_dir": str(out_dir), "files_written": len(files), "agg_trades": ids["agg0"],
-            "positions_opened": mkt.next_pid - pid0, "positions_open": len(mkt.open),
-            "liquidations": len(truth), "final_price": mkt.close / 10}
+            "positions_opened": mkt.next_pid - pid0, "positions_with_stop": mkt.stops - stops0,
+            "positions_open": len(mkt.open), "liquidations": len(truth), "final_price": mkt.close / 10}

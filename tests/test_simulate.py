@@ -2,9 +2,12 @@
 
 import csv
 import hashlib
+import importlib.util
 import io
+import sys
 import zipfile
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 
 import duckdb
@@ -15,6 +18,10 @@ import simulate
 DAYS, TRADES = 3, 3000
 DATES = ["2024-09-01", "2024-09-02", "2024-09-03"]
 UM = "data/futures/um"
+ROOT = Path(simulate.__file__).parent
+# The walk-forward fit's candidate stop-loss shares (sql/45_calibration.sql stop_candidates) and the
+# models' default (sql/seeds/model_parameters.csv stop_loss_share)
+FIT_STOP_SHARES = (0.0, 0.5, 0.8, 0.95)
 
 
 def run(out: Path, seed: int = 1) -> dict:
@@ -42,8 +49,14 @@ def content_digest(root: Path) -> str:
 
 
 def model_default_mix() -> dict[int, float]:
-    with (Path(simulate.__file__).parent / "sql/seeds/leverage_tiers.csv").open() as f:
+    with (ROOT / "sql/seeds/leverage_tiers.csv").open() as f:
         return {int(r["leverage"]): float(r["weight"]) for r in csv.DictReader(f)}
+
+
+def model_brackets() -> list[tuple]:
+    with (ROOT / "sql/seeds/maintenance_brackets.csv").open() as f:
+        return [(float(r["notional_cap_usd"]), int(r["max_leverage"]), float(r["maintenance_margin_rate"]),
+                 float(r["maintenance_amount_usd"])) for r in csv.DictReader(f) if r["symbol"] == "BTCUSDT"]
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +78,48 @@ def q(sim, sql: str) -> list[tuple]:
 
 
 def test_liquidation_price_matches_binance_vectors():
-    # domain.md section 2, EP = 100,000
-    cases = [(10, 0.1, 90_361.45, 109_561.75), (100, 0.1, 99_397.59, 100_597.61), (10, 5, 90_391.96, 109_512.44)]
+    # domain.md section 2, EP = 100,000; 10,000 USDT sits in the first bracket of either table (0.4 %, 0)
+    cases = [(10, 0.1, 90_361.45, 109_561.75), (100, 0.1, 99_397.59, 100_597.61)]
+    # 500,000 USDT: the simulator's third bracket (1 %, cum 1,300): (100,000 x 0.9 - 1,300 / 5) / 0.99
+    cases.append((10, 5, (90_000 - 260) / 0.99, (110_000 + 260) / 1.01))
     for lev, qty, long_lp, short_lp in cases:
         assert simulate.liq_price(1, 100_000, qty, lev) == pytest.approx(long_lp, abs=0.01)
         assert simulate.liq_price(-1, 100_000, qty, lev) == pytest.approx(short_lp, abs=0.01)
-    assert simulate.bracket(500_000)[2:] == (0.005, 300)
+    assert simulate.bracket(500_000)[2:] == (0.01, 1300)
 
 
-def test_bracket_table_is_consistent():
-    """cum_n = cum_(n-1) + floor_n * (MMR_n - MMR_(n-1)), floor_n = previous cap (domain.md)."""
-    caps = [b[0] for b in simulate.BRACKETS]
-    assert caps == sorted(caps) and len(caps) == 12 and simulate.BRACKETS[0] == (300e3, 125, 0.004, 0)
-    for prev, cur in zip(simulate.BRACKETS, simulate.BRACKETS[1:], strict=False):
-        assert cur[3] == pytest.approx(prev[3] + prev[0] * (cur[2] - prev[2]))
+def test_bracket_table_is_its_own_and_consistent():
+    """The simulator's brackets are a Binance table of its own, not the models' seed file, and obey
+    cum_n = cum_(n-1) + floor_n * (MMR_n - MMR_(n-1)), floor_n = previous cap (domain.md)."""
+    brackets = simulate.BRACKETS
+    caps = [b[0] for b in brackets]
+    assert caps == sorted(caps) and brackets[0] == (50e3, 125, 0.004, 0) and brackets[-1][1:3] == (1, 0.5)
+    assert [b[1] for b in brackets] == sorted((b[1] for b in brackets), reverse=True)
+    for prev, cur in pairwise(brackets):
+        assert cur[2] > prev[2] and cur[3] == pytest.approx(prev[3] + prev[0] * (cur[2] - prev[2]))
+    models = model_brackets()
+    assert models and list(brackets) != models and brackets[0] != models[0]
+
+
+def test_simulator_reads_nothing_of_the_models(tmp_path):
+    """A fresh import of simulate.py and a one-day run open no file under sql/ (the models' seeds)."""
+    opened, recording = [], [False]
+
+    def hook(event, args):
+        if recording[0] and event == "open" and isinstance(args[0], str | bytes | Path):
+            opened.append(Path(args[0].decode() if isinstance(args[0], bytes) else args[0]).resolve())
+    sys.addaudithook(hook)  # hooks cannot be removed: this one records only while recording[0]
+    recording[0] = True
+    try:
+        spec = importlib.util.spec_from_file_location("simulate_fresh", ROOT / "simulate.py")
+        fresh = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fresh)
+        fresh.simulate(tmp_path, days=1, seed=4, trades_per_day=500, progress=lambda _: None)
+    finally:
+        recording[0] = False
+    assert any(p.is_relative_to(tmp_path.resolve()) for p in opened)  # the hook sees the run's files
+    assert not [p for p in opened if p.is_relative_to(ROOT / "sql")]
+    assert "seeds" not in (ROOT / "simulate.py").read_text()
 
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(sim, tmp_path):
@@ -95,7 +136,7 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(sim, tmp_path):
 # change when DuckDB is upgraded: its hash() and float sums once made them do so. If this fails after a
 # DuckDB or Python upgrade, the simulator depends on that version again: fix that. If it fails after a
 # deliberate change to simulate.py (its parameters, draws or formats), update the digest in that commit.
-PINNED_DIGEST = "8d33215ad0ef80f40b4ee3b111ab4c83ad032e0d1bd73f34f2a1cf1decc51edf"
+PINNED_DIGEST = "f8b5f697badfd9993673a8860eebec87844ef75c13941703dbb2b363a0759836"
 
 
 def test_output_is_pinned_for_a_seed(sim):
@@ -249,6 +290,42 @@ def test_leverage_mix_is_drawn_per_seed_and_is_not_the_models_default(sim):
         assert sum(abs(mix.get(lev, 0) - default.get(lev, 0)) for lev in {*mix, *default}) > 0.2
     params = (sim[0] / "a" / "simulator" / "params.json").read_text()
     assert f'"leverage_mix": {{\n  "{min(mixes[0])}": {mixes[0][min(mixes[0])]},' in params
+
+
+def test_no_leverage_the_traders_use_is_a_model_tier(sim):
+    """The traders' leverage grid, every seed's mix, and every leverage in the run's true books and
+    liquidations (after Binance's bracket caps) avoid the models' tiers (sql/seeds/leverage_tiers.csv)."""
+    tiers = set(model_default_mix())
+    assert tiers and not tiers & set(simulate.LEVERAGES)
+    assert all(set(simulate.leverage_mix_for_seed(seed)) <= set(simulate.LEVERAGES) for seed in range(1, 30))
+    truth = sim[0] / "a" / "simulator"
+    used = {int(r["leverage"]) for name in ("open-positions-by-leverage-1h", "liquidations")
+            for r in csv.DictReader((truth / f"BTCUSDT-{name}.csv").open())}
+    assert len(used) > 5 and not used & tiers
+    # a large position at high leverage is capped by the brackets to one of the traders' own leverages
+    mkt = simulate.Market(1, {110: 1.0}, {**simulate.PARAMS, "notional_median_usd": 3e6, "notional_sigma": 0.5})
+    for minute in range(30):
+        mkt.minute(minute * 60_000)
+    levs = {p.lev for p in mkt.open.values()}
+    assert len(levs) > 1 and levs <= set(simulate.LEVERAGES) and not levs & tiers
+
+
+def test_realized_stop_share_is_none_of_the_fits_candidates(sim):
+    """Whether a position has a stop-loss is drawn per position, likelier at higher leverage; the share
+    realized over a run is none of the fit's candidate stop-loss shares, so a fit that picks one does
+    not merely recover the simulator's setting."""
+    share = sim[1]["positions_with_stop"] / sim[1]["positions_opened"]
+    assert 0.6 < share < 0.78 and all(abs(share - c) > 0.02 for c in FIT_STOP_SHARES), share
+    assert simulate.stop_probability(1) < simulate.stop_probability(25) < simulate.stop_probability(110)
+    mkt = simulate.Market(5, simulate.leverage_mix_for_seed(5), simulate.PARAMS)
+    for minute in range(600):
+        mkt.minute(minute * 60_000)
+    stops = {pid: level for key, heap in mkt.heaps.items() if key[0] == "stop" for _, pid, level in heap}
+    ways = [(stops[p.pid] - p.entry / 10) / (p.lp - p.entry / 10) for p in mkt.open.values() if p.pid in stops]
+    a, b = simulate.PARAMS["stop_way_range"]
+    assert len(ways) > 1000 and all(a - 1e-9 <= w <= b + 1e-9 for w in ways)
+    assert 0.55 < sum(ways) / len(ways) < 0.67  # Beta(3, 2) mapped onto the range: mean ~0.61, not 0.5
+    assert max(ways) - min(ways) > 0.6  # a spread, not one distance
 
 
 def test_arguments_symbol_mix_and_trade_count(tmp_path):
