@@ -23,9 +23,9 @@
 --
 -- The fit: ridge regression on standardised terms, (G + alpha I) beta = r, G the terms' correlation
 -- matrix x n, alpha = forecast_ridge x n, and at least the number of terms, so a fit on fewer windows
--- than terms stays near the mean. It is refitted every UTC day from the first day + backtest_warmup_s on
--- (when the backtest starts scoring), on every window that ended by then (expanding), and used for the
--- windows that start that day. The square of the fitted value is scaled so that it reproduces the
+-- than terms stays near the mean. It is refitted every day from the first scored window on (backtest_warmup_s
+-- after the first day of realized data), on every window known by then (ended by the UTC midnight before:
+-- expanding), and used for the windows that start in the next 24 hours. The square of the fitted value is scaled so that it reproduces the
 -- training windows' realized total (the retransformation would otherwise underestimate: E[y^2] > E[y]^2).
 
 -- Which terms each predictor uses, in a fixed order (x[j] below).
@@ -101,14 +101,13 @@ SELECT symbol, horizon, origin_ts, side, known_from, realized_usd,
         sqrt(greatest(trade_flow_usd, 0)), sqrt(greatest(churn_only_usd, 0)), sqrt(greatest(realized_usd, 0))] AS v
 FROM forecast_inputs;
 
--- The refits: every UTC day from the first window's day + backtest_warmup_s to the last window's, per side.
+-- The refits: every day from the first scored window's start (backtest_warmup_s after the first realized
+-- day's: sql/25_backtest_windows.sql) to the last window's, per side: scoring starts when the first applies.
 CREATE OR REPLACE TABLE forecast_fits AS
-WITH span AS (SELECT symbol, horizon, side, min(origin_ts) AS first_ts, max(origin_ts) AS last_ts
-              FROM forecast_rows GROUP BY ALL)
-SELECT symbol, horizon, side, unnest(generate_series(time_bucket(INTERVAL 1 DAY, first_ts + to_seconds(param('backtest_warmup_s')::BIGINT)
-                                                           - INTERVAL 1 MICROSECOND) + INTERVAL 1 DAY,
-                                               last_ts, INTERVAL 1 DAY)) AS applies_from
-FROM span;
+WITH span AS (SELECT symbol, horizon, side, min(origin_ts) FILTER (WHERE scored) AS first_ts, max(origin_ts) AS last_ts
+              FROM forecast_inputs GROUP BY ALL)
+SELECT symbol, horizon, side, unnest(generate_series(first_ts, last_ts, INTERVAL 1 DAY)) AS applies_from
+FROM span WHERE first_ts IS NOT NULL;
 
 -- Sums of v_j v_k over the training windows of each refit: per day the windows became known, summed
 -- over the days up to the refit (expanding), so each window is read once, not once per refit.
@@ -215,7 +214,7 @@ JOIN forecast_fitted f ON f.symbol = a.symbol AND f.horizon = a.horizon AND f.si
 -- Into forecast_levels, over the crossed buckets, so that every predictor is scored by the same SQL: the
 -- forecast spreads its volume half like the models' crossed levels (where they crossed any) and half
 -- like the move (open interest x the crossed share of each bucket); the blend of position-free terms
--- like the move alone.
+-- like the move alone; a window whose path crossed nothing on that side holds it at the price's bucket.
 DELETE FROM forecast_levels WHERE model IN (SELECT model FROM forecast_predictors);
 INSERT INTO forecast_levels BY NAME
 WITH levels AS (
@@ -229,11 +228,13 @@ move AS (
            move_exposure_usd / sum(move_exposure_usd) OVER (PARTITION BY symbol, horizon, origin_ts, side) AS share
     FROM backtest_crossed_buckets
 )
-SELECT t.model, t.symbol, t.horizon, t.origin_ts, t.side, m.bucket_index,
-       t.volume_usd * CASE WHEN p.with_levels AND lt.total_usd > 0
+SELECT t.model, t.symbol, t.horizon, t.origin_ts, t.side, coalesce(m.bucket_index, w.price_bucket_index) AS bucket_index,
+       t.volume_usd * CASE WHEN m.share IS NULL THEN 1     -- a path that crossed nothing: at the price's bucket
+                           WHEN p.with_levels AND lt.total_usd > 0
                            THEN (m.share + coalesce(l.usd, 0) / lt.total_usd) / 2 ELSE m.share END AS volume_usd
 FROM forecast_totals t JOIN forecast_predictors p USING (model)
-JOIN move m USING (symbol, horizon, origin_ts, side)
+JOIN backtest_windows w USING (symbol, horizon, origin_ts)
+LEFT JOIN move m USING (symbol, horizon, origin_ts, side)
 LEFT JOIN (SELECT symbol, horizon, origin_ts, side, any_value(total_usd) AS total_usd FROM levels GROUP BY ALL) lt
     USING (symbol, horizon, origin_ts, side)
 LEFT JOIN levels l USING (symbol, horizon, origin_ts, side, bucket_index)

@@ -69,7 +69,7 @@ def test_a_file_that_is_no_liquidation_file_is_refused(demo_dir, tmp_path):
 def eight_days(tmp_path_factory):
     """Two simulated markets (seeds 7 and 8, each with its own leverage mix, neither the models' default),
     each built with the simulator's leverage mix ("true"), with two wrong ones, and with the default."""
-    wrong = {"all_100x": "100,1,100000", "all_20x": "20,1,100000"}
+    wrong = {"all_100x": "100,1,100000", "all_3x": "3,1,100000"}
     builds = {}
     for seed in (7, 8):
         data = tmp_path_factory.mktemp(f"seed{seed}")
@@ -100,7 +100,7 @@ def scores_by_horizon(db: Path, model: str) -> dict[tuple, float]:
 def test_the_true_leverage_mix_scores_clearly_higher(eight_days, capsys):
     for seed in (7, 8):
         true = scores_by_horizon(eight_days[seed, "true"], "binance_standard")
-        for mix in ("all_100x", "all_20x"):
+        for mix in ("all_100x", "all_3x"):
             wrong = scores_by_horizon(eight_days[seed, mix], "binance_standard")
             with capsys.disabled():
                 print(f"\nseed {seed}: 1h volume_spearman true {mean(true, 'volume_spearman'):.3f} vs {mix} "
@@ -114,33 +114,40 @@ def test_every_predictor_is_scored_on_every_metric_and_horizon(eight_days):
     db = eight_days[7, "true"]
     got = rows(db, "SELECT model, count(DISTINCT horizon), count(DISTINCT metric), count(*) FROM backtest_scores "
                    "GROUP BY 1 ORDER BY 1")
-    models = ["binance_standard", "breakout", "ensemble", "funding_adjusted", "naive_move", "nearest_buckets",
-              "price_move", "shuffled", "trade_flow"]
+    models = ["baseline_blend", "binance_standard", "breakout", "churn_only", "ensemble", "forecast",
+              "forecast_without_levels", "funding_adjusted", "naive_move", "nearest_buckets", "price_move", "shuffled",
+              "trade_flow"]
     assert [r[0] for r in got] == models
     assert all(r[1:] == (3, 5, 3 * 5 * 2) for r in got)  # 1h 4h 24h x 5 metrics x 2 sides
-    # windows: after the first day (warm-up, history only), one per horizon; each score says which
+    # windows: after the first two days (warm-up, history only), one per horizon; each score says which
     assert rows(db, "SELECT horizon, min(scored_from), max(scored_to), max(n_periods) FROM backtest_scores "
                     "WHERE metric = 'volume_pearson' GROUP BY 1 ORDER BY 1") == [
-        ("1h", "2024-09-02T00:00:00Z", "2024-09-08T23:00:00Z", 7 * 24),
-        ("24h", "2024-09-02T00:00:00Z", "2024-09-08T00:00:00Z", 7),
-        ("4h", "2024-09-02T00:00:00Z", "2024-09-08T20:00:00Z", 7 * 6)]
+        ("1h", "2024-09-03T00:00:00Z", "2024-09-08T23:00:00Z", 6 * 24),
+        ("24h", "2024-09-03T00:00:00Z", "2024-09-08T00:00:00Z", 6),
+        ("4h", "2024-09-03T00:00:00Z", "2024-09-08T20:00:00Z", 6 * 6)]
     fitted = dict(rows(db, "SELECT DISTINCT model || ' ' || metric, fitted_on FROM backtest_scores "
                            "WHERE horizon = '1h' AND side = 'long'"))
     assert fitted["binance_standard volume_spearman"] == "nothing fitted to realized data"
     assert "before each one" in fitted["nearest_buckets volume_spearman"]
     assert "before each one" in fitted["binance_standard precision"]
-    # skill: each model against the best baseline, in numbers and in words
-    skill = rows(db, "SELECT model, side, horizon, metric, value, best_baseline, baseline_value, skill, verdict "
-                     "FROM backtest_skill")
-    assert {r[0] for r in skill} == {"binance_standard", "ensemble", "funding_adjusted", "trade_flow"}
-    assert len(skill) == 4 * 2 * 3 * 4  # models x sides x horizons x metrics (calibration has no better side)
-    for model, side, horizon, metric, value, baseline, baseline_value, gain, verdict in skill:
+    assert "regression" in fitted["forecast volume_pearson"]
+    # skill: each model against the best baseline, in numbers and in words, with its interval
+    skill = rows(db, "SELECT model, side, horizon, metric, value, best_baseline, baseline_value, skill, verdict, "
+                     "skill_low, skill_high FROM backtest_skill")
+    assert {r[0] for r in skill} == {"binance_standard", "churn_only", "ensemble", "forecast",
+                                     "forecast_without_levels", "funding_adjusted", "trade_flow"}
+    assert len(skill) == 7 * 2 * 3 * 4  # models x sides x horizons x metrics (calibration has no better side)
+    for model, side, horizon, metric, value, baseline, baseline_value, gain, verdict, low, high in skill:
         best = max(v for m, v in rows(db, "SELECT model, value FROM backtest_scores WHERE side = ? AND horizon = ? "
                                           "AND metric = ? AND model IN ('naive_move', 'price_move', 'breakout', "
-                                          "'nearest_buckets', 'shuffled') AND value IS NOT NULL",
+                                          "'nearest_buckets', 'shuffled', 'baseline_blend') AND value IS NOT NULL",
                                       side, horizon, metric))
         assert baseline_value == pytest.approx(best) and gain == pytest.approx(value - best, abs=1e-7)
-        assert verdict.startswith(f"beats {baseline} by " if round(gain, 3) > 0 else f"no better than {baseline} (")
+        assert low is None or low <= high
+        # "beats" only when the whole 90 % interval is above 0, "worse" only when it is all below
+        expected = ("beats" if low is not None and low > 0 else "worse than" if high is not None and high < 0
+                    else "no better than")
+        assert verdict.startswith(f"{expected} {baseline}"), verdict
 
 
 def test_shuffled_levels_score_below_the_real_ones(eight_days):

@@ -213,7 +213,7 @@ ARGUMENTS = {
                            ["--data", "{mixed}"], "refusing to mix simulated files"),
     "bad memory limit": ("--memory-limit lots", "error naming it", ["--memory-limit", "lots"], "--memory-limit 'lots'"),
     "unknown parameter": ("--param foo=1", "error listing the known ones", ["--param", "foo=1"],
-                          "unknown model parameter(s): foo; known: backtest_warmup_s"),
+                          "unknown model parameter(s): foo; known: backtest_resamples"),
     "parameter not a number": ("--param price_bucket_usd=x", "error naming it", ["--param", "price_bucket_usd=x"],
                                "--param price_bucket_usd=x: expected NAME=NUMBER"),
     "parameter out of range": ("--param time_bucket_s=7", "error naming the rule", ["--param", "time_bucket_s=7"],
