@@ -167,12 +167,14 @@ async def test_levels_liquidation_map_and_compare_queries(datasette):
                  for r in await rows(datasette, "/liquidations/levels.json?model=funding_adjusted")}
     assert sum(at_latest.values()) == pytest.approx(sum(r["volume_usd"] for r in the_map), rel=1e-6)
     compared = await rows(datasette, "/liquidations/compare_models.json?at=2024-09-03")
-    assert [r["model"] for r in compared] == ["binance_standard", "ensemble", "funding_adjusted", "trade_flow"]
+    assert [r["model"] for r in compared] == ["binance_standard", "churn_only", "ensemble", "funding_adjusted",
+                                              "trade_flow"]
     assert all(r["ts"] == "2024-09-03T00:00:00Z" and r["long_alive_usd"] > 0 for r in compared)
     assert all(sum(json.loads(r["alive_kusd"])) > 0 for r in compared)
 
 
-MODELS = {"binance_standard", "funding_adjusted", "trade_flow", "ensemble"}
+MODELS = {"binance_standard", "churn_only", "funding_adjusted", "trade_flow", "ensemble", "forecast",
+          "forecast_without_levels"}
 METRICS = {"volume_pearson", "volume_spearman", "location_gain_bits", "precision", "calibration"}
 
 
@@ -181,7 +183,7 @@ def baselines(demo_db) -> set[str]:
     """The position-free baselines the build scored (every predictor that is not a model)."""
     with sqlite3.connect(demo_db) as con:
         found = {m for (m,) in con.execute("SELECT DISTINCT model FROM backtest_scores")} - MODELS
-    assert found >= {"naive_move", "breakout", "nearest_buckets", "shuffled"}
+    assert found >= {"naive_move", "breakout", "nearest_buckets", "shuffled", "baseline_blend"}
     return found
 
 
@@ -197,7 +199,7 @@ async def test_predicted_vs_realized_query_per_horizon(datasette, demo_db, basel
     four = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard&horizon=4h")
     assert {r["horizon"] for r in four} == {"4h"} and all(int(r["ts"][11:13]) % 4 == 0 for r in four)
     assert len(four) < len(found) / 3
-    assert {r["model"] for r in await rows(datasette, "/liquidations/predicted_vs_realized.json")} == {"ensemble"}
+    assert {r["model"] for r in await rows(datasette, "/liquidations/predicted_vs_realized.json")} == {"forecast"}
     everyone = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h&model=all")
     assert {r["model"] for r in everyone} == MODELS | baselines
     both = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h&model=all&side=both")
@@ -256,10 +258,11 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
     ("liquidation_map.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
     ("compare_models.json?at=tomorrow", "at='tomorrow' is not valid"),
     ("data_quality.json?severity=bad", "severity='bad' is not valid; expected one of error, info, warning"),
-    ("backtest.json?model=oracle", "model='oracle' is not valid; expected one of binance_standard, breakout"),
+    ("backtest.json?model=oracle", "model='oracle' is not valid; expected one of baseline_blend, binance_standard"),
     ("backtest_verdicts.json?model=shuffled",  # models only
-     "model='shuffled' is not valid; expected one of binance_standard, ensemble, funding_adjusted, trade_flow"),
-    ("predicted_vs_realized.json?model=x", "model='x' is not valid; expected one of all, binance_standard, breakout"),
+     "model='shuffled' is not valid; expected one of binance_standard, churn_only, ensemble, forecast, "
+     "forecast_without_levels, funding_adjusted, trade_flow"),
+    ("predicted_vs_realized.json?model=x", "model='x' is not valid; expected one of all, baseline_blend, binance_standard"),
     ("backtest.json?horizon=2h", "backtest: horizon='2h' is not valid; expected one of 1h, 4h, 24h"),
     ("backtest_verdicts.json?horizon=1d", "backtest_verdicts: horizon='1d' is not valid; expected one of 1h, 4h, 24h"),
     ("predicted_vs_realized.json?horizon=soon", "horizon='soon' is not valid; expected one of 1h, 4h, 24h"),
