@@ -62,6 +62,10 @@ FILE_NAME = re.compile(
 # stream, and aggregated exports with one row per period (domain.md §3).
 LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price", "filled_qty", "usd_value"},
                        "liquidationsAggregated": {"time", "long_usd", "short_usd"}}
+# The backtest's horizons unless --horizons says otherwise; those the data cannot score are left out (issue 28).
+DEFAULT_HORIZONS = "1h,4h,24h"
+# Files of realized liquidations, which the backtest scores against.
+REALIZED_TYPES = ("liquidationSnapshot", "forceOrder", "liquidationsAggregated")
 # Indexes on every column a stored query or a page filters on.
 INDEXES = {"data_quality_problems": [["symbol"], ["problem"], ["severity"], ["data_type"]],
            "data_coverage": [["symbol"], ["data_type"]], "source_files": [["symbol"], ["data_type"], ["status"]],
@@ -211,7 +215,9 @@ def set_parameters(con, args) -> None:
         if not path.is_file():
             raise BuildError(f"{name} file {path} does not exist")
         con.execute(f"SET VARIABLE {name}_file = ?", [str(path)])
-    con.execute("SET VARIABLE backtest_horizons = ?", [args.horizons])
+    con.execute("SET VARIABLE backtest_horizons = ?", [args.horizons or DEFAULT_HORIZONS])
+    # (given: refused where the data cannot score one; the default: those left out, said in data_quality)
+    con.execute("SET VARIABLE backtest_horizons_given = ?", [args.horizons is not None])
     for item in args.param:
         name, _, value = item.partition("=")
         try:
@@ -664,6 +670,51 @@ def check_arguments(args) -> None:
             raise BuildError(str(error).removeprefix("Invalid Input Error: ")) from None
 
 
+def interval_seconds(name: str) -> int | None:
+    """A Binance interval name as seconds ('4h' -> 14400), as sql/00_macros.sql's interval_seconds; None if none."""
+    match = re.fullmatch(r"(\d+)([smhdwM])", name.strip())
+    return match and int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000}[match[2]]
+
+
+def interval_name(seconds: int) -> str:
+    """Seconds as a Binance interval name: 14400 -> '4h' (sql/25_backtest_windows.sql's interval_name)."""
+    return next(f"{seconds // n}{unit}" for n, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")) if seconds % n == 0)
+
+
+def check_horizons(args, files: list[dict]) -> None:
+    """Horizons given with --horizons that the data cannot score fail here, naming the horizon and the data, before
+    anything is staged or written: a forecast window must hold whole bars of the prices that trigger liquidations
+    (mark price where present, else trade price; the finest interval of each) and whole periods of every aggregated
+    liquidation export (read from its times: stage.export_periods). sql/25_backtest_windows.sql applies the same rule
+    to what was staged: there it leaves out the default horizons that no symbol can score, and says so."""
+    if args.horizons is None or not any(info["data_type"] in REALIZED_TYPES for info in files):
+        return
+    try:
+        exports = stage.export_periods(files)
+    except stage.StageError as error:
+        raise BuildError(str(error)) from error
+    # the symbols with realized liquidations: a recording may hold any, an export without a symbol column the build's
+    realized = {info["symbol"] for info in files if info["data_type"] == "liquidationSnapshot"} | {
+        symbol or "*" for _, symbol, _ in exports} | {"*" for info in files if info["data_type"] == "forceOrder"}
+    limits = [(period_s, f"the {interval_name(period_s)} period of {Path(name).name}") for name, _, period_s in exports]
+    bars: dict[str, dict[str, int]] = {}   # symbol -> kline type -> the finest interval's seconds
+    for info in files:
+        if info["data_type"] in ("klines", "markPriceKlines") and info.get("status") != "skipped" and (
+                info["symbol"] in realized or "*" in realized):
+            kinds = bars.setdefault(info["symbol"], {})
+            kinds[info["data_type"]] = min(kinds.get(info["data_type"], 1 << 62), interval_seconds(info["kline_interval"]))
+    for symbol, kinds in sorted(bars.items()):
+        kind = "markPriceKlines" if "markPriceKlines" in kinds else "klines"
+        limits.append((kinds[kind], f"the {interval_name(kinds[kind])} bars of {symbol} ({kind})"))
+    for horizon in (h.strip() for h in args.horizons.split(",")):
+        for period_s, what in limits:
+            seconds = interval_seconds(horizon) or 0
+            if seconds % period_s:
+                relation = "finer than" if seconds < period_s else "not a whole number of"
+                raise BuildError(f"--horizons {horizon} is {relation} {what}: a backtest window must hold whole periods "
+                                 "of the data (leave --horizons out to score the horizons the data allows)")
+
+
 def writable(folder: Path) -> Path:
     """The folder, made if need be, once a file could be written in it: an unwritable --db or --cache fails
     here, naming it, before anything is read."""
@@ -722,6 +773,7 @@ def build_locked(args, db_path: Path, cache: Path) -> Path:
         raise BuildError(f"no Binance futures files (e.g. BTCUSDT-metrics-2024-01-01.zip) found under {args.data}"
                          + (f" for {', '.join(args.symbol)}" if args.symbol else ""))
     log(f"found {len(files)} files under {args.data}")
+    check_horizons(args, files)
     tables = output_tables(load_metadata())
     key = build_key(args)
     duck_tmp = duck_path.with_name(duck_path.name + ".tmp")
@@ -758,6 +810,7 @@ def build_locked(args, db_path: Path, cache: Path) -> Path:
                     set_rebuild_from(con, since)
                 write_build_info(con, args, files, key, since, choices)
                 run_models(con, SQL_FILES[3:])
+                backtest_horizons(con)
                 describe_outputs(con, tables)
                 summarize(con)
                 # (still inside: the export's queries may spill too; a year of the demo's trades sorts 24 M cells)
@@ -772,6 +825,25 @@ def build_locked(args, db_path: Path, cache: Path) -> Path:
             duck_tmp.with_name(duck_tmp.name + ".wal").unlink(missing_ok=True)   # a failed build's write-ahead log
     log(f"built {db_path} and {duck_path}")
     return db_path
+
+
+def backtest_horizons(con) -> None:
+    """Say which horizons the backtest scored and which it could not, and why (sql/25_backtest_windows.sql; each
+    also a horizon_not_scored row of data_quality), and keep both, and the periods of aggregated exports, in
+    build_info."""
+    scored = ", ".join(h for h, _ in con.execute("SELECT DISTINCT horizon, horizon_s FROM backtest_windows WHERE scored "
+                                                  "ORDER BY horizon_s").fetchall())
+    periods = "; ".join(f"{symbol} {name}: {interval_name(seconds)}" for symbol, name, seconds in con.execute(
+        "SELECT coalesce(p.symbol, '*'), regexp_extract(f.path, '[^/]*$'), p.period_s "
+        "FROM liquidation_periods p JOIN src_files f USING (file_id) ORDER BY ALL").fetchall())
+    not_scored = [detail for (detail,) in con.execute("SELECT detail FROM backtest_not_scored ORDER BY ALL").fetchall()]
+    for detail in not_scored:
+        log(f"{detail} (data_quality: horizon_not_scored)")
+    if con.execute("SELECT count(*) FROM realized_liquidations").fetchone()[0]:
+        log(f"backtest horizons scored: {scored or 'none'}")
+    con.executemany("INSERT INTO build_info VALUES (?, ?)", [
+        ("backtest_horizons", scored), ("backtest_horizons_not_scored", "; ".join(not_scored)),
+        ("liquidation_export_periods", periods)])
 
 
 def summarize(con) -> None:
@@ -977,7 +1049,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parameters", metavar="CSV", help="model parameters file (default sql/seeds/model_parameters.csv)")
     p.add_argument("--leverage-tiers", metavar="CSV", help="leverage tiers file (leverage,weight,typical_notional_usd)")
     p.add_argument("--maintenance-brackets", metavar="CSV", help="maintenance bracket table (default: BTCUSDT's)")
-    p.add_argument("--horizons", default="1h,4h,24h", help="backtest forecast horizons")
+    p.add_argument("--horizons", help="backtest forecast horizons; one finer than the data's bars or its liquidation "
+                   f"export's period is refused, and left out of the default (default: {DEFAULT_HORIZONS})")
     p.add_argument("--memory-limit", default=default_memory_limit(),
                    help="DuckDB's memory limit, e.g. 4GB (the default is a quarter of RAM); beyond it, work spills to disk")
     p.add_argument("--cache", type=Path, help="staged Parquet of every file read (default: cache/ beside --db)")

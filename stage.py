@@ -396,6 +396,26 @@ def staged(info: dict) -> dict:
             if record["status"] == "loaded" else None, **record}
 
 
+def export_periods(files: list[dict]) -> list[tuple[str, str | None, int]]:
+    """(name, symbol, period in seconds) of each aggregated liquidation export, by sql/02_staging.sql's
+    liquidation_periods over the files themselves, read in memory: build.py checks --horizons against them
+    before anything is staged or written. (The symbols of the kline files are named too, unread: an export
+    without a symbol column belongs to the only symbol whose klines are found, as in a build.)"""
+    exports = [info for info in files if info["data_type"] == "liquidationsAggregated" and info.get("status") != "skipped"]
+    if not exports:
+        return []
+    with tempfile.TemporaryDirectory(prefix="liquidation-periods-") as tmp, duckdb.connect() as con:
+        for name in STAGE_SQL:
+            run_sql(con, SQL_DIR / name)
+        for file_id, info in enumerate(exports, 1):
+            read_file(con, {**info, "checksum": "absent", "sha256": f"export-{file_id}"}, file_id, Path(tmp))
+        symbols = sorted({info["symbol"] for info in files if info["data_type"] in ("klines", "markPriceKlines")})
+        insert_rows(con, "src_files", [(len(exports) + i, "", symbol, "klines", None, "", None, "absent", "loaded",
+                                        *[None] * 11) for i, symbol in enumerate(symbols, 1)])
+        return con.execute("SELECT f.path, p.symbol, p.period_s FROM liquidation_periods p JOIN src_files f USING (file_id) "
+                           "ORDER BY ALL").fetchall()
+
+
 # ---------------------------------------------------------------- a build reads the cache
 
 

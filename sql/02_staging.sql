@@ -218,6 +218,24 @@ WHERE is_valid AND volume_usd > 0 AND in_build_window(ts)
   AND symbol IN (SELECT symbol FROM src_files WHERE data_type NOT IN ('forceOrder', 'liquidationsAggregated'))
 QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity, volume_usd, source ORDER BY file_id) = 1;
 
+-- The period of each aggregated export, per symbol: the most common step between its consecutive times
+-- (the shortest of equally common ones), e.g. 4 h for an export with one row per 4 hours. Its rows say
+-- nothing finer: a backtest window must hold whole periods (sql/25_backtest_windows.sql leaves out a
+-- horizon that does not, and build.py refuses a --horizons that does not before anything is staged,
+-- from this view over the files themselves). Binance's liquidationSnapshot files and forceOrder
+-- recordings hold single events: they have no period. symbol is NULL where the export has no symbol
+-- column and the build several symbols.
+CREATE OR REPLACE VIEW liquidation_periods AS
+WITH steps AS (
+    SELECT file_id, symbol, epoch(ts - lag(ts) OVER (PARTITION BY file_id, symbol ORDER BY ts))::BIGINT AS step_s
+    FROM (SELECT DISTINCT file_id, symbol, ts FROM typed_realized_liquidations
+          WHERE source = 'liquidationsAggregated' AND ts IS NOT NULL)
+)
+SELECT file_id, symbol, step_s AS period_s, n AS steps_of_period, total AS steps
+FROM (SELECT file_id, symbol, step_s, count(*) AS n, sum(count(*)) OVER (PARTITION BY file_id, symbol) AS total
+      FROM steps WHERE step_s > 0 GROUP BY file_id, symbol, step_s)
+QUALIFY row_number() OVER (PARTITION BY file_id, symbol ORDER BY n DESC, step_s) = 1;
+
 -- Every typed row in one shape, for the checks that are the same for every file type: invalid
 -- values and repeated keys (within a file while staging it, across files in a build). order_key is the
 -- key as a number that rises row by row through a file written in order, as Binance writes them
@@ -251,4 +269,7 @@ SELECT coalesce(string_agg(choice, '; ' ORDER BY choice), '') AS choices FROM (
     WHERE data_type IN ('aggTrades', 'trades') AND status = 'loaded' GROUP BY symbol
     UNION ALL   -- whether every realized liquidation has a price (the fit then compares cells of the price axis)
     SELECT symbol || ' realized liquidations ' || CASE WHEN bool_and(price IS NOT NULL) THEN 'with' ELSE 'without' END
-           || ' prices' FROM stg_realized_liquidations GROUP BY symbol);
+           || ' prices' FROM stg_realized_liquidations GROUP BY symbol
+    UNION ALL   -- and the period of aggregated exports (which backtest horizons can be scored)
+    SELECT symbol || ' realized liquidations every ' || duration_text(max(period_s)) FROM liquidation_periods
+    WHERE symbol IN (SELECT symbol FROM stg_realized_liquidations) GROUP BY symbol);

@@ -46,6 +46,11 @@ other_symbols AS (  -- forceOrder recordings hold every symbol: the rows of symb
     -- (realized_liquidations: stg_realized_liquidations as sql/25_backtest_windows.sql wrote it, read once)
     WHERE r.is_valid AND coalesce(r.symbol NOT IN (SELECT symbol FROM realized_liquidations), true) GROUP BY ALL
 ),
+horizons_not_scored AS (   -- backtest horizons the data cannot score, or has no window of (sql/25_backtest_windows.sql)
+    SELECT symbol, data_type, kline_interval, file, NULL::BIGINT, 'horizon_not_scored', 'warning', detail, NULL::BIGINT,
+           first_ts, last_ts
+    FROM backtest_not_scored
+),
 duplicate_keys AS ( -- keys in more than one file (each file is unique in itself once staged)
     SELECT symbol, data_type, kline_interval, row_key, count(*) AS n, count(DISTINCT row_hash) AS variants,
            list(DISTINCT file_id ORDER BY file_id) AS file_ids, min(ts) AS ts
@@ -117,7 +122,7 @@ SELECT symbol, data_type, nullif(kline_interval, '') AS kline_interval, file, li
        first_ts, last_ts
 FROM (SELECT * FROM quarantined UNION ALL SELECT * FROM in_file
       UNION ALL SELECT * FROM duplicates UNION ALL SELECT * FROM missing_days UNION ALL SELECT * FROM gaps
-      UNION ALL SELECT * FROM outliers UNION ALL SELECT * FROM other_symbols)
+      UNION ALL SELECT * FROM outliers UNION ALL SELECT * FROM other_symbols UNION ALL SELECT * FROM horizons_not_scored)
 ORDER BY CASE severity WHEN 'error' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, symbol, data_type, first_ts, file;
 
 -- What data there is, per symbol and file type: the health check of a build.
