@@ -48,7 +48,9 @@ SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
        -- Churn: positions close at a constant rate whatever open interest does (one trader closes, another
        -- opens; Binance's daily volume is several times its open interest). Alive levels fade at that rate
        -- (sql/50_lifecycle.sql) and, open interest being what it is, as much is reopened at this step's
-       -- price: previous open interest x (1 - 2^(-step / half-life)).
+       -- price: previous open interest x (1 - 2^(-step / half-life)). One half-life for both: the
+       -- lifecycle fades every model's levels, the ensemble's included, at fade_half_life_h (it is not
+       -- fitted: sql/45_calibration.sql), so what is reopened is what faded.
        p.previous_open_interest * coalesce(p.step_price, c.close)
            * (1 - exp(-ln(2) * epoch(p.ts - p.previous_ts) / (3600 * param('fade_half_life_h')))) AS churn_usd,
        -- Account long/short ratio r = longs / shorts -> long share r / (1 + r); 50/50 without it.

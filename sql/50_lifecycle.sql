@@ -14,8 +14,11 @@
 -- interest does (positions close and others open; the open-interest models reopen the same volume at
 -- the current price, oi_steps.churn_usd). aggr.trade's heatmap fades its levels linearly after 100 bars;
 -- a constant rate (exponential fade) is the memoryless version, and keeps the scale one product over
--- time. The rate is per model and time: fit_schedule (sql/46_model_ensemble.sql) has the fitted ones.
--- The ensemble's levels are also multiplied by its fitted overall scale from each refit on (ensemble_scale).
+-- time. The rate is one for every model and time (fade_half_life_h), the churn's: what fades is what the
+-- open-interest models reopen (oi_steps.churn_usd), so their alive volume, and the ensemble's made of
+-- their pieces, keeps its ratio to open interest (the ensemble's half-life is not fitted:
+-- sql/45_calibration.sql says why). The ensemble's levels are also multiplied by its fitted overall
+-- scale from each refit on (ensemble_scale).
 -- Persisted: a build computes the steps from rebuild_from() on, carrying in what the last kept step left
 -- (log_shrink: the running sum of the shrinks; alive_weighed: of what opened less what was consumed).
 CREATE TABLE IF NOT EXISTS level_scale (
@@ -71,9 +74,9 @@ shrunk AS (
                 THEN ln(greatest(1e-9, 1 - greatest(0, s.closed_share - coalesce(s.consumed_share, 0))
                                            / (1 - coalesce(s.consumed_share, 0))))
                 ELSE 0 END
-           - ln(2) * epoch(s.ts - s.previous_ts) / (3600 * f.half_life_h))
+           - ln(2) * epoch(s.ts - s.previous_ts) / (3600 * param('fade_half_life_h')))
            OVER (PARTITION BY s.model, s.symbol, s.side ORDER BY s.ts) AS log_shrink
-    FROM shares s ASOF JOIN fit_schedule f ON f.model = s.model AND f.symbol = s.symbol AND s.previous_ts >= f.from_ts
+    FROM shares s
 )
 SELECT s.model, s.symbol, s.side, s.ts, s.log_shrink, s.alive_weighed,
        s.log_shrink + CASE s.model WHEN 'ensemble' THEN coalesce(e.log_scale, 0) ELSE 0 END AS log_scale
