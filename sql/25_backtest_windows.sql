@@ -73,9 +73,12 @@ SELECT symbol, time_bucket(to_seconds(param('time_bucket_s')::BIGINT), ts) AS ts
        min(low) AS low, max(high) AS high, arg_max(close, ts) AS close, max(end_ts) AS end_ts
 FROM trigger_bars GROUP BY ALL;
 
--- Every forecast window (t, t + h] that trigger bars and realized liquidations both cover, with the
--- price at t (the last trigger close), what the path did in the window (its lowest low, highest high),
--- the range of the 24 hours before t (for breakout) and open interest at t. The first
+-- Every forecast window (t, t + h] whose path the trigger bars hold, from the first day of realized
+-- liquidations on, with the price at t (the last trigger close), what the path did in the window (its
+-- lowest low, highest high), the range of the 24 hours before t (for breakout) and open interest at t.
+-- realized_known: the realized liquidations cover the window (to the end of their last day). A window
+-- past them is still forecast (what the data says now, before its liquidations are known) but never
+-- scored, nor trained on: nothing was realized there is not the same as nothing is known. The first
 -- backtest_warmup_s of the realized data are not scored: the models start with no positions, and
 -- what is fitted walk-forward needs some history. They are still history for the later windows.
 CREATE OR REPLACE TABLE backtest_windows AS
@@ -98,12 +101,14 @@ prior AS (          -- the range of the 24 hours before each time bucket's end, 
                  PRECEDING AND CURRENT ROW)
 )
 SELECT o.symbol, o.horizon, o.horizon_s, o.origin_ts, o.origin_ts + to_seconds(o.horizon_s) AS end_ts,
-       o.origin_ts >= c.first_day + to_seconds(param('backtest_warmup_s')::BIGINT) AS scored,
+       o.origin_ts + to_seconds(o.horizon_s) <= c.end_day AS realized_known,
+       o.origin_ts >= c.first_day + to_seconds(param('backtest_warmup_s')::BIGINT)
+           AND o.origin_ts + to_seconds(o.horizon_s) <= c.end_day AS scored,
        p.price, floor(p.price / param('price_bucket_usd'))::BIGINT AS price_bucket_index,
        least(o.path_low, p.price) AS path_low, greatest(o.path_high, p.price) AS path_high,
        p.prior_low, p.prior_high, oi.open_interest_usd
 FROM origins o
-JOIN coverage c ON c.symbol = o.symbol AND o.origin_ts >= c.first_day AND o.origin_ts + to_seconds(o.horizon_s) <= c.end_day
+JOIN coverage c ON c.symbol = o.symbol AND o.origin_ts >= c.first_day
 JOIN prior p ON p.symbol = o.symbol AND p.origin_ts = o.origin_ts
 JOIN backtest_periods pp ON pp.symbol = o.symbol AND o.horizon_s % pp.period_s = 0  -- whole bars and periods
 ASOF JOIN stg_open_interest oi ON oi.symbol = o.symbol AND o.origin_ts >= oi.ts

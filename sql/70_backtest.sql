@@ -66,7 +66,7 @@ unmodelled AS (     -- the ensemble's unmodelled part (sql/45_calibration.sql), 
     FROM backtest_crossed_buckets c SEMI JOIN recent USING (symbol, horizon, origin_ts)
     ASOF JOIN fit_schedule f ON f.model = 'ensemble' AND f.symbol = c.symbol AND c.origin_ts >= f.from_ts
 ),
-crossed AS (SELECT c.*, w.price, w.prior_low, w.prior_high, w.open_interest_usd, w.end_ts
+crossed AS (SELECT c.*, w.price, w.prior_low, w.prior_high, w.open_interest_usd, w.end_ts, w.realized_known
             FROM backtest_crossed_buckets c JOIN backtest_windows w USING (symbol, horizon, origin_ts)),
 uniform AS (        -- naive_move, price_move and breakout: even levels over the prices where each applies
     SELECT m.model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
@@ -94,7 +94,9 @@ profile AS (        -- at each crossed bucket, from the windows before t only: r
     SELECT *, sum(volume_usd) OVER bin AS bin_usd, sum(exposure_usd) OVER bin AS bin_exposure_usd,
            sum(volume_usd) OVER all_bins AS all_usd, sum(exposure_usd) OVER all_bins AS all_exposure_usd
     FROM (SELECT symbol, horizon, origin_ts, side, distance_bin(distance_buckets) AS distance_bin, bucket_index,
-                 crossed_share, open_interest_usd, open_interest_usd * crossed_share AS exposure_usd,
+                 crossed_share, open_interest_usd,
+                 -- (a window past the realized data is forecast, but its nothing-realized is no history)
+                 CASE WHEN realized_known THEN open_interest_usd * crossed_share ELSE 0 END AS exposure_usd,
                  0 AS volume_usd, 0 AS is_event, end_ts
           FROM crossed
           UNION ALL

@@ -77,8 +77,10 @@ funding AS (
     FROM windows w ASOF LEFT JOIN stg_funding_rates f ON f.symbol = w.symbol AND w.origin_ts >= f.ts
 )
 SELECT w.symbol, w.horizon, w.origin_ts, w.end_ts, w.side, w.scored,
-       -- the first refit that may train on the window: the UTC day after the one its end falls in
-       time_bucket(INTERVAL 1 DAY, w.end_ts - INTERVAL 1 MICROSECOND) + INTERVAL 1 DAY AS known_from,
+       -- the first refit that may train on the window: the UTC day after the one its end falls in (never,
+       -- for a window past the realized data)
+       CASE WHEN w.realized_known THEN time_bucket(INTERVAL 1 DAY, w.end_ts - INTERVAL 1 MICROSECOND) + INTERVAL 1 DAY
+       END AS known_from,
        coalesce(r.usd, 0) AS realized_usd,
        coalesce(t.naive_move_usd, 0) AS naive_move_usd, coalesce(t.breakout_usd, 0) AS breakout_usd,
        w.open_interest_usd * (w.prior_high - w.prior_low) / w.price AS volatility_usd,
@@ -114,7 +116,7 @@ FROM span WHERE first_ts IS NOT NULL;
 CREATE OR REPLACE TABLE forecast_moments AS
 WITH daily AS (
     SELECT symbol, horizon, side, known_from, j, k, sum(v[j] * v[k]) AS s
-    FROM forecast_rows, range(1, 13) a(j), range(1, 13) b(k) WHERE k >= j GROUP BY ALL
+    FROM forecast_rows, range(1, 13) a(j), range(1, 13) b(k) WHERE k >= j AND known_from IS NOT NULL GROUP BY ALL
 ),
 running AS (
     SELECT *, sum(s) OVER (PARTITION BY symbol, horizon, side, j, k ORDER BY known_from) AS total
