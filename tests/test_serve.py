@@ -260,8 +260,8 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
     ("data_quality.json?severity=bad", "severity='bad' is not valid; expected one of error, info, warning"),
     ("backtest.json?model=oracle", "model='oracle' is not valid; expected one of baseline_blend, binance_standard"),
     ("backtest_verdicts.json?model=shuffled",  # models only
-     "model='shuffled' is not valid; expected one of binance_standard, churn_only, ensemble, forecast, "
-     "forecast_without_levels, funding_adjusted, trade_flow"),
+     ("model='shuffled' is not valid; expected one of binance_standard, churn_only, ensemble, forecast, "
+      "forecast_without_levels, funding_adjusted, trade_flow")),
     ("predicted_vs_realized.json?model=x", "model='x' is not valid; expected one of all, baseline_blend, binance_standard"),
     ("backtest.json?horizon=2h", "backtest: horizon='2h' is not valid; expected one of 1h, 4h, 24h"),
     ("backtest_verdicts.json?horizon=1d", "backtest_verdicts: horizon='1d' is not valid; expected one of 1h, 4h, 24h"),
