@@ -73,7 +73,7 @@ FROM solve;
 -- The fit's windows: the shortest horizon's.
 CREATE OR REPLACE TABLE calibration_windows AS
 SELECT symbol, horizon, origin_ts, end_ts FROM backtest_windows
-WHERE horizon_s = (SELECT min(horizon_s) FROM backtest_horizons);
+WHERE realized_known AND horizon_s = (SELECT min(horizon_s) FROM backtest_horizons);
 
 -- Whether a symbol's realized liquidations all have a price (then the fit compares cells of the price
 -- axis), and the cell of a price bucket: log-spaced, so a cell is the same share of price at any price.
@@ -199,8 +199,11 @@ SELECT row_number() OVER (PARTITION BY symbol ORDER BY applies_from) + 10000 * (
        CASE WHEN applies_from < last_ts
             THEN least(last_ts, applies_from + to_seconds(86400 * param('calibration_refit_days')::BIGINT)) END AS applies_to
 FROM dates
--- a fit needs three days of history at least: before that the defaults stay; calibration_fit = 0: no fit
-WHERE applies_from >= time_bucket(INTERVAL 1 DAY, first_ts) + INTERVAL 3 DAY AND param('calibration_fit') <> 0;
+-- the first fit applies when the backtest starts scoring (backtest_warmup_s after the first day of realized
+-- data, sql/25_backtest_windows.sql), so no scored window is unfitted; before that the defaults stay;
+-- calibration_fit = 0: no fit
+WHERE applies_from >= time_bucket(INTERVAL 1 DAY, first_ts) + to_seconds(param('backtest_warmup_s')::BIGINT)
+  AND param('calibration_fit') <> 0;
 
 -- The fits this build trains: those whose training windows end after rebuild_from() (the others were
 -- trained on what the previous build saw, and their results are kept: the tables below are persisted).

@@ -91,16 +91,16 @@ history AS (        -- realized volume per distance from the price at t, window 
 profile AS (        -- at each crossed bucket, from the windows before t only: realized volume at its distance, and
                     -- open interest x crossed share of the windows whose path crossed that distance; the same
                     -- over all distances, towards which a distance with little history is pulled
-    SELECT *, sum(volume_usd) OVER bin AS bin_usd, sum(exposure_usd) OVER bin AS bin_exposure_usd,
-           sum(volume_usd) OVER all_bins AS all_usd, sum(exposure_usd) OVER all_bins AS all_exposure_usd
+    SELECT *, sum(volume_usd) OVER bin AS bin_usd, sum(history_exposure_usd) OVER bin AS bin_exposure_usd,
+           sum(volume_usd) OVER all_bins AS all_usd, sum(history_exposure_usd) OVER all_bins AS all_exposure_usd
     FROM (SELECT symbol, horizon, origin_ts, side, distance_bin(distance_buckets) AS distance_bin, bucket_index,
-                 crossed_share, open_interest_usd,
+                 crossed_share, open_interest_usd, open_interest_usd * crossed_share AS exposure_usd,
                  -- (a window past the realized data is forecast, but its nothing-realized is no history)
-                 CASE WHEN realized_known THEN open_interest_usd * crossed_share ELSE 0 END AS exposure_usd,
+                 CASE WHEN realized_known THEN open_interest_usd * crossed_share ELSE 0 END AS history_exposure_usd,
                  0 AS volume_usd, 0 AS is_event, end_ts
           FROM crossed
           UNION ALL
-          SELECT symbol, horizon, origin_ts, side, distance_bin, NULL, NULL, NULL, 0, volume_usd, 1, NULL FROM history)
+          SELECT symbol, horizon, origin_ts, side, distance_bin, NULL, NULL, NULL, 0, 0, volume_usd, 1, NULL FROM history)
     WINDOW bin AS (PARTITION BY symbol, horizon, side, distance_bin ORDER BY origin_ts
                    RANGE BETWEEN UNBOUNDED PRECEDING AND INTERVAL 1 SECOND PRECEDING),
            all_bins AS (PARTITION BY symbol, horizon, side ORDER BY origin_ts
