@@ -9,8 +9,8 @@ import duckdb
 import pytest
 from conftest import run_build
 
-# Scored from the third day on: the first fit applies from then (a fit needs three days of history), so
-# every scored window is one a fit forecast out of sample.
+# Scored from the third day on, when the first fit applies (sql/45_calibration.sql): every scored window is
+# one a fit forecast out of sample, and each fit has two days or more to train on.
 FITTED_WINDOWS_ONLY = "backtest_warmup_s=259200"
 BUILDS = {
     "default": (),
