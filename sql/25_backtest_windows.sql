@@ -82,10 +82,13 @@ FROM trigger_bars GROUP BY ALL;
 -- backtest_warmup_s of the realized data are not scored: the models start with no positions, and
 -- what is fitted walk-forward needs some history. They are still history for the later windows.
 CREATE OR REPLACE TABLE backtest_windows AS
-WITH coverage AS (
-    SELECT symbol, time_bucket(INTERVAL 1 DAY, min(ts)) AS first_day,
-           time_bucket(INTERVAL 1 DAY, max(ts)) + INTERVAL 1 DAY AS end_day
-    FROM realized_liquidations GROUP BY symbol
+WITH coverage AS (  -- from the first day of realized data to its end: an aggregated export's last period's end
+                    -- (its last row may be mid-day), the end of the last day of files of events
+    SELECT r.symbol, time_bucket(INTERVAL 1 DAY, min(r.ts)) AS first_day,
+           max(CASE WHEN r.source = 'liquidationsAggregated' AND p.export_s IS NOT NULL
+                    THEN r.ts + to_seconds(p.export_s::BIGINT)
+                    ELSE time_bucket(INTERVAL 1 DAY, r.ts) + INTERVAL 1 DAY END) AS end_day
+    FROM realized_liquidations r LEFT JOIN backtest_periods p USING (symbol) GROUP BY r.symbol
 ),
 origins AS (
     SELECT h.horizon, h.horizon_s, b.symbol, window_origin(h.horizon_s, b.ts) AS origin_ts,

@@ -178,9 +178,12 @@ CREATE OR REPLACE TABLE backtest_resample_skill AS
 WITH days AS (
     SELECT symbol, horizon, list(DISTINCT day ORDER BY day) AS days FROM backtest_day_sums GROUP BY ALL
 ),
-draws AS (          -- each draw's days and how often each was drawn
-    SELECT symbol, horizon, draw, days[1 + (hash(draw, position, symbol, horizon) % len(days))::BIGINT] AS day, count(*) AS weight
-    FROM days, range(param('backtest_resamples')::BIGINT) r(draw), LATERAL range(len(days)) p(position)
+draws AS (          -- each draw's days and how often each was drawn (range() as a list, not a table function:
+                    -- users of the .duckdb file have param() as a subquery, which a table function refuses)
+    SELECT symbol, horizon, draw, days[1 + (hash(draw, position, symbol, horizon) % len(days))::BIGINT] AS day,
+           count(*) AS weight
+    FROM (SELECT *, unnest(range(len(days))) AS position
+          FROM (SELECT *, unnest(range(param('backtest_resamples')::BIGINT)) AS draw FROM days))
     GROUP BY 1, 2, 3, 4
 ),
 scores AS (
@@ -220,14 +223,15 @@ intervals AS (
 )
 SELECT s.model, s.symbol, s.side, s.horizon, s.horizon_s, s.metric, s.value, b.best_baseline, b.baseline_value,
        s.value - b.baseline_value AS skill, i.skill_low, i.skill_high,
-       CASE WHEN i.skill_low > 0
-                THEN 'beats ' || b.best_baseline || ' by ' || printf('%.3f', s.value - b.baseline_value)
-                     || printf(' [%.3f, %.3f]', i.skill_low, i.skill_high)
-            WHEN i.skill_high < 0
-                THEN 'worse than ' || b.best_baseline || ' (' || printf('%+.3f', s.value - b.baseline_value)
-                     || printf(' [%+.3f, %+.3f]', i.skill_low, i.skill_high) || ')'
-            ELSE 'no better than ' || b.best_baseline || ' (' || printf('%+.3f', s.value - b.baseline_value)
-                 || coalesce(printf(' [%+.3f, %+.3f]', i.skill_low, i.skill_high), '') || ')' END AS verdict,
+       -- (each number rounded and + 0.0 first: a skill of -1e-12, sums in another order, reads +0.000, not -0.000)
+       CASE WHEN round(i.skill_low, 8) > 0   -- (8 digits: as exported)
+                THEN 'beats ' || b.best_baseline || ' by ' || printf('%.3f', round(s.value - b.baseline_value, 9) + 0.0)
+                     || printf(' [%.3f, %.3f]', round(i.skill_low, 9) + 0.0, round(i.skill_high, 9) + 0.0)
+            WHEN round(i.skill_high, 8) < 0
+                THEN 'worse than ' || b.best_baseline || ' (' || printf('%+.3f', round(s.value - b.baseline_value, 9) + 0.0)
+                     || printf(' [%+.3f, %+.3f]', round(i.skill_low, 9) + 0.0, round(i.skill_high, 9) + 0.0) || ')'
+            ELSE 'no better than ' || b.best_baseline || ' (' || printf('%+.3f', round(s.value - b.baseline_value, 9) + 0.0)
+                 || coalesce(printf(' [%+.3f, %+.3f]', round(i.skill_low, 9) + 0.0, round(i.skill_high, 9) + 0.0), '') || ')' END AS verdict,
        s.n_periods, s.scored_from, s.scored_to
 FROM backtest_scores s JOIN best b USING (symbol, side, horizon, metric)
 LEFT JOIN intervals i USING (model, symbol, side, horizon, metric)

@@ -34,7 +34,8 @@ def test_three_formats_of_realized_liquidations(demo_dir, tmp_path):
         "time,long_usd,short_usd\n1725238800000,1000,0\n2024-09-02T09:30:00+08:00,500,250\n2024-09-02T02:00,,\n"
         "soon,1,1\n")
     db = tmp_path / "liquidations.db"
-    result = run_build("--data", str(demo_dir), "--db", str(db), "--liquidations", str(liquidations))
+    result = run_build("--data", str(demo_dir), "--db", str(db), "--liquidations", str(liquidations),
+                       "--param", "backtest_warmup_s=86400")   # (scored from the second day: the export's)
     assert result.returncode == 0, result.stderr
     by_source = dict(rows(db, "SELECT source, count(*) FROM realized_liquidations GROUP BY 1"))
     assert by_source["forceOrder"] == 2  # the sample's 2 BTCUSDT rows; its other symbols are reported
@@ -89,7 +90,8 @@ def eight_days(tmp_path_factory):
 
 
 def mean(score: dict, metric: str, horizon: str = "1h") -> float:
-    return (score["long", horizon, metric] + score["short", horizon, metric]) / 2
+    """Both sides' mean; a score that could not be computed (levels never crossed: no variance) counts as 0."""
+    return ((score["long", horizon, metric] or 0) + (score["short", horizon, metric] or 0)) / 2
 
 
 def scores_by_horizon(db: Path, model: str) -> dict[tuple, float]:
@@ -188,7 +190,7 @@ def test_the_ensemble_forecasts_liquidations_beyond_its_levels(eight_days):
         FROM (SELECT ts AS origin_ts, side, predicted_usd FROM backtest_series WHERE model = 'ensemble' AND horizon = '1h') e
         JOIN backtest_series n ON n.model = 'naive_move' AND n.horizon = '1h' AND n.ts = e.origin_ts AND n.side = e.side
         ASOF JOIN fit_schedule f ON f.model = 'ensemble' AND e.origin_ts >= f.from_ts""").fetchall()
-    assert len(got) == 2 * 7 * 24
+    assert len(got) == 2 * 6 * 24   # 8 days, the first two the warm-up
     assert all(ensemble > 0 for _, _, ensemble, unmodelled, *_ in got if unmodelled > 0)
     alone = [(ensemble, unmodelled) for _, _, ensemble, unmodelled, _, crossed in got if crossed == 0]
     assert len(alone) > 20 and all(e == pytest.approx(u, rel=1e-9) for e, u in alone)
@@ -397,13 +399,13 @@ def test_coarse_real_world_inputs(demo_dir, tmp_path):
     assert rows(db, "SELECT data_type, kline_interval, cadence_s FROM data_coverage WHERE data_type IN "
                     "('klines', 'metrics') ORDER BY 1") == [("klines", "1h", 3600), ("metrics", None, 3600)]
     assert rows(db, "SELECT DISTINCT model FROM heatmap_cells ORDER BY 1") == [
-        ("binance_standard",), ("ensemble",), ("funding_adjusted",)]  # no trades: no trade_flow
+        ("binance_standard",), ("churn_only",), ("ensemble",), ("funding_adjusted",)]  # no trades: no trade_flow
     best = scores_by_horizon(db, "binance_standard")
     assert best["long", "1h", "volume_spearman"] > 0.3 and best["short", "1h", "volume_spearman"] > 0.3
     # aggregated realized volume has no prices: no location, no precision
     assert {metric for _, _, metric in best} == {"volume_pearson", "volume_spearman", "calibration"}
     total = rows(db, "SELECT sum(realized_usd) FROM backtest_series WHERE model = 'ensemble' AND horizon = '1h'")[0][0]
-    scored = sum(v for (t, _), v in realized.items() if t >= 1725235200000)  # from 2024-09-02, after the warm-up
+    scored = sum(v for (t, _), v in realized.items() if t >= 1725321600000)  # from 2024-09-03, after the warm-up
     assert total == pytest.approx(scored, rel=1e-6)
 
 
@@ -414,3 +416,110 @@ def test_liquidation_snapshot_folder_with_checksums_can_be_given(demo_dir, tmp_p
     db = tmp_path / "liquidations.db"
     assert run_build("--data", str(data), "--db", str(db), "--liquidations", str(folder)).returncode == 0
     assert rows(db, "SELECT count(*) > 0, min(source) FROM realized_liquidations") == [(1, "liquidationSnapshot")]
+
+
+# The time of each row, by type: (column, kind) with kind 'ms' or 'text'; and whether a row at the cut
+# itself is known at the cut (a metrics or funding row at t reports t; a trade or a liquidation at t is
+# in the window that starts at t).
+ROW_TIMES = {"metrics": (0, "text", True), "fundingRate": (0, "ms", True), "aggTrades": (5, "ms", False),
+             "trades": (4, "ms", False), "liquidationSnapshot": (0, "ms", False),
+             "klines": (0, "ms", False), "markPriceKlines": (0, "ms", False)}
+PATH_HOURS = 24     # the longest horizon: the cut build keeps the trigger path that far past the cut
+
+
+def row_ms(field: str, kind: str) -> int:
+    if kind == "ms":
+        return int(field)
+    return int(dt.datetime.fromisoformat(field).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def cut_inputs(data: Path, cut: dt.datetime) -> None:
+    """Every input file under data cut at `cut`: the rows known by then kept, the rest removed (a file left with
+    no row removed whole), except the bars of the trigger path, kept PATH_HOURS past it: the backtest's forecast
+    is of the liquidations a given path would bring, so the path is its condition, not its input."""
+    cut_ms = int(cut.replace(tzinfo=dt.UTC).timestamp() * 1000)
+    for path in sorted(data.rglob("*.zip")):
+        data_type = next((t for t in ROW_TIMES if f"/{t}/" in path.as_posix()), None)
+        if data_type is None:
+            continue
+        column, kind, at_cut_known = ROW_TIMES[data_type]
+        limit = cut_ms + (PATH_HOURS * 3_600_000 if data_type in ("klines", "markPriceKlines") else 0)
+        lines = read_zip_lines(path)
+        header = [] if lines[0][0].isdigit() else lines[:1]
+        kept = [line for line in lines[len(header):]
+                if (t := row_ms(line.split(",")[column], kind)) < limit or (at_cut_known and t == limit)]
+        if kept:
+            write_zip_lines(path, header + kept)
+        else:
+            remove(path)
+
+
+def aggregated_export(data: Path, path: Path, cut: dt.datetime | None = None) -> Path:
+    """The realized liquidations of data's liquidationSnapshot files as an hourly export (every hour, zeros
+    included, up to the cut), as dashboards give them: `time,long_usd,short_usd,symbol`. The snapshots are
+    then removed from data: the build reads the export only."""
+    hours = defaultdict(lambda: [0.0, 0.0])
+    folder = data / "data/futures/um/daily/liquidationSnapshot/BTCUSDT"
+    for zipped in sorted(folder.glob("*.zip")):
+        day = dt.datetime.fromisoformat(zipped.stem[-10:]).replace(tzinfo=dt.UTC)
+        for hour in range(24):
+            hours[int(day.timestamp() * 1000) + hour * 3_600_000]
+        for row in csv.DictReader(read_zip_lines(zipped)):
+            usd = float(row["average_price"] or row["price"]) * float(row["accumulated_fill_quantity"] or row["original_quantity"])
+            hours[int(row["time"]) // 3_600_000 * 3_600_000][0 if row["side"] == "SELL" else 1] += usd
+    shutil.rmtree(data / "data/futures/um/daily/liquidationSnapshot")
+    cut_ms = cut and int(cut.replace(tzinfo=dt.UTC).timestamp() * 1000)
+    with path.open("w") as f:
+        f.write("time,long_usd,short_usd,symbol\n")
+        for t, (long_usd, short_usd) in sorted(hours.items()):
+            if cut_ms is None or t < cut_ms:
+                f.write(f"{t},{long_usd!r},{short_usd!r},BTCUSDT\n")
+    return path
+
+
+FORECASTS_AT = ("SELECT model, horizon, side, bucket_index, volume_usd FROM forecast_levels WHERE origin_ts = ? "
+                "AND model <> 'shuffled' ORDER BY ALL")   # (shuffled's partner window is half the span away)
+
+
+@pytest.mark.parametrize("mode, cut", [("priced", dt.datetime(2024, 9, 6)), ("aggregated", dt.datetime(2024, 9, 5, 12))])
+def test_every_forecast_is_the_same_from_inputs_cut_at_its_start(eight_days, tmp_path, mode, cut):
+    """No look-ahead, tested from the outside: the forecasts of the windows that start at `cut`, of every
+    predictor (models, baselines, the fitted forecast and nearest_buckets' walk-forward profile), are the
+    same from a build whose every input (bars past the window's path, metrics, funding, trades, realized
+    liquidations) stops at the cut. Priced: liquidationSnapshot files; aggregated: an hourly export, cut at
+    an hour that is not midnight. A forecast that read its own window's liquidations (a profile whose
+    frame held the current window, say) fails here."""
+    source = eight_days[7, "true"].parent.parent
+    full_data, cut_data = tmp_path / "full", tmp_path / "cut"
+    for folder in (full_data, cut_data):
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.db", "*.duckdb", "cache", "true", "default",
+                                                                      "all_*"))
+    options = ("--leverage-tiers", str(source / "true.csv"))
+    cut_db = tmp_path / "cut_db" / "liquidations.db"    # (a build locks its --db folder: one folder each)
+    if mode == "priced":
+        full_db = eight_days[7, "true"]
+        cut_inputs(cut_data, cut)
+        assert run_build("--data", str(cut_data), "--db", str(cut_db), *options).returncode == 0
+    else:
+        full_export = aggregated_export(full_data, tmp_path / "full.csv")
+        cut_export = aggregated_export(cut_data, tmp_path / "cut.csv", cut)
+        cut_inputs(cut_data, cut)
+        full_db = tmp_path / "full_db" / "liquidations.db"
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda args: run_build(*args), [
+                ("--data", str(full_data), "--db", str(full_db), "--liquidations", str(full_export), *options),
+                ("--data", str(cut_data), "--db", str(cut_db), "--liquidations", str(cut_export), *options)]))
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    full = duckdb.connect(str(full_db.with_suffix(".duckdb")), read_only=True).execute(FORECASTS_AT, [cut]).fetchall()
+    cut_build = duckdb.connect(str(cut_db.with_suffix(".duckdb")), read_only=True)
+    assert cut_build.execute("SELECT max(ts) FROM realized_liquidations").fetchone()[0] < cut
+    assert cut_build.execute("SELECT max(ts) FROM stg_open_interest").fetchone()[0] <= cut
+    assert cut_build.execute("SELECT count(*) FROM backtest_windows WHERE origin_ts = ? AND NOT scored",
+                             [cut]).fetchone()[0] >= 2   # (forecast, never scored: nothing realized is known there)
+    cut_rows = cut_build.execute(FORECASTS_AT, [cut]).fetchall()
+    predictors = {r[0] for r in full}
+    assert {"forecast", "forecast_without_levels", "nearest_buckets", "ensemble", "binance_standard",
+            "churn_only", "breakout"} <= predictors
+    assert {r[1] for r in full} == ({"1h", "4h", "24h"} if cut.hour == 0 else {"1h", "4h"})
+    assert [r[:4] for r in cut_rows] == [r[:4] for r in full]
+    assert [r[4] for r in cut_rows] == pytest.approx([r[4] for r in full], rel=1e-9)  # sums in another order
