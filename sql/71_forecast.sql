@@ -241,3 +241,19 @@ LEFT JOIN (SELECT symbol, horizon, origin_ts, side, any_value(total_usd) AS tota
     USING (symbol, horizon, origin_ts, side)
 LEFT JOIN levels l USING (symbol, horizon, origin_ts, side, bucket_index)
 WHERE t.volume_usd > 0;
+
+-- The forecast's fits beside the ensemble's in fitted_parameters (sql/45_calibration.sql), one row per
+-- refit, predictor, horizon, side and coefficient, on the fit's scale (square roots of USD; funding in
+-- basis points per 8 h): forecast_<horizon>_<side>_<term>, _intercept and _volume_scale. Each is in force
+-- for the day after its applies_from (applies_to is never empty: the pages' banner is the ensemble's).
+INSERT INTO fitted_parameters BY NAME
+WITH named AS (
+    SELECT f.*, t.term, f.coefficients[t.j] AS value
+    FROM forecast_fitted f JOIN forecast_terms t ON f.model = 'forecast' OR NOT t.is_level
+    WHERE f.model <> 'baseline_blend'
+    UNION ALL SELECT f.*, 'intercept', f.intercept FROM forecast_fitted f WHERE f.model <> 'baseline_blend'
+    UNION ALL SELECT f.*, 'volume_scale', f.volume_scale FROM forecast_fitted f WHERE f.model <> 'baseline_blend'
+)
+SELECT symbol, NULL AS fit_id, train_from, train_to, applies_from, applies_from + INTERVAL 1 DAY AS applies_to,
+       model || '_' || horizon || '_' || side || '_' || term AS parameter, value, train_windows
+FROM named;
