@@ -878,7 +878,8 @@ def backtest_report(db_path: Path) -> str:
     against the best position-free baseline (the README's table is this, written by `report --readme`)."""
     with sqlite3.connect(db_path) as db:
         skill = {tuple(r[:5]): r[5:] for r in db.execute(
-            "SELECT symbol, horizon, model, side, metric, value, skill, best_baseline FROM backtest_skill")}
+            "SELECT symbol, horizon, model, side, metric, value, skill, best_baseline, verdict LIKE 'beats%' "
+            "FROM backtest_skill")}
         calibration = {(s, h, m, side): v for s, h, m, side, v in db.execute(
             "SELECT symbol, horizon, model, side, value FROM backtest_scores WHERE metric = 'calibration'")}
         keys = db.execute("SELECT DISTINCT symbol, horizon, model, side FROM backtest_skill "
@@ -886,11 +887,15 @@ def backtest_report(db_path: Path) -> str:
     lines = ["| symbol | horizon | model | side | " + " | ".join(REPORT_METRICS) + " | calibration |",
              "|---" * (len(REPORT_METRICS) + 5) + "|"]
     for key in keys:
-        cells = [f"{skill[(*key, m)][0]:.2f} ({skill[(*key, m)][1]:+.2f} vs {skill[(*key, m)][2]})"
+        # (in bold where the skill's 90 % interval lies above 0: sql/72_backtest_scores.sql)
+        cells = [("**{}**" if skill[(*key, m)][3] else "{}").format(
+                     f"{skill[(*key, m)][0]:.2f} ({skill[(*key, m)][1]:+.2f} vs {skill[(*key, m)][2]})")
                  if (*key, m) in skill else "" for m in REPORT_METRICS]
         lines.append("| " + " | ".join([*key, *cells, f"{calibration.get(key) or 0:.1f}"]) + " |")
-    wins = sum(value[1] > 0 for value in skill.values())
-    return "\n".join(lines) + f"\n\n{wins} of {len(skill)} model scores beat the best baseline.\n"
+    wins = sum(bool(value[3]) for value in skill.values())
+    ahead = sum(value[1] > 0 for value in skill.values())
+    return "\n".join(lines) + (f"\n\n{wins} of {len(skill)} model scores beat the best baseline with their 90 % interval "
+                                f"above 0 (in bold); {ahead} are ahead of it on the point estimate.\n")
 
 
 def skill_rows(dataset: str, db_path: Path) -> list[dict]:
