@@ -80,27 +80,28 @@ FROM scale s JOIN forecast_levels f USING (model, symbol, horizon, origin_ts, si
 LEFT JOIN backtest_realized r USING (symbol, horizon, origin_ts, side, bucket_index)
 WHERE s.scored AND s.scale > 0;
 
+-- The series with the ranks of both volumes, for Spearman (Pearson on ranks, ties given their average rank).
+CREATE OR REPLACE TABLE backtest_ranked AS
+SELECT *, (rank() OVER wp + cume_dist() OVER wp * count(*) OVER w) / 2 AS p_rank,
+          (rank() OVER wr + cume_dist() OVER wr * count(*) OVER w) / 2 AS r_rank
+FROM backtest_series
+WINDOW w AS (PARTITION BY model, symbol, side, horizon),
+       wp AS (PARTITION BY model, symbol, side, horizon ORDER BY predicted_usd),
+       wr AS (PARTITION BY model, symbol, side, horizon ORDER BY realized_usd);
+
 CREATE OR REPLACE TABLE backtest_scores AS
 WITH
-ranked AS (           -- Spearman: Pearson on ranks, ties given their average rank
-    SELECT *, (rank() OVER wp + cume_dist() OVER wp * count(*) OVER w) / 2 AS p_rank,
-              (rank() OVER wr + cume_dist() OVER wr * count(*) OVER w) / 2 AS r_rank
-    FROM backtest_series
-    WINDOW w AS (PARTITION BY model, symbol, side, horizon),
-           wp AS (PARTITION BY model, symbol, side, horizon ORDER BY predicted_usd),
-           wr AS (PARTITION BY model, symbol, side, horizon ORDER BY realized_usd)
-),
 volume AS (
     SELECT model, symbol, side, horizon, 'volume_pearson' AS metric, corr(predicted_usd, realized_usd) AS value,
            count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts
-    FROM ranked GROUP BY ALL
+    FROM backtest_ranked GROUP BY ALL
     UNION ALL
     SELECT model, symbol, side, horizon, 'volume_spearman', corr(p_rank, r_rank), count(*), min(ts), max(ts)
-    FROM ranked GROUP BY ALL
+    FROM backtest_ranked GROUP BY ALL
     UNION ALL         -- predicted total / realized total: 1 would be right
     SELECT model, symbol, side, horizon, 'calibration', sum(predicted_usd) / nullif(sum(realized_usd), 0),
            count(*), min(ts), max(ts)
-    FROM ranked GROUP BY ALL
+    FROM backtest_ranked GROUP BY ALL
 ),
 log_totals AS (
     SELECT model, symbol, side, horizon, sum(bits) AS bits, sum(realized_usd) AS realized_usd,
@@ -144,18 +145,10 @@ ORDER BY symbol, horizon_s, side, metric, model;
 -- in that same draw. skill_low and skill_high are the 5 % and 95 % quantiles: a skill whose interval
 -- holds 0 is no skill. The draws are a hash of (draw, position), so a build gives the same intervals.
 CREATE OR REPLACE TABLE backtest_day_sums AS
-WITH ranked AS (
-    SELECT *, (rank() OVER wp + cume_dist() OVER wp * count(*) OVER w) / 2 AS p_rank,
-              (rank() OVER wr + cume_dist() OVER wr * count(*) OVER w) / 2 AS r_rank
-    FROM backtest_series
-    WINDOW w AS (PARTITION BY model, symbol, side, horizon),
-           wp AS (PARTITION BY model, symbol, side, horizon ORDER BY predicted_usd),
-           wr AS (PARTITION BY model, symbol, side, horizon ORDER BY realized_usd)
-),
-correlations AS (
+WITH correlations AS (
     SELECT model, symbol, side, horizon, time_bucket(INTERVAL 1 DAY, ts) AS day, m.metric,
            count(*) AS n, sum(x) AS sx, sum(y) AS sy, sum(x * x) AS sxx, sum(y * y) AS syy, sum(x * y) AS sxy
-    FROM ranked CROSS JOIN LATERAL (VALUES ('volume_pearson', predicted_usd, realized_usd),
+    FROM backtest_ranked CROSS JOIN LATERAL (VALUES ('volume_pearson', predicted_usd, realized_usd),
                                            ('volume_spearman', p_rank, r_rank)) m(metric, x, y)
     GROUP BY ALL
 ),
