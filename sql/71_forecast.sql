@@ -109,7 +109,8 @@ CREATE OR REPLACE TABLE forecast_fits AS
 WITH span AS (SELECT symbol, horizon, side, min(origin_ts) FILTER (WHERE scored) AS first_ts, max(origin_ts) AS last_ts
               FROM forecast_inputs GROUP BY ALL)
 SELECT symbol, horizon, side, unnest(generate_series(first_ts, last_ts, INTERVAL 1 DAY)) AS applies_from
-FROM span WHERE first_ts IS NOT NULL;
+FROM span WHERE first_ts IS NOT NULL
+  AND param('calibration_fit') <> 0;   -- (calibration_fit = 0: nothing fitted to realized data, no forecast)
 
 -- Sums of v_j v_k over the training windows of each refit: per day the windows became known, summed
 -- over the days up to the refit (expanding), so each window is read once, not once per refit.
