@@ -21,12 +21,14 @@
 -- still a volume whose large values matter for the Pearson score (a log scale ranks better but squares
 -- back badly: issue 28's measurements on real hourly data). Funding enters as it is.
 --
--- The fit: ridge regression on standardised terms, (G + alpha I) beta = r, G the terms' correlation
--- matrix x n, alpha = forecast_ridge x n, and at least the number of terms, so a fit on fewer windows
--- than terms stays near the mean. It is refitted every day from the first scored window on (backtest_warmup_s
--- after the first day of realized data), on every window known by then (ended by the UTC midnight before:
--- expanding), and used for the windows that start in the next 24 hours. The square of the fitted value is scaled so that it reproduces the
--- training windows' realized total (the retransformation would otherwise underestimate: E[y^2] > E[y]^2).
+-- The fit: ridge regression on standardised terms, (R + lambda I) beta = r, R the terms' correlation
+-- matrix, r their correlations with the realized volume, lambda = forecast_ridge, or 10 / n on n windows
+-- if that is more (as if 10 windows of no information had been seen: a fit on fewer windows than terms
+-- stays near the mean). It is refitted every day from the first scored window on (backtest_warmup_s after
+-- the first day of realized data), on every window known by then (ended by the UTC midnight before:
+-- expanding), and used for the windows that start in the next 24 hours. The square of the fitted value
+-- is scaled so that it reproduces the training windows' realized total (squaring back would otherwise
+-- underestimate: E[y^2] > E[y]^2).
 
 -- Which terms each predictor uses, in a fixed order (x[j] below).
 CREATE OR REPLACE TABLE forecast_terms AS
