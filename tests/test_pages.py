@@ -133,11 +133,11 @@ def test_backtest_page_shows_verdicts_per_horizon_and_the_chosen_horizons_chart(
     assert [h.split(" ")[0] for h in headings] == ["1h", "4h", "24h"] and "windows" in headings[0]
     tables = page.eval_on_selector_all("table.verdicts", "ts => ts.map(t => ({rows: t.rows.length - 1, "
                                        "header: [...t.rows[0].cells].map(c => c.textContent)}))")
-    assert all(t["rows"] == 8 for t in tables), tables  # 4 models x 2 sides
+    assert all(t["rows"] == 14 for t in tables), tables  # 7 models (the forecast, churn_only ...) x 2 sides
     assert tables[0]["header"] == ["model, side", "volume_pearson", "volume_spearman", "location_gain_bits",
                                    "precision", "calibration"]
     verdicts = page.eval_on_selector_all("table.verdicts td small", "cs => cs.map(c => c.textContent)")
-    assert verdicts and all(v == "" or v.startswith(("beats ", "no better than ")) for v in verdicts)
+    assert verdicts and all(v == "" or v.startswith(("beats ", "no better than ", "worse than ")) for v in verdicts)
     assert any(v.startswith("beats ") for v in verdicts) or any(v.startswith("no better") for v in verdicts)
     assert page.eval_on_selector("select[name=horizon]", "s => [s.value, [...s.options].map(o => o.value)]") == [
         "4h", ["1h", "4h", "24h"]]
@@ -146,7 +146,7 @@ def test_backtest_page_shows_verdicts_per_horizon_and_the_chosen_horizons_chart(
     assert "4h windows" in chart["title"] and all(int(ts[11:13]) % 4 == 0 for ts in chart["x"])
     baselines = page.evaluate("document.getElementById('chart').data.filter(t => t.visible === 'legendonly')"
                               ".map(t => t.name.split(' ')[0])")
-    assert len(baselines) >= 4 and chart["visible"].count(True) == 4  # the models drawn; baselines in the legend
+    assert len(baselines) >= 4 and chart["visible"].count(True) == 7  # the models drawn; baselines in the legend
     assert all(b in text for b in baselines), baselines  # every baseline explained
     page.select_option("select[name=horizon]", "24h")
     page.click("input[type=submit]")
