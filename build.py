@@ -54,12 +54,12 @@ DEMO_DIR = ROOT / "data" / "demo"                # the simulated demo, apart: it
 DATABASE_NAME = "liquidations"  # Datasette names the database after the file's stem
 
 # Binance names every file SYMBOL-TYPE-PERIOD, or SYMBOL-INTERVAL-PERIOD for the kline types, whose
-# type is then the name of a parent folder (domain.md §3).
+# type is then the name of a parent folder.
 FILE_NAME = re.compile(
     r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>[A-Za-z]+|\d+[smhdwM])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.(?P<ext>zip|csv)$"
 )
 # Realized liquidations that are not Binance files, known by their header: a recorded forceOrder
-# stream, and aggregated exports with one row per period (domain.md §3).
+# stream, and aggregated exports with one row per period.
 LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price", "filled_qty", "usd_value"},
                        "liquidationsAggregated": {"time", "long_usd", "short_usd"}}
 # The backtest's horizons unless --horizons says otherwise; those the data cannot score are left out (issue 28).

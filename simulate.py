@@ -1,11 +1,11 @@
 """Deterministic Binance USD-M futures market simulator writing data.binance.vision-style files.
 
 A population of leveraged positions drives open interest, funding, trades and price; a position is
-liquidated when the mark price crosses its Binance isolated-margin liquidation price (domain.md 2-3).
+liquidated when the mark price crosses its Binance isolated-margin liquidation price.
 Python steps minutes with heaps (never scanning all positions); DuckDB expands each day into seeded
 background trades and writes aggTrades and the 1m klines aggregated from them (equal by construction).
 
-Every contract has a long and a short side (domain.md 3b). The leveraged speculators' long and short
+Every contract has a long and a short side. The leveraged speculators' long and short
 books differ (their long share follows sentiment, momentum and funding); unleveraged market makers /
 hedgers hold the difference as one netted inventory (one-way mode nets an account's sides), never
 liquidated, no stop. So open interest = speculator longs + market-maker longs = speculator shorts +
@@ -35,7 +35,7 @@ import duckdb
 # USDT): Binance's table of 2021-03-18 (announcement "Updates to Leverage and Margin Tiers of Binance
 # Futures Contracts"; last tier open-ended, capped here), not the newer one the models read: Binance
 # changes it over time, and a bench sharing the models' brackets could not show what a wrong one costs.
-# cum_n = cum_(n-1) + floor_n x (MMR_n - MMR_(n-1)), floor_n = the previous cap (domain.md section 2).
+# cum_n = cum_(n-1) + floor_n x (MMR_n - MMR_(n-1)), floor_n = the previous cap.
 BRACKETS = ((50e3, 125, 0.004, 0.0), (250e3, 100, 0.005, 50.0), (1e6, 50, 0.01, 1_300.0),
             (10e6, 20, 0.025, 16_300.0), (20e6, 10, 0.05, 266_300.0), (50e6, 5, 0.10, 1_266_300.0),
             (100e6, 4, 0.125, 2_516_300.0), (200e6, 3, 0.15, 5_016_300.0), (300e6, 2, 0.25, 25_016_300.0),
@@ -92,7 +92,7 @@ def bracket(notional_usd):
 
 
 def liq_price(side, entry, qty, lev):
-    """Binance isolated one-way LP, from wallet + uPnL = notional * MMR - cum (domain.md section 2)."""
+    """Binance isolated one-way LP, from wallet + uPnL = notional * MMR - cum."""
     _, _, mmr, cum = bracket(entry * qty)
     if side > 0:
         return (entry * (1 - 1 / lev) - cum / qty) / (1 - mmr)

@@ -1,7 +1,7 @@
 -- Layer 0: helper macros shared by every layer.
 
 -- Binance writes epoch times in milliseconds (USD-M futures) but spot switched to microseconds on
--- 2025-01-01 (domain.md §3). A 13-digit value is ms, a 16-digit value is µs: tell them apart by size
+-- 2025-01-01. A 13-digit value is ms, a 16-digit value is µs: tell them apart by size
 -- (1e14 ms is the year 5138, 1e14 µs is 1973) and return a naive UTC TIMESTAMP.
 CREATE OR REPLACE MACRO ts_from_epoch(t) AS
     CASE WHEN t >= 100000000000000 THEN make_timestamp(t::BIGINT)

@@ -1,5 +1,5 @@
 -- Layer 1: sources. One table per Binance file type, with the columns exactly as Binance writes
--- them (domain.md §3). stage.py reads each file once with DuckDB's read_csv into these tables, on a
+-- them. stage.py reads each file once with DuckDB's read_csv into these tables, on a
 -- connection of its own, and writes the valid rows, one per key, to Parquet in the cache
 -- (sql/staging/one_file.sql). Rows that do not parse are not lost: DuckDB's reject tables are copied
 -- into src_rejects, with file and line, and reported in the file's stage_quality rows. A build then

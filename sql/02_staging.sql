@@ -10,7 +10,7 @@
 
 -- Each file's period as times: a daily file holds its day, a monthly file its month, each up to and
 -- including the next period's first instant (metrics were labelled at the end of each 5 minutes until
--- mid-2026, so a day's file ends with the next day's 00:00 row: domain.md §3). A row outside it
+-- mid-2026, so a day's file ends with the next day's 00:00 row). A row outside it
 -- disagrees with the file's name and is left out, reported: one such row (a time in the year 2100)
 -- would otherwise stretch every series, and the heatmap's time grid, over decades. Files without a
 -- period (realized-liquidation exports) have no bounds.

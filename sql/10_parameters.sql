@@ -2,7 +2,7 @@
 -- replace (build.py --brackets, --leverage-tiers, --params) or override one by one (--param NAME=VALUE);
 -- build.py puts the file names in DuckDB variables and the overrides in parameter_overrides.
 
--- Binance's maintenance margin brackets (domain.md §2): the bracket is chosen by the individual
+-- Binance's maintenance margin brackets: the bracket is chosen by the individual
 -- position's notional, never by the total open interest.
 CREATE OR REPLACE TABLE maintenance_brackets AS
 SELECT * FROM read_csv(getvariable('maintenance_brackets_file'), header = true, auto_detect = false, columns = {

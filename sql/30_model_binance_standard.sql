@@ -8,7 +8,7 @@
 --    the longs' leverage mix up and the shorts' down (side_leverage_tilt, sql/40_pieces.sql).
 --  * Churn: as much as fades from the alive levels is reopened at the step's price (oi_steps.churn_usd).
 --  * Warm start: the open interest at the first row, spread around the first price (prior_openings).
--- Source: open-interest-delta estimators (domain.md §4; Coinglass / Hyblock describe the same idea),
+-- Source: open-interest-delta estimators (Coinglass / Hyblock describe the same idea),
 -- with the two-sided contract from the exchange's own accounting (open interest = longs = shorts).
 -- Every model yields "openings": volume opened on each side at a time and price, with a signal of
 -- which side is levered; the shared lifecycle (sql/40_pieces.sql, sql/50_lifecycle.sql) turns them

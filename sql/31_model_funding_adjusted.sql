@@ -10,8 +10,8 @@
 --    Funding is taken per 8 h (oi_steps.funding_rate_8h): 0.01 % every hour is 0.08 % per 8 h.
 -- What it changes against binance_standard: which side is levered, and by how much, so where the
 -- levels sit (a levered side's levels lie close to the price); the volume opened is the same.
--- Sources: funding as a crowding gauge (Binance's funding-rate documentation, domain.md §4); the
--- account vs top-trader ratios are Binance's own metrics (domain.md §3).
+-- Sources: funding as a crowding gauge (Binance's funding-rate documentation); the
+-- account vs top-trader ratios are Binance's own metrics.
 CREATE OR REPLACE VIEW openings_funding_adjusted AS
 SELECT 'funding_adjusted' AS model, symbol, ts AS created_ts, entry_price, entry_price AS reference_price,
        opened_usd AS volume_usd,

@@ -1,4 +1,4 @@
--- Model trade_flow, in the manner of py-liquidation-map (aoki-h-jp; domain.md §4).
+-- Model trade_flow, in the manner of py-liquidation-map (aoki-h-jp).
 -- Assumes: a large taker trade opens a position on the taker's side (taker buy = long opened,
 -- taker sell = short opened) at the trade price, and, every contract having two sides, as much on the
 -- maker's side: the taker is the levered side (signal +1 for a taker buy, -1 for a sell), the maker the

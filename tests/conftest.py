@@ -75,7 +75,7 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def broken_dir(demo_dir, tmp_path_factory) -> Path:
-    """The demo files with one of each problem a real download has (domain.md §3) injected."""
+    """The demo files with one of each problem a real download has injected."""
     root = copy_tree(demo_dir, tmp_path_factory.mktemp("broken") / "data")
     # a missing day
     remove(daily_file(root, "metrics", "2024-09-03"))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import build
 
-LP_VECTORS = [  # domain.md §2, EP = 100,000: (leverage, notional, long LP, short LP)
+LP_VECTORS = [  # Binance's test vectors, EP = 100,000: (leverage, notional, long LP, short LP)
     (10, 100_000, 90_361.45, 109_561.75),
     (100, 100_000, 99_397.59, 100_597.61),
     (10, 500_000, 90_391.96, 109_512.44),
@@ -48,7 +48,7 @@ def test_bracket_comes_from_the_position_notional(macros):
     cum = macros.execute("SELECT bracket, maintenance_amount_usd, notional_cap_usd, maintenance_margin_rate "
                          "FROM maintenance_brackets ORDER BY bracket").fetchall()
     for (_, cum_prev, _, mmr_prev), (_, cum_n, _, mmr_n), floor in zip(cum, cum[1:], [c[2] for c in cum]):
-        assert cum_n == pytest.approx(cum_prev + floor * (mmr_n - mmr_prev))  # domain.md's check
+        assert cum_n == pytest.approx(cum_prev + floor * (mmr_n - mmr_prev))  # the bracket table's own check
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -27,7 +27,7 @@ def browser():
 
 def open_page(browser, url: str, viewport: str):
     """A page that records every JavaScript error and console error, unfiltered. datasette-plot's script, which
-    throws on a page without a result table (domain.md §5), is kept off the chart pages, the index and the
+    throws on a page without a result table, is kept off the chart pages, the index and the
     database page by their templates."""
     page = browser.new_page(viewport=VIEWPORTS[viewport])
     page.errors = []

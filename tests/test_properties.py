@@ -41,7 +41,7 @@ def timestamp(text: str) -> dt.datetime:
 
 
 def ratio(text: str) -> float | None:
-    """A metrics ratio: empty, plain or quoted, on whole days (domain.md §3)."""
+    """A metrics ratio: empty, plain or quoted, on whole days."""
     return None if text in ("", '""') else float(text)
 
 
@@ -49,7 +49,7 @@ def boolean(text: str) -> bool:
     return {"true": True, "false": False}[text]
 
 
-# Binance's columns of each type (domain.md §3), each with how its text reads.
+# Binance's columns of each type, each with how its text reads.
 COLUMNS = {
     "aggTrades": {"agg_trade_id": int, "price": float, "quantity": float, "first_trade_id": int, "last_trade_id": int,
                   "transact_time": int, "is_buyer_maker": boolean},

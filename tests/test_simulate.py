@@ -78,7 +78,7 @@ def q(sim, sql: str) -> list[tuple]:
 
 
 def test_liquidation_price_matches_binance_vectors():
-    # domain.md section 2, EP = 100,000; 10,000 USDT sits in the first bracket of either table (0.4 %, 0)
+    # Binance's test vectors, EP = 100,000; 10,000 USDT sits in the first bracket of either table (0.4 %, 0)
     cases = [(10, 0.1, 90_361.45, 109_561.75), (100, 0.1, 99_397.59, 100_597.61)]
     # 500,000 USDT: the simulator's third bracket (1 %, cum 1,300): (100,000 x 0.9 - 1,300 / 5) / 0.99
     cases.append((10, 5, (90_000 - 260) / 0.99, (110_000 + 260) / 1.01))
@@ -90,7 +90,7 @@ def test_liquidation_price_matches_binance_vectors():
 
 def test_bracket_table_is_its_own_and_consistent():
     """The simulator's brackets are a Binance table of its own, not the models' seed file, and obey
-    cum_n = cum_(n-1) + floor_n * (MMR_n - MMR_(n-1)), floor_n = previous cap (domain.md)."""
+    cum_n = cum_(n-1) + floor_n * (MMR_n - MMR_(n-1)), floor_n = previous cap."""
     brackets = simulate.BRACKETS
     caps = [b[0] for b in brackets]
     assert caps == sorted(caps) and brackets[0] == (50e3, 125, 0.004, 0) and brackets[-1][1:3] == (1, 0.5)
@@ -216,7 +216,7 @@ def test_metrics_rows_open_interest_and_duplicate_midnight(sim):
 
 
 def test_open_interest_is_total_longs_and_total_shorts(sim):
-    """Every contract has a long and a short side (domain.md 3b): speculators' longs + market makers' longs
+    """Every contract has a long and a short side: speculators' longs + market makers' longs
     = speculators' shorts + market makers' shorts = open interest, exactly, in every hour of the truth and
     in the metrics; the speculators' own long share moves, the market makers hold the difference."""
     truth = sim[0] / "a" / "simulator"
