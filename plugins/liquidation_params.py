@@ -70,6 +70,32 @@ async def problem_with(datasette, request: Request) -> str | None:
                 continue
             expected = "one of " + ", ".join(allowed) if allowed else "nothing: this build has none"
         return f"{match['query']}: {name}={value!r} is not valid; expected {expected}"
+    return await outside_range(datasette, match["database"], match["query"], query["params"], request.args)
+
+
+def instant(value: str) -> str:
+    """A valid time parameter as the tables write times: 2024-09-01 -> 2024-09-01T00:00:00Z."""
+    return dt.datetime.fromisoformat(value.removesuffix("Z")).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def outside_range(datasette, database: str, query: str, params: list[str], args) -> str | None:
+    """Times that can only give an empty (or silently different) answer: start after end, and a time outside the
+    range the build covers for the symbol asked (plugins.liquidation_ranges: the query's first and last instant).
+    Said as a 400 with the range, where the query would answer [] or the nearest instant without a word."""
+    times = {name: instant(args[name]) for name in ("start", "end", "at") if name in params and args.get(name)}
+    if "start" in times and "end" in times and times["start"] > times["end"]:
+        return f"{query}: start={args['start']!r} is after end={args['end']!r}"
+    sql = (datasette.plugin_config("liquidation_ranges") or {}).get(query)
+    if not times or sql is None:
+        return None
+    first, last = (await datasette.get_database(database).execute(sql, {"symbol": args.get("symbol", "")})).first()
+    if first is None:
+        return None
+    covered = f"this build covers {first[:16].replace('T', ' ')} to {last[:16].replace('T', ' ')} UTC"
+    for name, bad in (("start", times.get("start", "") >= last), ("end", times.get("end", "9") < first),
+                      ("at", not first <= times.get("at", first) <= last)):
+        if bad:
+            return f"{query}: {name}={args[name]!r} is outside the data: {covered}"
     return None
 
 
