@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import csv
 import datetime as dt
+import errno
 import fcntl
 import functools
 import hashlib
@@ -25,7 +26,10 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
+import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -155,7 +159,7 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
     """Every Binance file under data_dir (Vision layout or flat), zip preferred over a same-named csv,
     and every realized-liquidation file there or under --liquidations."""
     if not data_dir.is_dir():
-        raise BuildError(f"data folder {data_dir} does not exist (give one with --data, or run `python build.py demo`)")
+        raise BuildError(no_data_advice(data_dir) or f"data folder {data_dir} does not exist (give one with --data)")
     given = [p for path in map(Path, liquidations)  # a folder's csv and zip files (not its .CHECKSUMs), or a file
              for p in ([q for q in sorted(path.rglob("*")) if q.suffix in (".csv", ".zip")] if path.is_dir() else [path])]
     if unknown := [str(p) for p in given if p.is_file() and not recognise(p) or not p.exists()]:
@@ -770,7 +774,8 @@ def build_locked(args, db_path: Path, cache: Path) -> Path:
     duck_path = db_path.with_suffix(".duckdb")
     files = discover(Path(args.data), args.symbol, args.start, args.end, args.liquidations)
     if not files:
-        raise BuildError(f"no Binance futures files (e.g. BTCUSDT-metrics-2024-01-01.zip) found under {args.data}"
+        raise BuildError(no_data_advice(Path(args.data)) or
+                         f"no Binance futures files (e.g. BTCUSDT-metrics-2024-01-01.zip) found under {args.data}"
                          + (f" for {', '.join(args.symbol)}" if args.symbol else ""))
     log(f"found {len(files)} files under {args.data}")
     check_horizons(args, files)
@@ -978,31 +983,122 @@ def inspect_file(db_path: Path) -> Path:
         counts = {name: {"count": con.execute(f"SELECT count(*) FROM [{name}]").fetchone()[0]} for name in names}
     data = {db_path.stem: {"hash": sqlite_build_id(db_path) or "", "size": db_path.stat().st_size,
                            "file": str(db_path), "tables": counts}}
-    path = Path(tempfile.gettempdir()) / f"liquidation-heatmap-{os.getpid()}-{db_path.stem}.inspect.json"
+    path = inspect_path(db_path)
     path.write_text(json.dumps(data))
     return path
+
+
+def inspect_path(db_path: Path) -> Path:
+    return Path(tempfile.gettempdir()) / f"liquidation-heatmap-{os.getpid()}-{db_path.stem}.inspect.json"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before anything is served when Datasette could not listen: uvicorn would start the application, say
+    so, and only then fail to bind. Binds every address the host names as asyncio's server does (SO_REUSEADDR,
+    IPv6 alone on IPv6), so a port held only by closed connections in TIME_WAIT counts as free, as for uvicorn.
+    (Another program may still take the port in the instant between this check and Datasette's bind: uvicorn's
+    own error then stands.)"""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise BuildError(f"--host {host}: {error.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise BuildError(f"port {port} on {host} is already in use (another server, perhaps another "
+                                     f"`serve`?): stop it, or serve on another port with --port") from None
+                raise BuildError(f"cannot listen on port {port} on {host}: {error.strerror}"
+                                 + (" (ports below 1024 need privileges: choose another with --port)"
+                                    if error.errno == errno.EACCES else "")) from None
 
 
 def serve(args) -> None:
     db_path = built_db(args.db)
     if not db_path.exists():
-        raise BuildError(f"no database at {db_path}: run `python build.py build` (or `python build.py`) first")
-    command = serve_command(db_path, args.port, args.host)
-    log(f"serving {db_path} at http://{args.host}:{args.port}/ (the heatmap: /heatmap; Ctrl-C to stop)")
-    os.execv(command[0], command)
+        raise BuildError(f"no database at {shown(db_path)}: build it first with\n  " + (
+            command_line("build", "--data", "FOLDER", "--db", shown(db_path)) if args.db else
+            f"{command_line()}\n(which builds the Binance files under {shown(DATA_DIR)}, or the demo without them)"))
+    check_port_free(args.host, args.port)
+    # Datasette runs in this process, not exec'd, so that the inspect file it reads at start is removed however
+    # it ends: stopped (Ctrl-C and SIGTERM, which uvicorn turns into a graceful shutdown and then raises again,
+    # reaching the handler set here; SIGHUP, a closed terminal, is taken as SIGTERM) or failed (uvicorn and
+    # click exit through here).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGHUP, lambda signum, frame: signal.raise_signal(signal.SIGTERM))
+    try:
+        command = serve_command(db_path, args.port, args.host)
+        address = f"[{args.host}]" if ":" in args.host else args.host   # (an IPv6 address in a URL: bracketed)
+        log(f"serving {db_path} at http://{address}:{args.port}/ (the heatmap: /heatmap; Ctrl-C to stop)")
+        from datasette.cli import cli
+        cli.main(args=command[command.index("serve"):], prog_name="datasette")
+    except KeyboardInterrupt:   # (Ctrl-C before Datasette has set up its own handling)
+        raise SystemExit(128 + signal.SIGINT) from None
+    finally:
+        inspect_path(db_path).unlink(missing_ok=True)
+
+
+def shown(path: Path) -> str:
+    """A path as the user can type it where they are: from the current folder if it is under it."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def command_line(*words: str) -> str:
+    """A command of this program as the user can type it where they are: the installed `liquidation-heatmap` if
+    that is what they ran, else this script with the Python running it (plain `python` if that is the one on
+    PATH, as in an activated venv)."""
+    if Path(sys.argv[0]).name == "liquidation-heatmap":
+        return shlex.join(["liquidation-heatmap", *words])
+    on_path = shutil.which("python")
+    python = "python" if on_path and Path(on_path).absolute() == Path(sys.executable).absolute() else shown(sys.executable)
+    return shlex.join([python, shown(ROOT / "build.py"), *words])
+
+
+def has_binance_files(folder: Path) -> bool:
+    return any(parse_file_name(p) for p in folder.rglob("*"))
+
+
+def demo_build_command(out: Path) -> str:
+    """The build of the files `demo --out` wrote, into a database of their own beside them (the demo's:
+    data/demo/liquidations.db), apart from the real data's."""
+    return command_line("build", "--data", shown(out), "--db", shown(Path(out).absolute().parent / DEFAULT_DB.name))
+
+
+def no_data_advice(data_dir: Path) -> str | None:
+    """What to run when data/raw, the default --data, holds no Binance files (a fresh clone): the demo's build,
+    with the exact command; None for any other folder."""
+    if data_dir.resolve() != DATA_DIR.resolve() or data_dir.is_dir() and has_binance_files(data_dir):
+        return None
+    where = f"no Binance files under {shown(DATA_DIR)}, where `fetch` writes them (see `{command_line('fetch', '--help')}`)"
+    if has_binance_files(DEMO_DIR / "raw"):
+        return (f"{where}. The demo's simulated files are in {shown(DEMO_DIR / 'raw')}: build them, into a database "
+                f"of their own, with\n  {demo_build_command(DEMO_DIR / 'raw')}\nor simply\n  {command_line()}")
+    return f"{where}. To simulate the demo and build it, into {shown(DEMO_DIR / DEFAULT_DB.name)}, run\n  {command_line()}"
 
 
 def default_run(args) -> None:
     """Build the Binance files under data/raw; with none there (a fresh clone), the demo: simulated once into
     data/demo/raw and built into its own database, data/demo/liquidations.db, never mixed with real files."""
-    if any(parse_file_name(p) for p in DATA_DIR.rglob("*")):
+    if has_binance_files(DATA_DIR):
         db_path = build(parse_args(["build"]))
     else:
         log(f"no Binance files under {DATA_DIR}: building the demo (simulated data) in {DEMO_DIR}")
-        if not any(parse_file_name(p) for p in (DEMO_DIR / "raw").rglob("*")):
+        if not has_binance_files(DEMO_DIR / "raw"):
             demo(parse_args(["demo"]))
         db_path = build(parse_args(["build", "--data", str(DEMO_DIR / "raw"), "--db", str(DEMO_DIR / DEFAULT_DB.name)]))
-    print(f"\nBuilt {db_path}. Browse it:  python build.py serve  ->  http://127.0.0.1:8001/ (the heatmap: /heatmap)")
+    print(f"\nBuilt {shown(db_path)}. Browse it:  {command_line('serve')}  ->  http://127.0.0.1:8001/ (the heatmap: /heatmap)")
+
+
+def demo_command(args) -> None:
+    """`build.py demo`: the files, then the command that builds them."""
+    demo(args)
+    print(f"\nBuild them:  {demo_build_command(args.out)}")
 
 
 def built_db(db: Path | None) -> Path:
@@ -1096,7 +1192,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        {"demo": demo, "build": build, "fetch": fetch, "report": report, "serve": serve,
+        {"demo": demo_command, "build": build, "fetch": fetch, "report": report, "serve": serve,
          None: default_run}[args.command](args)
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,9 +6,12 @@ import hashlib
 import io
 import json
 import re
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -328,7 +331,7 @@ async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, m
 
 def test_serve_runs_a_real_server(demo_db):
     port = free_port()
-    server = subprocess.Popen([*build.serve_command(demo_db, port)[:1], str(ROOT / "build.py"), "serve",
+    server = subprocess.Popen([sys.executable, str(ROOT / "build.py"), "serve",
                                "--db", str(demo_db), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -365,7 +368,50 @@ def test_serve_runs_a_real_server(demo_db):
 
 def test_serve_without_a_database_says_what_to_do(tmp_path):
     result = run_build("--db", str(tmp_path / "none.db"), command="serve")
-    assert result.returncode == 2 and "python build.py build" in result.stderr
+    assert result.returncode == 2 and "build.py build --data FOLDER --db " + str(tmp_path / "none.db") in result.stderr
+
+
+def inspect_files(pid: int) -> list[Path]:
+    """The inspect files a `build.py serve` of this process id has left (build.inspect_path's names)."""
+    return list(Path(tempfile.gettempdir()).glob(f"liquidation-heatmap-{pid}-*.inspect.json"))
+
+
+def test_serve_on_a_busy_port_fails_at_once_naming_it(demo_db):
+    with socket.socket() as holder:   # another server on the port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = subprocess.Popen([sys.executable, str(ROOT / "build.py"), "serve", "--db", str(demo_db), "--port",
+                                   str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err, err
+    assert "serving" not in out + err and "startup" not in out + err   # nothing said to be served
+    assert inspect_files(server.pid) == []
+
+
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 1), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_serve_removes_its_inspect_file_when_stopped(demo_db, stop, status):
+    """Ctrl-C (SIGINT; click then says 'Aborted!' and exits 1) or SIGTERM: the server shuts down gracefully and
+    the inspect file it read at start is gone."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "build.py"), "serve", "--db", str(demo_db), "--port",
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/-/versions.json", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.3)
+        assert len(inspect_files(server.pid)) == 1   # there while it serves
+        server.send_signal(stop)
+        output = server.communicate(timeout=30)[0]
+    finally:
+        server.kill()
+    assert server.returncode == status and "Shutting down" in output, output[-2000:]
+    assert inspect_files(server.pid) == []
 
 
 # ---------------------------------------------------------------- a real server under stress (issue 13)

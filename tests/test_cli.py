@@ -1,0 +1,70 @@
+"""The command line as a new user meets it on a fresh clone: what it tells them to run works as written."""
+
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+import build
+
+
+def fresh_clone(folder: Path) -> Path:
+    """What `git clone` gives: the code and the SQL, a data/ folder without data/raw, data/demo or any database."""
+    for name in ("build.py", "stage.py", "simulate.py", "metadata.yml"):
+        shutil.copy(ROOT / name, folder / name)
+    shutil.copytree(ROOT / "sql", folder / "sql")
+    (folder / "data").mkdir()
+    shutil.copy(ROOT / "data" / "README.md", folder / "data" / "README.md")
+    return folder
+
+
+def run(checkout: Path, words: list[str]) -> subprocess.CompletedProcess:
+    """A command run in the checkout, as the user types it there (its first word: the Python that runs the tests)."""
+    return subprocess.run(words, cwd=checkout, capture_output=True, text=True, timeout=600, check=False)
+
+
+def advised(stderr: str) -> list[list[str]]:
+    """The commands an error tells the user to run (each on a line of its own, indented), as words."""
+    return [shlex.split(line) for line in stderr.splitlines() if line.startswith("  ")]
+
+
+def test_build_on_a_fresh_clone_names_commands_that_work_as_written(tmp_path):
+    checkout = fresh_clone(tmp_path)
+    script = [sys.executable, "build.py"]
+    # no data/raw and no demo: the advice is the default run, which simulates the demo and builds it
+    # (test_build.py's test_no_arguments_on_a_fresh_clone_simulates_then_builds follows it)
+    first = run(checkout, [*script, "build"])
+    assert first.returncode == 2 and "no Binance files under data/raw" in first.stderr, first.stderr
+    [default_run] = advised(first.stderr)
+    assert default_run[1:] == ["build.py"] and build.parse_args(default_run[2:]).command is None
+    assert "data/demo/liquidations.db" in first.stderr
+    # the user runs `demo` instead (one day, to be quick): it says how to build what it wrote, and so does `build`
+    demo = run(checkout, [*script, "demo", "--days", "1", "--trades-per-day", "1000"])
+    assert demo.returncode == 0, demo.stderr
+    [told_by_demo] = [shlex.split(line.split(":", 1)[1]) for line in demo.stdout.splitlines() if line.startswith("Build them:")]
+    again = run(checkout, [*script, "build"])
+    assert again.returncode == 2
+    build_demo, default_run = advised(again.stderr)
+    assert build_demo == told_by_demo == [*build_demo[:2], "build", "--data", "data/demo/raw",
+                                          "--db", "data/demo/liquidations.db"]
+    assert default_run[1:] == ["build.py"]
+    # followed literally, in the order given, each works (its first word is this Python, or `python` if that is
+    # the one on PATH)
+    for command in (build_demo, default_run):
+        followed = run(checkout, command)
+        assert followed.returncode == 0, followed.stderr[-2000:]
+    with sqlite3.connect(checkout / "data" / "demo" / "liquidations.db") as con:
+        assert con.execute("SELECT count(*) FROM price_klines").fetchone()[0] == 24 * 60   # the day's 1m bars
+    assert not (checkout / "data" / "raw").exists() and not (checkout / "data" / "liquidations.db").exists()
+    assert shlex.split(followed.stdout.split("Browse it:")[1])[1:3] == ["build.py", "serve"]
+
+def test_serve_without_a_database_on_a_fresh_clone_names_the_run_that_builds_one(tmp_path):
+    checkout = fresh_clone(tmp_path)
+    result = run(checkout, [sys.executable, "build.py", "serve"])
+    assert result.returncode == 2 and "no database at data/liquidations.db" in result.stderr, result.stderr
+    [command] = advised(result.stderr)
+    assert command[1:] == ["build.py"]   # the default run: data/raw's files, or the demo (see the test above)
