@@ -1,6 +1,7 @@
 """Datasette on the built SQLite file: in process, with `datasette --get`, and as a real server."""
 
 import csv
+import datetime as dt
 import gzip
 import hashlib
 import io
@@ -158,23 +159,22 @@ async def test_levels_liquidation_map_and_compare_queries(datasette):
     assert latest and {(r["side"], r["leverage"]) for r in latest} == {("long", 10)}
     assert all(r["distance_pct"] < 0 for r in latest)  # long levels lie below the price
     earlier = await rows(datasette, "/liquidations/levels.json?model=binance_standard&at=2024-09-02T06:30")
-    assert earlier[0]["ts"] == "2024-09-02T06:00:00Z" and {r["leverage"] for r in earlier} >= {10, 20, 50}
+    assert earlier[0]["as_of"] == "2024-09-02T06:00:00Z" and {r["leverage"] for r in earlier} >= {10, 20, 50}
     # longs below the price, shorts above (a level's bucket may hold the price: one bucket, 0.2 %, of slack)
     assert all(r["distance_pct"] < 0.2 if r["side"] == "long" else r["distance_pct"] > -0.2 for r in earlier)
-    the_map = await rows(datasette, "/liquidations/liquidation_map.json?model=funding_adjusted")
+    # the map: a row per side and tier, its volume per price bucket as an object (?_json= parses it)
+    the_map = await rows(datasette, "/liquidations/liquidation_map.json?model=funding_adjusted&_json=volume_by_price_usd")
     longs = [r for r in the_map if r["side"] == "long"]
-    assert longs and all(r["price_bucket"] < r["current_price"] for r in longs)
-    assert longs[0]["cumulative_usd"] == pytest.approx(sum(r["volume_usd"] for r in longs), rel=1e-6)
-    assert all(sum(json.loads(r["volume_by_leverage_usd"]).values()) == pytest.approx(r["volume_usd"], abs=0.05)
-               for r in the_map)
+    assert longs and all(float(p) < r["current_price"] for r in longs for p in r["volume_by_price_usd"])
+    assert all(sum(r["volume_by_price_usd"].values()) == pytest.approx(r["alive_volume_usd"], abs=1) for r in the_map)
     at_latest = {(r["side"], r["leverage"], r["price_bucket"]): r["alive_volume_usd"]
                  for r in await rows(datasette, "/liquidations/levels.json?model=funding_adjusted")}
-    assert sum(at_latest.values()) == pytest.approx(sum(r["volume_usd"] for r in the_map), rel=1e-6)
-    compared = await rows(datasette, "/liquidations/compare_models.json?at=2024-09-03")
+    assert at_latest == {(r["side"], r["leverage"], float(p)): v for r in the_map for p, v in r["volume_by_price_usd"].items()}
+    compared = await rows(datasette, "/liquidations/compare_models.json?at=2024-09-03&_json=alive_kusd")
     assert [r["model"] for r in compared] == ["binance_standard", "churn_only", "ensemble", "funding_adjusted",
                                               "trade_flow"]
-    assert all(r["ts"] == "2024-09-03T00:00:00Z" and r["long_alive_usd"] > 0 for r in compared)
-    assert all(sum(json.loads(r["alive_kusd"])) > 0 for r in compared)
+    assert all(r["as_of"] == "2024-09-03T00:00:00Z" and r["long_alive_usd"] > 0 for r in compared)
+    assert all(sum(r["alive_kusd"]) > 0 for r in compared)   # an array, not a string to parse twice
 
 
 MODELS = {"binance_standard", "churn_only", "funding_adjusted", "trade_flow", "ensemble", "forecast",
@@ -293,6 +293,48 @@ async def test_a_problem_kind_the_build_did_not_find_is_an_empty_list_not_a_400(
     found = {r["problem"] for r in await rows(datasette, "/liquidations/data_quality.json")}
     assert found < kinds and "gap" not in found
     assert await rows(datasette, "/liquidations/data_quality.json?problem=gap") == []
+
+
+@pytest.mark.parametrize("query", ["liquidation_map", "compare_models", "levels"])
+async def test_a_map_is_labelled_with_the_instant_its_levels_and_price_are_taken_at(datasette, demo_db, query):
+    """Before: at=2024-09-02 gave the bucket 00:00-01:00 labelled 00:00 with the 00:59 close. Now as_of is the
+    instant asked (a bucket's end) and the price the last trade before it: the close of the candle ending then."""
+    db = sqlite3.connect(demo_db)
+    for at in ("2024-09-02", "2024-09-02T05:30"):
+        answer = await rows(datasette, f"/liquidations/{query}.json?at={at}")
+        expected = "2024-09-02T00:00:00Z" if at == "2024-09-02" else "2024-09-02T05:00:00Z"   # the last bucket end <= at
+        assert {r["as_of"] for r in answer} == {expected}
+        if query != "levels":
+            close = db.execute("SELECT close FROM price_klines WHERE ts < ? ORDER BY ts DESC LIMIT 1", [expected]).fetchone()[0]
+            assert {r["current_price"] for r in answer} == {round(close, 1) if query == "compare_models" else close}
+    latest = await rows(datasette, f"/liquidations/{query}.json")
+    last_candle_end = db.execute("SELECT max(ts) FROM price_klines").fetchone()[0]
+    assert latest[0]["as_of"] > last_candle_end   # the latest map is as of the end of the last candle's hour
+
+
+async def test_a_time_that_can_only_answer_nothing_is_a_400_that_says_the_range(datasette, demo_db):
+    """Before: start after end gave 200 [], a start after the data 'no estimates' without the range, and
+    at=2030-01-01 silently the latest levels. The covered range comes from the built file itself."""
+    db = sqlite3.connect(demo_db)
+    first, last = db.execute("SELECT min(ts), max(ts) FROM models_compared").fetchone()
+    bucket_s = int(db.execute("SELECT value FROM model_parameters WHERE name = 'time_bucket_s'").fetchone()[0])
+    shift = lambda ts, s: (dt.datetime.fromisoformat(ts[:19]) + dt.timedelta(seconds=s)).strftime("%Y-%m-%d %H:%M")
+    as_of = f"covers {shift(first, bucket_s)} to {shift(last, bucket_s)} UTC"   # the map is taken at a bucket's end
+    for path, message in [
+        ("heatmap.json?start=2024-09-03&end=2024-09-02", "heatmap: start='2024-09-03' is after end='2024-09-02'"),
+        ("heatmap.json?start=2030-01-01", f"start='2030-01-01' is outside the data: this build covers {shift(first, 0)}"),
+        ("heatmap.json?end=2020-01-01", "end='2020-01-01' is outside the data"),
+        ("levels.json?at=2030-01-01", f"levels: at='2030-01-01' is outside the data: this build {as_of}"),
+        ("liquidation_map.json?at=2024-09-01T00:30", f"at='2024-09-01T00:30' is outside the data: this build {as_of}"),
+        ("compare_models.json?at=2030-01-01", as_of),
+        ("predicted_vs_realized.json?start=2030-01-01", "start='2030-01-01' is outside the data"),
+    ]:
+        response = await datasette.client.get(f"/liquidations/{path}")
+        assert response.status_code == 400 and message in response.json()["error"], (path, response.text[:300])
+    # at the edges: the first and the last instant answer
+    for at in (shift(first, bucket_s), shift(last, bucket_s)):
+        answer = await rows(datasette, f"/liquidations/levels.json?at={at.replace(' ', 'T')}")
+        assert answer and {r["as_of"][:16].replace("T", " ") for r in answer} == {at}
 
 
 async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, monkeypatch):
