@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zipfile
@@ -174,3 +175,12 @@ def server(demo_db):
     yield url
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_inspect_files_left():
+    """The servers the tests start write build.py's inspect file under this process's id: removed at the end, as
+    `build.py serve` removes its own."""
+    yield
+    for path in Path(tempfile.gettempdir()).glob(f"liquidation-heatmap-{os.getpid()}-*.inspect.json"):
+        path.unlink(missing_ok=True)
