@@ -44,6 +44,46 @@ def shot(page, name: str) -> Path:
     return path
 
 
+FIGURE_BOXES = """() => {   // the chart page's parts a trader reads, as boxes in the viewport's pixels
+  const chart = document.getElementById('chart'), c = chart.getBoundingClientRect(), size = chart._fullLayout._size;
+  const box = el => el ? (r => ({left: r.left, right: r.right, top: r.top, bottom: r.bottom}))(el.getBoundingClientRect()) : null;
+  const h1 = document.querySelector('h1');
+  return {chart: box(chart), title: box(chart.querySelector('.gtitle')), h1: box(h1), h1_cut: h1.scrollWidth > h1.clientWidth,
+          plot: {left: c.left + size.l, right: c.left + size.l + size.w, top: c.top + size.t, bottom: c.top + size.t + size.h},
+          legend: box(chart.querySelector('.legend')),
+          axis: [...chart.querySelectorAll('.xaxislayer-above, .g-xtitle')].map(box),
+          prices: [...chart.querySelectorAll('.annotation')].filter(a => a.textContent.startsWith('price ')).map(box),
+          controls: [...document.querySelectorAll('.chart-controls select')].map(s => s.selectedOptions[0].textContent)};
+}"""
+
+
+def inside(inner: dict, outer: dict, slack: float = 1) -> bool:
+    return (inner["left"] >= outer["left"] - slack and inner["right"] <= outer["right"] + slack
+            and inner["top"] >= outer["top"] - slack and inner["bottom"] <= outer["bottom"] + slack)
+
+
+def what_is_cut_or_hidden(page, viewport: str) -> list[str]:
+    """What a trader would find cut, covered or misleading on a drawn chart page: on a phone the chart not on the
+    first screen; a title cut by the screen or the chart's edge or running into the plot; a legend outside the chart
+    or over the plot or the axis labels; the price's label outside the plot (it once sat on the subtitle); a
+    control reading "first" rather than the value it stands for."""
+    b, (width, height) = page.evaluate(FIGURE_BOXES), VIEWPORTS[viewport].values()
+    screen = {"left": 0, "right": width, "top": 0, "bottom": 10**6}
+    problems = []
+    if viewport == "phone" and b["chart"]["top"] > height / 2:
+        problems.append(f"the chart starts at y = {b['chart']['top']:.0f}, below the first half screen")
+    if not inside(b["title"], screen) or not inside(b["title"], {**b["chart"], "bottom": b["plot"]["top"]}):
+        problems.append(f"the chart's title {b['title']} is cut or runs into the plot {b['plot']}")
+    if not inside(b["h1"], screen) or b["h1_cut"]:
+        problems.append(f"the page's title {b['h1']} is cut")
+    below_axis = max(a["bottom"] for a in b["axis"])
+    if b["legend"] and (not inside(b["legend"], b["chart"]) or b["legend"]["top"] < below_axis):
+        problems.append(f"the legend {b['legend']} is cut or covers the axis (its labels end at {below_axis:.0f})")
+    problems += [f"the price label {p} is outside the plot {b['plot']}" for p in b["prices"] if not inside(p, b["plot"])]
+    problems += [f"a control reads {text!r}" for text in b["controls"] if text in ("", "first")]
+    return problems
+
+
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 @pytest.mark.parametrize("query", CHART_PAGES)
 def test_chart_pages_draw_their_data(browser, server, query, viewport):
@@ -56,6 +96,8 @@ def test_chart_pages_draw_their_data(browser, server, query, viewport):
     page.goto(f"{server}/{query}")
     page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
     assert len(requests) == 1 and requests[0].split("?")[0].endswith(".json"), requests   # one request per view
+    if query != "backtest":   # JSON columns come as arrays and objects (Datasette's ?_json=), not strings to parse
+        assert "_json=" in requests[0], requests
     title = page.evaluate("document.getElementById('chart').layout.title.text")
     assert "BTCUSDT" in title and ("UTC" in title), title   # what, where and when
     traces = page.evaluate("document.getElementById('chart').data.map(t => ({type: t.type, "
@@ -71,6 +113,7 @@ def test_chart_pages_draw_their_data(browser, server, query, viewport):
     assert used - {"date", "line"} <= set(bundled), (used, bundled)   # (axis and shape types are not traces)
     width = page.evaluate("document.getElementById('chart').getBoundingClientRect().width")
     assert 0 < width <= VIEWPORTS[viewport]["width"]
+    assert what_is_cut_or_hidden(page, viewport) == []
     shot(page, f"{query}-{viewport}")
     assert page.errors == []
     page.close()
@@ -86,6 +129,21 @@ def test_heatmap_draws_price_line_and_buckets_on_a_shared_axis(browser, server):
     assert heat["y"][1] - heat["y"][0] == 500 and heat["rows"] > 3
     title = page.evaluate("document.getElementById('chart').layout.title.text")
     assert title.startswith("binance_standard, BTCUSDT<br>2024-09-01 00:00 to 2024-09-05 00:00 UTC"), title
+    # each column of cells is the levels at the end of its time bucket, the candle the price during it: both span
+    # the bucket [ts, ts + 1 h], drawn at its middle, and the hover names the bucket and its end
+    rows = page.evaluate("fetch('/liquidations/heatmap.json?model=binance_standard&bucket_usd=500&time_bucket_s=3600')"
+                         ".then(r => r.json()).then(b => b.rows.map(r => [Date.parse(r.ts), r.price_close]))")
+    chart = page.evaluate("(c => ({x: c.data.map(t => t.x.map(Date.parse)), range: c._fullLayout.xaxis.range.map(c._fullLayout.xaxis.r2l),"
+                          " text: c.data[0].text.map(row => row[0]).find(t => t), shapes: c.layout.shapes,"
+                          " labels: c.layout.annotations.map(a => a.text)}))(document.getElementById('chart'))")
+    hour = 3600_000
+    assert chart["x"][0] == chart["x"][1] == [ts + hour / 2 for ts, _ in rows]
+    assert chart["range"] == [rows[0][0], rows[-1][0] + hour]
+    assert chart["text"].startswith("2024-09-01 00:00-01:00 UTC<br>") and "alive at 01:00 (end)" in chart["text"]
+    # the current price: a line across the plot at the latest close of the range shown, labelled with it
+    close = rows[-1][1]
+    assert [(s["y0"], s["y1"], s["xref"], s["x0"], s["x1"]) for s in chart["shapes"]] == [(close, close, "paper", 0, 1)]
+    assert [float(t.removeprefix("price ").replace(",", "")) for t in chart["labels"]] == [close]
     # the colour threshold: Plotly's slider clips the scale at a percentile
     steps = page.evaluate("document.getElementById('chart').layout.sliders[0].steps.map(s => [s.label, s.args[0].zmax[0]])")
     assert [label for label, _ in steps] == ["90", "95", "98", "99", "99.5", "100"]
@@ -154,6 +212,33 @@ def test_backtest_page_shows_verdicts_per_horizon_and_the_chosen_horizons_chart(
     assert "horizon=24h" in page.url and "24h windows" in page.evaluate(
         "document.getElementById('chart').layout.title.text")
     shot(page, "backtest-verdicts-phone")
+    assert page.errors == []
+
+
+def test_backtest_chart_sets_predicted_and_realized_on_one_axis(browser, server):
+    """Predictions 15 times the realized volume look 15 times too high: one y axis holds both, and the legend
+    (every model) fits under the plot."""
+    page = open_page(browser, f"{server}/backtest", "desktop")
+    page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
+    figure = page.evaluate("(c => ({axes: Object.keys(c._fullLayout).filter(k => /^yaxis[0-9]*$/.test(k)),"
+                           " traces: c.data.map(t => [t.name, t.yaxis || 'y', t.visible === true ? Math.max(...t.y) : 0]),"
+                           " top: c._fullLayout.yaxis.range[1]}))(document.getElementById('chart'))")
+    assert figure["axes"] == ["yaxis"]
+    assert {axis for _, axis, _ in figure["traces"]} == {"y"} and figure["traces"][0][0] == "realized"
+    assert figure["top"] >= max(top for _, _, top in figure["traces"]) > 0   # the axis holds the highest of them
+    assert what_is_cut_or_hidden(page, "desktop") == []   # (the legend among them)
+    assert page.errors == []
+
+
+def test_compare_models_reads_as_traders_read_it(browser, server):
+    page = open_page(browser, f"{server}/compare_models", "desktop")
+    page.wait_for_selector("#chart[data-drawn=true]", timeout=30_000)
+    as_of = page.evaluate("fetch('/liquidations/compare_models.json').then(r => r.json()).then(b => b.rows[0].as_of)")
+    assert f"at {as_of[:16].replace('T', ' ')} UTC" in page.evaluate("document.getElementById('chart').layout.title.text")
+    headers = page.eval_on_selector_all("#totals th", "hs => hs.map(h => h.textContent)")
+    assert headers[:3] == ["model", "alive longs", "alive shorts"] and not any("_" in h for h in headers), headers
+    cells = page.eval_on_selector_all("#totals tr:nth-child(2) td", "cs => cs.map(c => c.textContent)")
+    assert re.fullmatch(r"\d+\.\d\d[KMB]", cells[1]) and re.fullmatch(r"\d\d,\d\d\d(\.\d)?", cells[3]), cells
     assert page.errors == []
 
 
