@@ -70,16 +70,31 @@ WHERE p.previous_ts IS NOT NULL AND coalesce(p.step_price, c.close) IS NOT NULL)
 
 -- The warm start. Most open interest at any moment was opened before: at the first step, the open
 -- interest already there is taken as positions opened at entry prices spread lognormally around the
--- first price (warm_start_share of it; prior_entry_spread; nine equal-mass quantiles, z = Phi^-1((i - 0.5) / 9)). Without it the
--- models start empty and a small move crosses nothing. Positions whose liquidation price is already on
--- the wrong side of the first price cannot still be open: sql/40_pieces.sql drops them (survivorship),
--- so the prior holds less than the first open interest. Every model starts from the same prior.
+-- first price (warm_start_share of it; prior_entry_spread). Without it the models start empty and a small
+-- move crosses nothing. Positions whose liquidation price is already on the wrong side of the first price
+-- cannot still be open: sql/40_pieces.sql drops them (survivorship), so the prior holds less than the
+-- first open interest. Every model starts from the same prior.
+-- The spread is drawn as the density it is, not as a few points: entries every 1/8 of a price bucket
+-- (at the first price; 9 to 2000 of them) over +-3.5 standard deviations, each weighted by the normal
+-- density at its z. Nine equal-mass quantiles drew, for days, 9 entries x 7 tiers x 2 sides of thin bright
+-- lines with empty buckets between them (a "barcode" on the heatmap that looked like market structure).
+-- A tier's liquidation prices are its entries times a constant, so 8 entries a bucket leave the
+-- liquidation-price buckets within about one entry in 8 of each other: no bucket empty, no line.
 CREATE OR REPLACE TABLE prior_openings AS
+WITH first_step AS (
+    SELECT *, least(2000, greatest(9, ceil(8 * 7 * param('prior_entry_spread') * entry_price
+                                            / param('price_bucket_usd'))))::BIGINT AS entries
+    FROM oi_steps QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY ts) = 1
+),
+spread AS (
+    SELECT f.*, -3.5 + 7 * (i + 0.5) / f.entries AS z
+    FROM first_step f CROSS JOIN LATERAL (SELECT unnest(range(f.entries)) AS i)
+)
 SELECT symbol, ts AS created_ts, entry_price * exp(param('prior_entry_spread') * z) AS entry_price,
        entry_price AS reference_price,
-       param('warm_start_share') * previous_open_interest * entry_price / 9 AS volume_usd
-FROM (SELECT * FROM oi_steps QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY ts) = 1)
-CROSS JOIN (VALUES (-1.5932), (-0.9674), (-0.5894), (-0.2822), (0.0), (0.2822), (0.5894), (0.9674), (1.5932)) q(z)
+       param('warm_start_share') * previous_open_interest * entry_price
+           * exp(-z * z / 2) / sum(exp(-z * z / 2)) OVER (PARTITION BY symbol) AS volume_usd
+FROM spread
 WHERE param('warm_start_share') > 0;
 
 -- Open-interest falls: the share of open interest closed in each step, where the fall is more than

@@ -180,16 +180,28 @@ FROM faded GROUP BY ALL;
 CREATE OR REPLACE MACRO crossed_volume(slow_usd, blown_usd, stop_share) AS
     (slow_usd * (1 - stop_share) + blown_usd) / (1 - param('stop_loss_share'));
 
--- The refits: every calibration_refit_days from the UTC day after the first window's, each trained on the
--- calibration_train_days before it and used until the next. The last one is the fit for what comes
--- after the data (applies_to NULL): the heatmap's latest levels are opened with it.
+-- Each symbol's span of calibration windows, and when its first fit applies: the first refit date (every
+-- calibration_refit_days from the UTC day after the first window's) at or after backtest_warmup_s from that
+-- day, when the backtest starts scoring (sql/25_backtest_windows.sql), so no scored window is unfitted. It is
+-- known from the first window on: sql/46_model_ensemble.sql moves the ensemble's scale towards the
+-- realized volume from then until its first fit, so that the fit does not step it.
+CREATE OR REPLACE TABLE calibration_span AS
+SELECT symbol, first_ts, last_ts,
+       time_bucket(INTERVAL 1 DAY, first_ts)
+           + to_seconds(refit_s * greatest(1, ceil(param('backtest_warmup_s') / refit_s))::BIGINT) AS first_fit_ts
+FROM (SELECT symbol, min(origin_ts) AS first_ts, max(end_ts) AS last_ts,
+             86400 * param('calibration_refit_days')::BIGINT AS refit_s
+      FROM calibration_observations GROUP BY symbol);
+
+-- The refits: every calibration_refit_days from the first, each trained on the calibration_train_days
+-- before it and used until the next. The last one is the fit for what comes after the data (applies_to
+-- NULL): the heatmap's latest levels are opened with it. calibration_fit = 0: no fit (the defaults stay).
 CREATE OR REPLACE TABLE calibration_fits AS
-WITH span AS (SELECT symbol, min(origin_ts) AS first_ts, max(end_ts) AS last_ts FROM calibration_observations GROUP BY symbol),
-dates AS (
+WITH dates AS (
     SELECT symbol, first_ts, last_ts,
-           unnest(generate_series(time_bucket(INTERVAL 1 DAY, first_ts) + to_seconds(86400 * param('calibration_refit_days')::BIGINT), last_ts,
-                                  to_seconds(86400 * param('calibration_refit_days')::BIGINT))) AS applies_from
-    FROM span
+           unnest(generate_series(first_fit_ts, last_ts, to_seconds(86400 * param('calibration_refit_days')::BIGINT)))
+               AS applies_from
+    FROM calibration_span
 )
 -- (fit_id counts each symbol's fits in time order, 10000 apart per symbol: it stays the same when data is added)
 SELECT row_number() OVER (PARTITION BY symbol ORDER BY applies_from) + 10000 * (dense_rank() OVER (ORDER BY symbol) - 1)
@@ -199,11 +211,7 @@ SELECT row_number() OVER (PARTITION BY symbol ORDER BY applies_from) + 10000 * (
        CASE WHEN applies_from < last_ts
             THEN least(last_ts, applies_from + to_seconds(86400 * param('calibration_refit_days')::BIGINT)) END AS applies_to
 FROM dates
--- the first fit applies when the backtest starts scoring (backtest_warmup_s after the first day of realized
--- data, sql/25_backtest_windows.sql), so no scored window is unfitted; before that the defaults stay;
--- calibration_fit = 0: no fit
-WHERE applies_from >= time_bucket(INTERVAL 1 DAY, first_ts) + to_seconds(param('backtest_warmup_s')::BIGINT)
-  AND param('calibration_fit') <> 0;
+WHERE param('calibration_fit') <> 0;
 
 -- The fits this build trains: those whose training windows end after rebuild_from() (the others were
 -- trained on what the previous build saw, and their results are kept: the tables below are persisted).

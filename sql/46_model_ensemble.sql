@@ -6,31 +6,128 @@
 -- renormalise over the models with data: no aggTrades -> no trade_flow).
 -- Where realized liquidations exist the mix is fitted walk-forward (sql/45_calibration.sql). A fit's
 -- weights a_model x s_role x q_tier are split into its overall scale S (fitted / default volume of its
--- training windows) and a shape (the weights / S). A level opened under fit c is worth shape_c x S_t at
--- a time t under fit t: the scale applies to every alive level from each refit on (ensemble_scale,
--- through sql/50_lifecycle.sql), so levels opened under different fits stay comparable. The lifecycle
--- takes a piece's volume as its value when it opened and multiplies it by the scale's changes since
--- (positions.scale_free_volume divides out the scale at the opening, S_c included), so a piece opens at
--- shape_c x S_c, the fitted weights themselves (a_model x s_role x q_tier), and is worth shape_c x S_t
--- later. Before the first fit: the default weights (1) and S = 1. (Issue 28: pieces were opened at the
--- shape, weights / S_c, and the lifecycle divided S_c out again, so the ensemble's levels were 1 / S_c
--- too large: on three months of real BTCUSDT its 1-hour calibration, predicted / realized, was 13.2 for
--- longs and 16.5 for shorts where the fits' own out-of-sample ratio was 0.72 / 0.92; now 0.96 / 1.17.)
+-- training windows) and a shape (the weights / S). The ensemble's pieces carry the shape of the fit in force
+-- when they open (the defaults, 1, before the first fit), and its scale L(t) (a log, ensemble_scale) applies to
+-- every alive level at t, through sql/50_lifecycle.sql, so levels opened under different fits stay comparable:
+-- a piece opened at c under fit k is worth shape_k x exp(L(c)) then (its position's volume_usd) and
+-- shape_k x exp(L(t)) at t. (Issue 28: the lifecycle divided the scale at the opening out of pieces opened at
+-- the shape, so the ensemble's levels were 1 / S too large: on three months of real BTCUSDT its 1-hour
+-- calibration, predicted / realized, was 13.2 for longs and 16.5 for shorts where the fits' own out-of-sample
+-- ratio was 0.72 / 0.92; then 0.96 / 1.17.)
+--
+-- The scale never steps (issue 29): applied whole from each refit on, it stepped every alive level at once,
+-- a seam on the heatmap that looked like a market event (the first fit, from the unfitted S = 1 to the
+-- first S, took the demo's ensemble down 2.8x in an hour, real BTCUSDT's 26x). Instead:
+--   * each fit is phased in over the period it is used for (calibration_refit_days): L goes in a straight
+--     line from the scale of the fit before (in force at the refit) to the new fit's ln S, so a refit bends
+--     L instead of stepping it (on real BTCUSDT a refit changes ln S by 0.06 at the median, 0.6 at most:
+--     0.025 an hour at most, where the volume alive changes by 0.02 to 0.06 an hour);
+--   * before the first fit, from the first window of realized data on, L moves from 0 (the defaults) towards
+--     ln R(t), where R(t) is the least-squares scale of the unfitted ensemble's crossed volume on the
+--     realized volume of the windows ended by t (the scale the first fit starts from, its ridge's centre:
+--     sql/45_calibration.sql), so that it reaches it when the first fit applies (calibration_span): the
+--     change is spread over the warm-up, which is not scored, and the first fit is phased in from there
+--     (on real BTCUSDT, R at the first fit was 0.041 and the fit's S 0.036). Nothing can spread it further
+--     without reading the future or leaving scored windows unfitted: the warm-up is all the time there is.
+-- Nothing here reads realized data from after the time it is used at: a fit is used from its refit date
+-- on, R(t) reads the windows ended by t, and the first fit's date is known from the first window on. So the
+-- ensemble's backtest stays a forecast, and a build with a day added keeps every earlier scale.
 -- The ensemble's levels fade at fade_half_life_h, as every model's (sql/45_calibration.sql says why the
--- half-life is not fitted). No fit reads realized data from after the time it is used at, so the
--- ensemble's backtest stays a forecast. The lifecycle is linear in volume, so the ensemble's heatmap,
--- levels and predictions are that mix of the models' pieces.
+-- half-life is not fitted). The lifecycle is linear in volume, so the ensemble's heatmap, levels and
+-- predictions are that mix of the models' pieces.
+
+-- Before the first fit: L(t) pursues ln R(t) at the end of each window e_n, closing the gap by the share of
+-- the time left to the first fit T that the window took: L_n = L_(n-1) + (r_n - L_(n-1)) (e_n - e_(n-1)) / (T - e_(n-1)),
+-- with r_n = ln R(e_n) and L = 0 (the defaults) at the first window's start e_0. So L reaches r at T, and moves
+-- in a straight line when r holds still; a change of r moves L by that change x the share, small while much
+-- time is left, which is when R, on few windows, is least sure (on the demo it went from 0.005 to 0.28 in the
+-- first ten hours, which moved (t - e_0) / (T - e_0) x ln R(t), the straight line's weight, 0.4 in an hour).
+-- The recurrence telescopes into one running sum:
+--     L_n = (T - e_n) x sum over i <= n of r_i x (1 / (T - e_i) - 1 / (T - e_(i-1))),   and L = r_n at T.
+-- (An R of 0 or unknown, before anything was both crossed and realized, leaves the last known R, and 1, the
+-- defaults, before any.)
+CREATE OR REPLACE TABLE ensemble_warmup_scale AS
+WITH unfitted AS (   -- per window, side and cell: the unfitted ensemble's crossed volume x, the realized y
+    SELECT k.symbol, w.end_ts, k.side, k.cell, any_value(coalesce(o.realized_usd, 0)) AS y,
+           coalesce(sum(crossed_volume(r.slow_usd, r.blown_usd, param('stop_loss_share'))), 0) AS x
+    FROM calibration_keys k
+    JOIN calibration_windows w ON w.symbol = k.symbol AND w.origin_ts = k.origin_ts
+    JOIN calibration_span s ON s.symbol = k.symbol AND w.end_ts <= s.first_fit_ts
+    LEFT JOIN calibration_observations o ON o.symbol = k.symbol AND o.origin_ts = k.origin_ts AND o.side = k.side
+        AND o.cell = k.cell
+    LEFT JOIN calibration_regressors r ON r.symbol = k.symbol AND r.origin_ts = k.origin_ts AND r.side = k.side
+        AND r.cell = k.cell
+    GROUP BY k.symbol, w.end_ts, k.side, k.cell
+),
+so_far AS (
+    SELECT symbol, end_ts, lag(end_ts) OVER w AS previous_end_ts,
+           ln(nullif(sum(sum(x * y)) OVER w / nullif(sum(sum(x * x)) OVER w, 0), 0)) AS log_least_squares_scale
+    FROM unfitted GROUP BY symbol, end_ts
+    WINDOW w AS (PARTITION BY symbol ORDER BY end_ts)
+),
+pursued AS (
+    SELECT f.symbol, f.end_ts, s.first_fit_ts,
+           coalesce(last_value(f.log_least_squares_scale IGNORE NULLS) OVER w, 0) AS r,
+           -- (T - e_i) and (T - e_(i-1)), in hours
+           epoch(s.first_fit_ts - f.end_ts) / 3600 AS left_h,
+           epoch(s.first_fit_ts - coalesce(f.previous_end_ts, s.first_ts)) / 3600 AS left_before_h
+    FROM so_far f JOIN calibration_span s USING (symbol)
+    WINDOW w AS (PARTITION BY f.symbol ORDER BY f.end_ts)
+)
+SELECT symbol, end_ts AS from_ts,
+       CASE WHEN left_h > 0
+            THEN left_h * sum(CASE WHEN left_h > 0 THEN r * (1 / left_h - 1 / left_before_h) END)
+                          OVER (PARTITION BY symbol ORDER BY end_ts)
+            ELSE r END AS log_scale
+FROM pursued
+WHERE param('calibration_fit') <> 0;
+
+-- Each fit's ramp: from the scale in force at its refit (the fit before's, or the warm-up's at the first
+-- fit) to its own ln S (a fit without a scale, nothing crossed in its training windows, keeps the one before).
+CREATE OR REPLACE TABLE ensemble_fit_scale AS
+WITH fitted AS (
+    SELECT f.fit_id, f.symbol, f.applies_from, ln(CASE WHEN s.kept_share > 0 THEN s.kept_share END) AS log_scale,
+           coalesce(w.log_scale, 0) AS warmup_log_scale
+    FROM calibration_fits f LEFT JOIN calibration_scores s USING (fit_id)
+    ASOF LEFT JOIN ensemble_warmup_scale w ON w.symbol = f.symbol AND f.applies_from >= w.from_ts
+),
+targets AS (
+    SELECT *, coalesce(last_value(log_scale IGNORE NULLS) OVER (PARTITION BY symbol ORDER BY applies_from),
+                       warmup_log_scale) AS to_log_scale
+    FROM fitted
+)
+SELECT fit_id, symbol, applies_from,
+       coalesce(lag(to_log_scale) OVER (PARTITION BY symbol ORDER BY applies_from), warmup_log_scale) AS from_log_scale,
+       to_log_scale
+FROM targets;
+
+-- L(t) at every open-interest step of the symbols with realized liquidations (the steps the lifecycle
+-- values levels at: sql/50_lifecycle.sql), from their first window on; 0 (the defaults) where there is none.
+CREATE OR REPLACE TABLE ensemble_scale AS
+SELECT s.symbol, s.ts AS from_ts,
+       CASE WHEN f.fit_id IS NOT NULL
+            THEN f.from_log_scale + (f.to_log_scale - f.from_log_scale)
+                 * least(1, epoch(s.ts - f.applies_from) / (86400 * param('calibration_refit_days')::BIGINT))
+            ELSE coalesce(w.log_scale, 0) END AS log_scale
+FROM oi_falls s
+JOIN calibration_span c ON c.symbol = s.symbol AND s.ts >= c.first_ts
+ASOF LEFT JOIN ensemble_fit_scale f ON f.symbol = s.symbol AND s.ts >= f.applies_from
+ASOF LEFT JOIN ensemble_warmup_scale w ON w.symbol = s.symbol AND s.ts >= w.from_ts
+WHERE param('calibration_fit') <> 0;
+
 INSERT INTO pieces BY NAME
 SELECT * FROM (
 SELECT 'ensemble' AS model, p.symbol, p.created_ts, p.side, p.leverage, p.entry_price, p.liquidation_price,
-       -- the fitted weight (shape x scale: see above); a fitted stop-loss share keeps (1 - share) of a
-       -- slowly crossed level where the pieces keep (1 - default)
+       -- the fit's shape (its weights / its S; the defaults, 1, before the first fit); a fitted stop-loss share
+       -- keeps (1 - share) of a slowly crossed level where the pieces keep (1 - default)
        p.volume_usd * e.factor
-           * coalesce(w.weight * (1 - w.stop_loss_share) / (1 - param('stop_loss_share')), 1) AS volume_usd,
+           * coalesce(w.weight * (1 - w.stop_loss_share) / (1 - param('stop_loss_share')) * exp(-s.to_log_scale), 1)
+           AS volume_usd,
        p.side_role
 FROM pieces p
 JOIN ensemble_base e USING (symbol, model)
 ASOF LEFT JOIN calibration_fits f ON f.symbol = p.symbol AND p.created_ts >= f.applies_from
+LEFT JOIN ensemble_fit_scale s ON s.fit_id = f.fit_id
 LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = p.model AND w.side_role = p.side_role
     AND w.leverage = p.leverage
 WHERE p.model <> 'ensemble' AND p.created_ts >= rebuild_from()   -- (the earlier ones are kept: sql/40_pieces.sql)
@@ -47,8 +144,3 @@ FROM pieces
 UNION ALL
 SELECT 'ensemble', f.symbol, f.applies_from, t.stop_loss_share, u.unmodelled_share
 FROM calibration_fits f JOIN calibration_tier_fit t USING (fit_id) JOIN calibration_unmodelled_fit u USING (fit_id);
-
--- The ensemble's overall fitted scale S from each refit on, as a log (0 before the first fit).
-CREATE OR REPLACE TABLE ensemble_scale AS
-SELECT f.symbol, f.applies_from AS from_ts, ln(s.kept_share) AS log_scale
-FROM calibration_fits f JOIN calibration_scores s USING (fit_id) WHERE s.kept_share > 0;

@@ -17,8 +17,8 @@
 -- time. The rate is one for every model and time (fade_half_life_h), the churn's: what fades is what the
 -- open-interest models reopen (oi_steps.churn_usd), so their alive volume, and the ensemble's made of
 -- their pieces, keeps its ratio to open interest (the ensemble's half-life is not fitted:
--- sql/45_calibration.sql says why). The ensemble's levels are also multiplied by its fitted overall
--- scale from each refit on (ensemble_scale).
+-- sql/45_calibration.sql says why). The ensemble's levels are also multiplied by its overall scale
+-- (ensemble_scale: phased in from one fit to the next, never stepped; sql/46_model_ensemble.sql).
 -- Persisted: a build computes the steps from rebuild_from() on, carrying in what the last kept step left
 -- (log_shrink: the running sum of the shrinks; alive_weighed: of what opened less what was consumed).
 CREATE TABLE IF NOT EXISTS level_scale (
@@ -82,9 +82,11 @@ SELECT s.model, s.symbol, s.side, s.ts, s.log_shrink, s.alive_weighed,
        s.log_shrink + CASE s.model WHEN 'ensemble' THEN coalesce(e.log_scale, 0) ELSE 0 END AS log_scale
 FROM shrunk s ASOF LEFT JOIN ensemble_scale e ON e.symbol = s.symbol AND s.ts >= e.from_ts;
 
--- Every piece with its fate. scale_free_volume is the volume divided by the scale at its opening, so
+-- Every piece with its fate. scale_free_volume is the volume divided by the shrink at its opening, so
 -- that alive(t) = scale_free_volume * exp(log_scale(t)) for a model and side; a consumed piece is
 -- valued with the scale before the step that consumed it (its shrink is netted of the consumption).
+-- volume_usd is what the piece is worth when it opens: the ensemble's pieces hold its fit's shape, and are
+-- worth that times its scale then (ensemble_scale: log_scale - log_shrink; sql/46_model_ensemble.sql).
 -- Persisted: only the pieces whose crossing was looked for in this build (recrossed, sql/40_pieces.sql:
 -- the new ones, and those its bars may cross) are valued again; the others' fate and values are kept.
 CREATE TABLE IF NOT EXISTS positions (
@@ -100,16 +102,17 @@ WITH fated AS (     -- (the crossings looked for first, then their pieces: as in
     JOIN pieces p USING (symbol, side, created_ts, liquidation_price)
 ),
 opened AS (
-    SELECT f.*, coalesce(s.log_scale, 0) AS created_log_scale
+    SELECT f.*, coalesce(s.log_scale, 0) AS created_log_scale, coalesce(s.log_shrink, 0) AS created_log_shrink
     FROM fated f ASOF LEFT JOIN level_scale s
         ON f.model = s.model AND f.symbol = s.symbol AND f.side = s.side AND f.created_ts >= s.ts
 )
 SELECT o.model, o.symbol, o.created_ts, o.side, o.leverage, o.entry_price, o.liquidation_price,
        floor(o.liquidation_price / param('price_bucket_usd'))::BIGINT AS bucket_index,
        floor(o.liquidation_price / param('price_bucket_usd')) * param('price_bucket_usd') AS price_bucket,
-       o.volume_usd, o.volume_usd / exp(o.created_log_scale) AS scale_free_volume,
+       o.volume_usd * exp(o.created_log_scale - o.created_log_shrink) AS volume_usd,
+       o.volume_usd / exp(o.created_log_shrink) AS scale_free_volume,
        o.consumed_bar_ts, o.consumed_ts, o.blown_through,
        CASE WHEN o.consumed_ts IS NOT NULL
-            THEN o.volume_usd * exp(coalesce(c.log_scale, 0) - o.created_log_scale) END AS consumed_volume_usd
+            THEN o.volume_usd * exp(coalesce(c.log_scale, 0) - o.created_log_shrink) END AS consumed_volume_usd
 FROM opened o ASOF LEFT JOIN level_scale c
     ON o.model = c.model AND o.symbol = c.symbol AND o.side = c.side AND o.consumed_ts > c.ts;
