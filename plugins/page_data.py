@@ -22,7 +22,7 @@ AS_OF = f"""SELECT strftime('%Y-%m-%dT%H:%M:%SZ', max(ts), '+' || {BUCKET_S} || 
 LAST_ROW = "SELECT max(ts) FROM {} AND ts <= coalesce(:end, '9')"
 SHOWN_TIME = {
     "heatmap": LAST_ROW.format("heatmap_rows WHERE model = :model AND symbol = :symbol"),
-    "liquidation_map": AS_OF.format("map_levels WHERE model = :model AND symbol = :symbol"),
+    "levels": AS_OF.format("map_levels WHERE model = :model AND symbol = :symbol"),
     "compare_models": AS_OF.format("models_compared WHERE symbol = :symbol"),
     "predicted_vs_realized": LAST_ROW.format("backtest_series WHERE symbol = :symbol"),
 }

@@ -61,7 +61,7 @@ def test_a_model_without_fits_is_not_given_the_ensembles_fit(server):
 
 def as_of(server: str, at: str = "") -> str:
     """The instant the liquidation map shows for `at`, as its stored query answers it."""
-    return json.loads(get(f"{server}/liquidations/liquidation_map.json?at={at}")[2])["rows"][0]["as_of"]
+    return json.loads(get(f"{server}/liquidations/levels.json?at={at}")[2])["rows"][0]["as_of"]
 
 
 def test_the_ensemble_banner_names_the_fit_in_force_at_the_time_shown(server, demo_db):

@@ -154,22 +154,24 @@ async def test_heatmap_resolution_fits_one_screen(month_db):
     assert len(finer.json()) == 30 * 24   # asked for, the base resolution comes whole
 
 
-async def test_levels_liquidation_map_and_compare_queries(datasette):
-    latest = await rows(datasette, "/liquidations/levels.json?model=binance_standard&side=long&leverage=10")
-    assert latest and {(r["side"], r["leverage"]) for r in latest} == {("long", 10)}
-    assert all(r["distance_pct"] < 0 for r in latest)  # long levels lie below the price
-    earlier = await rows(datasette, "/liquidations/levels.json?model=binance_standard&at=2024-09-02T06:30")
+async def test_levels_and_compare_queries(datasette):
+    # a row per side and tier, its volume per price bucket as an object (?_json= parses it)
+    latest = await rows(datasette, "/liquidations/levels.json?model=binance_standard&side=long&leverage=10"
+                                   "&_json=volume_by_price_usd")
+    assert [(r["side"], r["leverage"]) for r in latest] == [("long", 10)]
+    assert all(float(p) < latest[0]["current_price"] for p in latest[0]["volume_by_price_usd"])  # longs below the price
+    earlier = await rows(datasette, "/liquidations/levels.json?model=binance_standard&at=2024-09-02T06:30"
+                                    "&_json=volume_by_price_usd")
     assert earlier[0]["as_of"] == "2024-09-02T06:00:00Z" and {r["leverage"] for r in earlier} >= {10, 20, 50}
-    # longs below the price, shorts above (a level's bucket may hold the price: one bucket, 0.2 %, of slack)
-    assert all(r["distance_pct"] < 0.2 if r["side"] == "long" else r["distance_pct"] > -0.2 for r in earlier)
-    # the map: a row per side and tier, its volume per price bucket as an object (?_json= parses it)
-    the_map = await rows(datasette, "/liquidations/liquidation_map.json?model=funding_adjusted&_json=volume_by_price_usd")
-    longs = [r for r in the_map if r["side"] == "long"]
-    assert longs and all(float(p) < r["current_price"] for r in longs for p in r["volume_by_price_usd"])
+    # longs below the price, shorts above (a level's bucket may hold the price: one bucket of slack)
+    assert all(float(p) < r["current_price"] if r["side"] == "long" else float(p) + r["price_bucket_usd"] > r["current_price"]
+               for r in earlier for p in r["volume_by_price_usd"])
+    the_map = await rows(datasette, "/liquidations/levels.json?model=funding_adjusted&_json=volume_by_price_usd")
     assert all(sum(r["volume_by_price_usd"].values()) == pytest.approx(r["alive_volume_usd"], abs=1) for r in the_map)
-    at_latest = {(r["side"], r["leverage"], r["price_bucket"]): r["alive_volume_usd"]
-                 for r in await rows(datasette, "/liquidations/levels.json?model=funding_adjusted")}
-    assert at_latest == {(r["side"], r["leverage"], float(p)): v for r in the_map for p, v in r["volume_by_price_usd"].items()}
+    assert {(r["side"], r["leverage"]) for r in the_map} == {(s, lev) for s in ("long", "short")
+                                                                 for lev in (2, 5, 10, 20, 50, 100, 125)}
+    plain = await rows(datasette, "/liquidations/levels.json?model=funding_adjusted")   # without _json: JSON text
+    assert [json.loads(r["volume_by_price_usd"]) for r in plain] == [r["volume_by_price_usd"] for r in the_map]
     compared = await rows(datasette, "/liquidations/compare_models.json?at=2024-09-03&_json=alive_kusd")
     assert [r["model"] for r in compared] == ["binance_standard", "churn_only", "ensemble", "funding_adjusted",
                                               "trade_flow"]
@@ -192,23 +194,29 @@ def baselines(demo_db) -> set[str]:
 
 
 async def test_predicted_vs_realized_query_per_horizon(datasette, demo_db, baselines):
-    found = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard")
+    arrays = "&_json=ts&_json=predicted_usd&_json=realized_usd"   # (Datasette's _json: arrays, not strings)
+    found = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard" + arrays)
     with sqlite3.connect(demo_db) as con:
-        expected = con.execute("SELECT count(*), sum(predicted_usd), sum(realized_usd) FROM backtest_series "
-                               "WHERE model = 'binance_standard' AND horizon = '1h'").fetchone()
+        expected = {side: con.execute("SELECT ts, round(predicted_usd), round(realized_usd) FROM backtest_series WHERE "
+                                      "model = 'binance_standard' AND horizon = '1h' AND side = ? ORDER BY ts", [side]).fetchall()
+                    for side in ("long", "short")}
     assert {r["horizon"] for r in found} == {"1h"}  # the default
-    assert len(found) == expected[0] and {r["side"] for r in found} == {"long", "short"} and len(found) > 48
-    assert sum(r["predicted_usd"] for r in found) == pytest.approx(expected[1], rel=1e-3)
-    assert sum(r["realized_usd"] for r in found) == pytest.approx(expected[2], rel=1e-3)
-    four = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard&horizon=4h")
-    assert {r["horizon"] for r in four} == {"4h"} and all(int(r["ts"][11:13]) % 4 == 0 for r in four)
-    assert len(four) < len(found) / 3
+    assert [r["side"] for r in found] == ["long", "short"] and len(expected["long"]) >= 48
+    for r in found:   # a row per side: every window, in time order
+        assert list(zip(r["ts"], r["predicted_usd"], r["realized_usd"])) == expected[r["side"]]
+        assert r["windows"] == len(r["ts"]) and r["realized_total_usd"] == sum(r["realized_usd"])
+    four = await rows(datasette, "/liquidations/predicted_vs_realized.json?model=binance_standard&horizon=4h" + arrays)
+    assert {r["horizon"] for r in four} == {"4h"} and all(int(ts[11:13]) % 4 == 0 for r in four for ts in r["ts"])
+    assert four[0]["windows"] < found[0]["windows"] / 3
     assert {r["model"] for r in await rows(datasette, "/liquidations/predicted_vs_realized.json")} == {"forecast"}
     everyone = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h&model=all")
     assert {r["model"] for r in everyone} == MODELS | baselines
-    both = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h&model=all&side=both")
+    both = await rows(datasette, "/liquidations/predicted_vs_realized.json?horizon=24h&model=all&side=both" + arrays)
     assert {r["side"] for r in both} == {"both"} and 2 * len(both) == len(everyone)
-    assert sum(r["realized_usd"] for r in both) == pytest.approx(sum(r["realized_usd"] for r in everyone), rel=1e-6)
+    assert sum(r["realized_total_usd"] for r in both) == pytest.approx(sum(r["realized_total_usd"] for r in everyone), rel=1e-6)
+    window = await rows(datasette, f"/liquidations/predicted_vs_realized.json?start={found[0]['ts'][5]}"
+                                   f"&end={found[0]['ts'][9]}&model=binance_standard" + arrays)
+    assert [r["ts"] for r in window] == [found[0]["ts"][5:10]] * 2
 
 
 async def test_backtest_query(datasette, baselines):
@@ -254,14 +262,14 @@ async def test_backtest_verdicts_query_sets_each_model_beside_the_best_baseline(
     ("heatmap.json?start=last+week", "start='last week' is not valid; expected an ISO-8601"),
     ("heatmap.json?start=2024-13-45", "start='2024-13-45' is not valid; expected an ISO-8601 UTC date or time that exists"),
     ("heatmap.json?end=2024-02-30", "end='2024-02-30' is not valid"),   # (the pattern matches: a real parser says no)
-    ("liquidation_map.json?at=2024-09-20T25:00", "at='2024-09-20T25:00' is not valid"),
+    ("levels.json?at=2024-09-20T25:00", "at='2024-09-20T25:00' is not valid"),
     ("levels.json?at=2024-09-20T12:61Z", "at='2024-09-20T12:61Z' is not valid"),
     ("heatmap.json?bucket_usd=130", "bucket_usd='130' is not valid; expected one of 100, 200, 500, 1000"),
     ("heatmap.json?time_bucket_s=60", "time_bucket_s='60' is not valid; expected one of 3600, 14400, 86400"),
     ("heatmap.json?last=2w", "last='2w' is not valid; expected one of 12h, 24h, 3d, 7d, 30d"),
     ("levels.json?side=up", "side='up' is not valid; expected one of long, short"),
     ("levels.json?leverage=7", "leverage='7' is not valid; expected one of 2, 5, 10, 20, 50, 100, 125"),
-    ("liquidation_map.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
+    ("levels.json?symbol=DOGEUSDT", "symbol='DOGEUSDT' is not valid; expected one of BTCUSDT"),
     ("compare_models.json?at=tomorrow", "at='tomorrow' is not valid"),
     ("data_quality.json?severity=bad", "severity='bad' is not valid; expected one of error, info, warning"),
     ("backtest.json?model=oracle", "model='oracle' is not valid; expected one of baseline_blend, binance_standard"),
@@ -295,7 +303,7 @@ async def test_a_problem_kind_the_build_did_not_find_is_an_empty_list_not_a_400(
     assert await rows(datasette, "/liquidations/data_quality.json?problem=gap") == []
 
 
-@pytest.mark.parametrize("query", ["liquidation_map", "compare_models", "levels"])
+@pytest.mark.parametrize("query", ["levels", "compare_models"])
 async def test_a_map_is_labelled_with_the_instant_its_levels_and_price_are_taken_at(datasette, demo_db, query):
     """Before: at=2024-09-02 gave the bucket 00:00-01:00 labelled 00:00 with the 00:59 close. Now as_of is the
     instant asked (a bucket's end) and the price the last trade before it: the close of the candle ending then."""
@@ -304,9 +312,8 @@ async def test_a_map_is_labelled_with_the_instant_its_levels_and_price_are_taken
         answer = await rows(datasette, f"/liquidations/{query}.json?at={at}")
         expected = "2024-09-02T00:00:00Z" if at == "2024-09-02" else "2024-09-02T05:00:00Z"   # the last bucket end <= at
         assert {r["as_of"] for r in answer} == {expected}
-        if query != "levels":
-            close = db.execute("SELECT close FROM price_klines WHERE ts < ? ORDER BY ts DESC LIMIT 1", [expected]).fetchone()[0]
-            assert {r["current_price"] for r in answer} == {round(close, 1) if query == "compare_models" else close}
+        close = db.execute("SELECT close FROM price_klines WHERE ts < ? ORDER BY ts DESC LIMIT 1", [expected]).fetchone()[0]
+        assert {r["current_price"] for r in answer} == {round(close, 1) if query == "compare_models" else close}
     latest = await rows(datasette, f"/liquidations/{query}.json")
     last_candle_end = db.execute("SELECT max(ts) FROM price_klines").fetchone()[0]
     assert latest[0]["as_of"] > last_candle_end   # the latest map is as of the end of the last candle's hour
@@ -325,7 +332,7 @@ async def test_a_time_that_can_only_answer_nothing_is_a_400_that_says_the_range(
         ("heatmap.json?start=2030-01-01", f"start='2030-01-01' is outside the data: this build covers {shift(first, 0)}"),
         ("heatmap.json?end=2020-01-01", "end='2020-01-01' is outside the data"),
         ("levels.json?at=2030-01-01", f"levels: at='2030-01-01' is outside the data: this build {as_of}"),
-        ("liquidation_map.json?at=2024-09-01T00:30", f"at='2024-09-01T00:30' is outside the data: this build {as_of}"),
+        ("levels.json?at=2024-09-01T00:30", f"at='2024-09-01T00:30' is outside the data: this build {as_of}"),
         ("compare_models.json?at=2030-01-01", as_of),
         ("predicted_vs_realized.json?start=2030-01-01", "start='2030-01-01' is outside the data"),
     ]:
