@@ -1,8 +1,8 @@
 -- Layer 4b: what the heatmap page and the heatmap stored query read, computed once here so that every
 -- request is an indexed read of a few rows (datasette.yaml's heatmap query): the heatmap as one row per
--- time at a few resolutions. Persisted and appended like the heatmap (sql/60_model_outputs.sql): a build
--- computes the rows of the time buckets it rebuilt, and keeps the earlier ones. grid_prices is read by
--- sql/65_page_outputs.sql too.
+-- time at a few resolutions, over every leverage tier and for each. Persisted and appended like the heatmap
+-- (sql/60_model_outputs.sql): a build computes the rows of the time buckets it rebuilt, and keeps the earlier
+-- ones. grid_prices is read by sql/65_page_outputs.sql too.
 
 -- The trade price at every time of the grid: the bucket's bars (open, high, low, close) and the last
 -- close before its end, the "current price" of the map and the comparison.
@@ -23,15 +23,19 @@ WHERE g.start_ts >= time_bucket(to_seconds(24 * param('time_bucket_s')::BIGINT),
 
 -- The heatmap as the chart draws it: per model, symbol, resolution and time, one row with the volume of
 -- every price bucket of a window as a JSON array (thousands of USDT, long and short together), the
--- totals and the price. Resolutions: the base price bucket and 2, 5 and 10 of them, at the base time
--- bucket and at 4 and 24 of them; a coarser time bucket holds the mean of its base buckets (the volume
--- alive on average while it lasted) and its trade prices' open, high, low and close. The window is the
+-- totals and the price; over every leverage tier (heatmap_rows) and for each tier (heatmap_rows_by_leverage,
+-- the heatmap query's leverage filter). Resolutions: the base price bucket and 2, 5 and 10 of them, at the
+-- base time bucket and at 4 and 24 of them; a coarser time bucket holds the mean of its base buckets (the
+-- volume alive on average while it lasted) and its trade prices' open, high, low and close. The window is the
 -- bucket's traded range widened by heatmap_margin_pct, as traders' heatmaps show a band around the
--- price (the default 25 % holds the levels of 5x and more); the totals count every level, in or out.
--- The heatmap query (datasette.yaml) picks the finest resolution whose cells fit one response. A build
--- recomputes each resolution's rows from the start of its time bucket holding the first bucket rebuilt
--- (rows_from): a day added recomputes one day of 24-bucket rows but only the new hours of the finer ones.
--- (page_rows_from(), the earliest of them, is where the export to SQLite rewrites from.)
+-- price (the default 25 % holds the levels of 5x and more); the totals count every level, in or out. A tier's
+-- row has its time's window, so that the tiers' rows add up to the row of every tier cell by cell.
+-- The heatmap query (datasette.yaml) picks the finest resolution whose cells fit one response, from
+-- cumulative_cells: the cells of a row and of every earlier row at its resolution, so that the cells of a
+-- range are a difference of two rows' (summing them row by row cost a request more than reading its answer).
+-- A build recomputes each resolution's rows from the start of its time bucket holding the first bucket
+-- rebuilt (rows_from): a day added recomputes one day of 24-bucket rows but only the new hours of the finer
+-- ones. (page_rows_from(), the earliest of them, is where the export to SQLite rewrites from.)
 CREATE OR REPLACE TABLE heatmap_resolutions AS
 SELECT t * param('time_bucket_s')::BIGINT AS time_bucket_s, p * param('price_bucket_usd') AS price_bucket_usd
 FROM unnest([1, 4, 24]) AS times(t) CROSS JOIN unnest([1, 2, 5, 10]) AS prices(p)
@@ -40,9 +44,14 @@ CREATE OR REPLACE MACRO page_rows_from() AS
     time_bucket(to_seconds(24 * param('time_bucket_s')::BIGINT), first_bucket_rebuilt());
 CREATE TABLE IF NOT EXISTS heatmap_rows (
     model VARCHAR, symbol VARCHAR, time_bucket_s BIGINT, price_bucket_usd DOUBLE, ts TIMESTAMP, cells BIGINT,
-    price_bucket_first DOUBLE, alive_kusd VARCHAR, long_usd_total DOUBLE, short_usd_total DOUBLE,
+    cumulative_cells BIGINT, price_bucket_first DOUBLE, alive_kusd VARCHAR, long_usd_total DOUBLE,
+    short_usd_total DOUBLE, price_open DOUBLE, price_high DOUBLE, price_low DOUBLE, price_close DOUBLE);
+CREATE TABLE IF NOT EXISTS heatmap_rows_by_leverage (
+    model VARCHAR, symbol VARCHAR, leverage INTEGER, time_bucket_s BIGINT, price_bucket_usd DOUBLE, ts TIMESTAMP,
+    cells BIGINT, price_bucket_first DOUBLE, alive_kusd VARCHAR, long_usd_total DOUBLE, short_usd_total DOUBLE,
     price_open DOUBLE, price_high DOUBLE, price_low DOUBLE, price_close DOUBLE);
 DELETE FROM heatmap_rows WHERE ts >= time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt());
+DELETE FROM heatmap_rows_by_leverage WHERE ts >= time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt());
 -- (one time bucket at a time: the four price resolutions of all of them at once held 12 copies of the
 -- heatmap in one aggregate)
 CREATE OR REPLACE TEMP MACRO heatmap_rows_at(time_bucket_s_) AS TABLE
@@ -62,41 +71,87 @@ prices AS (
     FROM grid_prices p JOIN times r ON p.ts >= r.rows_from
     WHERE p.ts >= page_rows_from() GROUP BY ALL
 ),
-cells AS (
-    SELECT h.model, h.symbol, r.time_bucket_s, r.price_bucket_usd, time_bucket(to_seconds(r.time_bucket_s), h.ts) AS ts,
-           floor(h.price_bucket / r.price_bucket_usd)::BIGINT AS b, sum(h.long_usd) AS long_usd, sum(h.short_usd) AS short_usd
-    FROM heatmap h JOIN resolutions r ON h.ts >= r.rows_from
-    WHERE h.ts >= page_rows_from()
-    GROUP BY ALL
+totals AS (         -- each time's alive volume at every price, over every tier (leverage 0) and per tier, and where
+                    -- it lies
+    SELECT h.model, h.symbol, 0 AS leverage, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), h.ts) AS ts,
+           sum(h.long_usd) AS long_usd, sum(h.short_usd) AS short_usd,
+           min(h.price_bucket) AS lowest_bucket, max(h.price_bucket) AS highest_bucket
+    FROM heatmap h JOIN times r ON h.ts >= r.rows_from
+    WHERE h.ts >= page_rows_from() GROUP BY ALL
+    UNION ALL
+    SELECT h.model, h.symbol, h.leverage, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), h.ts) AS ts,
+           coalesce(sum(h.volume_usd) FILTER (h.side = 'long'), 0), coalesce(sum(h.volume_usd) FILTER (h.side = 'short'), 0),
+           min(h.price_bucket), max(h.price_bucket)
+    FROM heatmap_by_leverage h JOIN times r ON h.ts >= r.rows_from
+    WHERE h.ts >= page_rows_from() GROUP BY ALL
 ),
-rows_ AS (          -- each row's totals and price
-    SELECT c.model, c.symbol, c.time_bucket_s, c.price_bucket_usd, c.ts, n.n, min(c.b) AS min_b, max(c.b) AS max_b,
-           sum(c.long_usd) / n.n AS long_usd_total, sum(c.short_usd) / n.n AS short_usd_total,
+windows AS (        -- each time's window of price buckets at each price resolution (with no trade in the bucket:
+                    -- every bucket alive), which its tiers' rows share, and its price
+    SELECT t.model, t.symbol, t.time_bucket_s, r.price_bucket_usd, t.ts, n.n,
+           coalesce(floor(p.price_low * (1 - param('heatmap_margin_pct') / 100) / r.price_bucket_usd),
+                    floor(t.lowest_bucket / r.price_bucket_usd))::BIGINT AS lo,
+           coalesce(floor(p.price_high * (1 + param('heatmap_margin_pct') / 100) / r.price_bucket_usd),
+                    floor(t.highest_bucket / r.price_bucket_usd))::BIGINT AS hi,
            p.price_open, p.price_high, p.price_low, p.price_close
-    FROM cells c
+    FROM totals t
+    JOIN resolutions r USING (time_bucket_s)
     JOIN base_buckets n USING (symbol, time_bucket_s, ts)
     LEFT JOIN prices p USING (symbol, time_bucket_s, ts)
-    GROUP BY c.model, c.symbol, c.time_bucket_s, c.price_bucket_usd, c.ts, n.n,
-             p.price_open, p.price_high, p.price_low, p.price_close
+    WHERE t.leverage = 0
 ),
-windows AS (        -- its window of price buckets (with no trade in the bucket: every bucket alive)
-    SELECT *, coalesce(floor(price_low * (1 - param('heatmap_margin_pct') / 100) / price_bucket_usd)::BIGINT, min_b) AS lo,
-              coalesce(floor(price_high * (1 + param('heatmap_margin_pct') / 100) / price_bucket_usd)::BIGINT, max_b) AS hi
-    FROM rows_
+numbered AS (SELECT *, row_number() OVER () AS row_id FROM windows),   -- (a row's number, for the cells)
+cells AS (          -- the volume of each bucket of a window, over every tier (leverage 0) and per tier, in thousands
+                    -- of USDT: each cell placed in the window of its time at every price resolution, by the number of
+                    -- its row (grouped by the window's columns instead, the layer took 40 % longer)
+    SELECT w.row_id, h.leverage, floor(h.price_bucket / w.price_bucket_usd)::BIGINT AS b,
+           round(sum(h.usd) / any_value(w.n) / 1000)::BIGINT AS kusd
+    FROM (SELECT model, symbol, ts, 0 AS leverage, price_bucket, long_usd + short_usd AS usd FROM heatmap
+          UNION ALL
+          SELECT model, symbol, ts, leverage, price_bucket, volume_usd FROM heatmap_by_leverage) h
+    JOIN numbered w ON w.model = h.model AND w.symbol = h.symbol AND w.ts = time_bucket(to_seconds(time_bucket_s_), h.ts)
+                   AND floor(h.price_bucket / w.price_bucket_usd) BETWEEN w.lo AND w.hi
+    WHERE h.ts >= time_bucket(to_seconds(time_bucket_s_), first_bucket_rebuilt()) AND h.ts >= page_rows_from()
+    GROUP BY ALL
 ),
-dense AS (          -- every bucket of the window, 0 where nothing is alive
-    SELECT w.*, unnest(generate_series(w.lo, w.hi)) AS b FROM windows w
+arrays AS (         -- each row's cells, in bucket order
+    SELECT row_id, leverage, list(b ORDER BY b) AS buckets, list(kusd ORDER BY b) AS kusd
+    FROM cells GROUP BY ALL
+),
+tiers AS (SELECT 0 AS leverage UNION ALL SELECT leverage FROM leverage_tiers),
+new_rows AS (       -- every tier's row and each tier's, with its time's window: 0 where nothing is alive
+    SELECT w.model, w.symbol, t.leverage, w.time_bucket_s, w.price_bucket_usd, w.ts, w.hi - w.lo + 1 AS cells,
+           w.lo * w.price_bucket_usd AS price_bucket_first,
+           -- (written from the cells with volume, each after the zeros of the buckets between it and the one before:
+           -- joining every bucket of the window to them cost 4x more)
+           '[' || CASE WHEN a.buckets IS NULL THEN repeat('0,', (w.hi - w.lo)::INTEGER) || '0'
+                       ELSE array_to_string(list_transform(
+                                list_zip(a.buckets, list_prepend(w.lo - 1, list_slice(a.buckets, 1, len(a.buckets) - 1)), a.kusd),
+                                lambda x: repeat('0,', (x[1] - x[2] - 1)::INTEGER) || x[3]), ',')
+                            || repeat(',0', (w.hi - a.buckets[-1])::INTEGER)
+                  END || ']' AS alive_kusd,
+           coalesce(s.long_usd, 0) / w.n AS long_usd_total, coalesce(s.short_usd, 0) / w.n AS short_usd_total,
+           w.price_open, w.price_high, w.price_low, w.price_close
+    FROM numbered w CROSS JOIN tiers t
+    LEFT JOIN arrays a ON a.row_id = w.row_id AND a.leverage = t.leverage
+    LEFT JOIN totals s ON s.model = w.model AND s.symbol = w.symbol AND s.leverage = t.leverage
+                      AND s.time_bucket_s = w.time_bucket_s AND s.ts = w.ts
+),
+kept AS (           -- the cumulative cells of the last row kept at each resolution (a tier's row has its time's cells)
+    SELECT h.model, h.symbol, h.time_bucket_s, h.price_bucket_usd, max(h.cumulative_cells) AS cumulative_cells
+    FROM heatmap_rows h JOIN times USING (time_bucket_s) GROUP BY ALL
 )
-SELECT d.model, d.symbol, d.time_bucket_s, d.price_bucket_usd, d.ts, d.hi - d.lo + 1 AS cells,
-       d.lo * d.price_bucket_usd AS price_bucket_first,
-       '[' || string_agg(round(coalesce(c.long_usd + c.short_usd, 0) / d.n / 1000)::BIGINT::VARCHAR, ',' ORDER BY d.b) || ']'
-           AS alive_kusd,
-       d.long_usd_total, d.short_usd_total, d.price_open, d.price_high, d.price_low, d.price_close
-FROM dense d
-LEFT JOIN cells c ON c.model = d.model AND c.symbol = d.symbol AND c.time_bucket_s = d.time_bucket_s
-                 AND c.price_bucket_usd = d.price_bucket_usd AND c.ts = d.ts AND c.b = d.b
-GROUP BY ALL
-ORDER BY d.model, d.symbol, d.price_bucket_usd, d.ts;
-INSERT INTO heatmap_rows FROM heatmap_rows_at(param('time_bucket_s')::BIGINT);
-INSERT INTO heatmap_rows FROM heatmap_rows_at(4 * param('time_bucket_s')::BIGINT);
-INSERT INTO heatmap_rows FROM heatmap_rows_at(24 * param('time_bucket_s')::BIGINT);
+SELECT n.*, coalesce(k.cumulative_cells, 0) + sum(n.cells) OVER (PARTITION BY n.model, n.symbol, n.leverage, n.price_bucket_usd
+                                                                   ORDER BY n.ts) AS cumulative_cells
+FROM new_rows n LEFT JOIN kept k USING (model, symbol, time_bucket_s, price_bucket_usd)
+ORDER BY n.model, n.symbol, n.leverage, n.price_bucket_usd, n.ts;
+-- Each time resolution's new rows: every tier's into heatmap_rows, each tier's into heatmap_rows_by_leverage.
+CREATE OR REPLACE TEMP TABLE new_heatmap_rows AS FROM heatmap_rows_at(param('time_bucket_s')::BIGINT);
+INSERT INTO heatmap_rows BY NAME SELECT * EXCLUDE (leverage) FROM new_heatmap_rows WHERE leverage = 0;
+INSERT INTO heatmap_rows_by_leverage BY NAME SELECT * EXCLUDE (cumulative_cells) FROM new_heatmap_rows WHERE leverage > 0;
+CREATE OR REPLACE TEMP TABLE new_heatmap_rows AS FROM heatmap_rows_at(4 * param('time_bucket_s')::BIGINT);
+INSERT INTO heatmap_rows BY NAME SELECT * EXCLUDE (leverage) FROM new_heatmap_rows WHERE leverage = 0;
+INSERT INTO heatmap_rows_by_leverage BY NAME SELECT * EXCLUDE (cumulative_cells) FROM new_heatmap_rows WHERE leverage > 0;
+CREATE OR REPLACE TEMP TABLE new_heatmap_rows AS FROM heatmap_rows_at(24 * param('time_bucket_s')::BIGINT);
+INSERT INTO heatmap_rows BY NAME SELECT * EXCLUDE (leverage) FROM new_heatmap_rows WHERE leverage = 0;
+INSERT INTO heatmap_rows_by_leverage BY NAME SELECT * EXCLUDE (cumulative_cells) FROM new_heatmap_rows WHERE leverage > 0;
+DROP TABLE new_heatmap_rows;
