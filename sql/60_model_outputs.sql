@@ -111,20 +111,6 @@ SELECT model, symbol, start_ts AS ts, bucket_index * param('price_bucket_usd') A
 FROM alive_cells WHERE start_ts >= first_bucket_rebuilt()
 GROUP BY ALL ORDER BY ts, model, symbol, price_bucket;
 
--- The heatmap by leverage tier and side, for the heatmap's leverage filter (sql/64_heatmap_rows.sql): alive_cells'
--- rows, persisted like the heatmap, because a coarse time bucket's row is recomputed from its start, which lies
--- before rebuild_from(), where alive_cells holds nothing. In the DuckDB file only, in whole USDT (a tier's row
--- shows thousands of USDT; the full precision took 73 MB at 30 days, whole USDT 49 MB), in time order, which is
--- all the appended rows need.
-CREATE TABLE IF NOT EXISTS heatmap_by_leverage (
-    model VARCHAR, symbol VARCHAR, ts TIMESTAMP, side VARCHAR, leverage INTEGER, price_bucket DOUBLE, volume_usd DOUBLE);
-DELETE FROM heatmap_by_leverage WHERE ts >= first_bucket_rebuilt();
-INSERT INTO heatmap_by_leverage
-SELECT model, symbol, start_ts AS ts, side, leverage, bucket_index * param('price_bucket_usd') AS price_bucket,
-       round(alive_volume_usd) AS volume_usd
-FROM alive_cells WHERE start_ts >= first_bucket_rebuilt() AND alive_volume_usd >= 0.5
-ORDER BY ts;
-
 -- The last time of each symbol's grid, and the price then.
 CREATE OR REPLACE VIEW last_time AS
 SELECT g.symbol, max(g.end_ts) AS end_ts, max(g.end_ts) - to_seconds(param('time_bucket_s')::BIGINT) AS start_ts,

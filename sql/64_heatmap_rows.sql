@@ -23,13 +23,13 @@ WHERE g.start_ts >= time_bucket(to_seconds(24 * param('time_bucket_s')::BIGINT),
 
 -- The heatmap as the chart draws it: per model, symbol, resolution and time, one row with the volume of
 -- every price bucket of a window as a JSON array (thousands of USDT, long and short together), the
--- totals and the price; over every leverage tier (heatmap_rows) and for each tier (heatmap_rows_by_leverage,
--- the heatmap query's leverage filter). Resolutions: the base price bucket and 2, 5 and 10 of them, at the
--- base time bucket and at 4 and 24 of them; a coarser time bucket holds the mean of its base buckets (the
--- volume alive on average while it lasted) and its trade prices' open, high, low and close. The window is the
--- bucket's traded range widened by heatmap_margin_pct, as traders' heatmaps show a band around the
--- price (the default 25 % holds the levels of 5x and more); the totals count every level, in or out. A tier's
--- row has its time's window, so that the tiers' rows add up to the row of every tier cell by cell.
+-- totals and the price; over every leverage tier (heatmap_rows) and, at the base time bucket, for each tier
+-- (heatmap_rows_by_leverage, the heatmap query's leverage filter). Resolutions: the base price bucket and 2, 5
+-- and 10 of them, at the base time bucket and at 4 and 24 of them; a coarser time bucket holds the mean of its
+-- base buckets (the volume alive on average while it lasted) and its trade prices' open, high, low and close.
+-- The window is the bucket's traded range widened by heatmap_margin_pct, as traders' heatmaps show a band around
+-- the price (the default 25 % holds the levels of 5x and more); the totals count every level, in or out. A
+-- tier's row has its time's window, so that the tiers' rows add up to the row of every tier cell by cell.
 -- The heatmap query (datasette.yaml) picks the finest resolution whose cells fit one response, from
 -- cumulative_cells: the cells of a row and of every earlier row at its resolution, so that the cells of a
 -- range are a difference of two rows' (summing them row by row cost a request more than reading its answer).
@@ -52,13 +52,21 @@ CREATE TABLE IF NOT EXISTS heatmap_rows_by_leverage (
     price_open DOUBLE, price_high DOUBLE, price_low DOUBLE, price_close DOUBLE);
 DELETE FROM heatmap_rows WHERE ts >= time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt());
 DELETE FROM heatmap_rows_by_leverage WHERE ts >= time_bucket(to_seconds(time_bucket_s), first_bucket_rebuilt());
--- (one time bucket at a time: the four price resolutions of all of them at once held 12 copies of the
--- heatmap in one aggregate)
-CREATE OR REPLACE TEMP MACRO heatmap_rows_at(time_bucket_s_) AS TABLE
+-- The rows of one time bucket and of the price buckets listed (multiples of the base one; NULL: all four), so
+-- that one aggregate holds a part of them: the four price resolutions of all time buckets at once held 12
+-- copies of the heatmap in one aggregate, and at the base time bucket, with each tier's rows, one price bucket at
+-- a time holds half as much. Each tier's rows come at the base time bucket only, from alive_cells: a coarser
+-- bucket's row is recomputed from its start, which lies before rebuild_from(), where alive_cells holds nothing
+-- (keeping every tier's cells for those rows, in whole USDT, took 49 MB more of the DuckDB file at 30 days, and
+-- those cells and rows 20 s more of the layers' 37 s on one thread).
+CREATE OR REPLACE TEMP MACRO heatmap_rows_at(time_bucket_s_, price_buckets) AS TABLE
 WITH times AS (   -- the time bucket, and its first time rebuilt
     SELECT time_bucket_s_ AS time_bucket_s, time_bucket(to_seconds(time_bucket_s_), first_bucket_rebuilt()) AS rows_from
 ),
-resolutions AS (SELECT r.*, t.rows_from FROM heatmap_resolutions r JOIN times t USING (time_bucket_s)),
+resolutions AS (
+    SELECT r.*, t.rows_from FROM heatmap_resolutions r JOIN times t USING (time_bucket_s)
+    WHERE price_buckets IS NULL OR list_contains(price_buckets, r.price_bucket_usd / param('price_bucket_usd'))
+),
 base_buckets AS (   -- how many base time buckets each coarser one holds, for the mean
     SELECT g.symbol, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), g.start_ts) AS ts, count(*) AS n
     FROM time_grid g JOIN times r ON g.start_ts >= r.rows_from
@@ -71,19 +79,18 @@ prices AS (
     FROM grid_prices p JOIN times r ON p.ts >= r.rows_from
     WHERE p.ts >= page_rows_from() GROUP BY ALL
 ),
-totals AS (         -- each time's alive volume at every price, over every tier (leverage 0) and per tier, and where
-                    -- it lies
+totals AS (         -- each time's alive volume at every price, over every tier (leverage 0) and where it lies, and per
+                    -- tier
     SELECT h.model, h.symbol, 0 AS leverage, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), h.ts) AS ts,
            sum(h.long_usd) AS long_usd, sum(h.short_usd) AS short_usd,
            min(h.price_bucket) AS lowest_bucket, max(h.price_bucket) AS highest_bucket
     FROM heatmap h JOIN times r ON h.ts >= r.rows_from
     WHERE h.ts >= page_rows_from() GROUP BY ALL
     UNION ALL
-    SELECT h.model, h.symbol, h.leverage, r.time_bucket_s, time_bucket(to_seconds(r.time_bucket_s), h.ts) AS ts,
-           coalesce(sum(h.volume_usd) FILTER (h.side = 'long'), 0), coalesce(sum(h.volume_usd) FILTER (h.side = 'short'), 0),
-           min(h.price_bucket), max(h.price_bucket)
-    FROM heatmap_by_leverage h JOIN times r ON h.ts >= r.rows_from
-    WHERE h.ts >= page_rows_from() GROUP BY ALL
+    SELECT a.model, a.symbol, a.leverage, time_bucket_s_, a.start_ts,
+           coalesce(sum(a.alive_volume_usd) FILTER (a.side = 'long'), 0),
+           coalesce(sum(a.alive_volume_usd) FILTER (a.side = 'short'), 0), NULL, NULL
+    FROM alive_cells a WHERE time_bucket_s_ = param('time_bucket_s') AND a.start_ts >= first_bucket_rebuilt() GROUP BY ALL
 ),
 windows AS (        -- each time's window of price buckets at each price resolution (with no trade in the bucket:
                     -- every bucket alive), which its tiers' rows share, and its price
@@ -107,7 +114,8 @@ cells AS (          -- the volume of each bucket of a window, over every tier (l
            round(sum(h.usd) / any_value(w.n) / 1000)::BIGINT AS kusd
     FROM (SELECT model, symbol, ts, 0 AS leverage, price_bucket, long_usd + short_usd AS usd FROM heatmap
           UNION ALL
-          SELECT model, symbol, ts, leverage, price_bucket, volume_usd FROM heatmap_by_leverage) h
+          SELECT model, symbol, start_ts, leverage, bucket_index * param('price_bucket_usd'), alive_volume_usd
+          FROM alive_cells WHERE time_bucket_s_ = param('time_bucket_s')) h
     JOIN numbered w ON w.model = h.model AND w.symbol = h.symbol AND w.ts = time_bucket(to_seconds(time_bucket_s_), h.ts)
                    AND floor(h.price_bucket / w.price_bucket_usd) BETWEEN w.lo AND w.hi
     WHERE h.ts >= time_bucket(to_seconds(time_bucket_s_), first_bucket_rebuilt()) AND h.ts >= page_rows_from()
@@ -117,7 +125,7 @@ arrays AS (         -- each row's cells, in bucket order
     SELECT row_id, leverage, list(b ORDER BY b) AS buckets, list(kusd ORDER BY b) AS kusd
     FROM cells GROUP BY ALL
 ),
-tiers AS (SELECT 0 AS leverage UNION ALL SELECT leverage FROM leverage_tiers),
+tiers AS (SELECT 0 AS leverage UNION ALL SELECT leverage FROM leverage_tiers WHERE time_bucket_s_ = param('time_bucket_s')),
 new_rows AS (       -- every tier's row and each tier's, with its time's window: 0 where nothing is alive
     SELECT w.model, w.symbol, t.leverage, w.time_bucket_s, w.price_bucket_usd, w.ts, w.hi - w.lo + 1 AS cells,
            w.lo * w.price_bucket_usd AS price_bucket_first,
@@ -142,16 +150,15 @@ kept AS (           -- the cumulative cells of the last row kept at each resolut
 )
 SELECT n.*, coalesce(k.cumulative_cells, 0) + sum(n.cells) OVER (PARTITION BY n.model, n.symbol, n.leverage, n.price_bucket_usd
                                                                    ORDER BY n.ts) AS cumulative_cells
-FROM new_rows n LEFT JOIN kept k USING (model, symbol, time_bucket_s, price_bucket_usd)
-ORDER BY n.model, n.symbol, n.leverage, n.price_bucket_usd, n.ts;
+FROM new_rows n LEFT JOIN kept k USING (model, symbol, time_bucket_s, price_bucket_usd);
 -- Each time resolution's new rows: every tier's into heatmap_rows, each tier's into heatmap_rows_by_leverage.
-CREATE OR REPLACE TEMP TABLE new_heatmap_rows AS FROM heatmap_rows_at(param('time_bucket_s')::BIGINT);
-INSERT INTO heatmap_rows BY NAME SELECT * EXCLUDE (leverage) FROM new_heatmap_rows WHERE leverage = 0;
-INSERT INTO heatmap_rows_by_leverage BY NAME SELECT * EXCLUDE (cumulative_cells) FROM new_heatmap_rows WHERE leverage > 0;
-CREATE OR REPLACE TEMP TABLE new_heatmap_rows AS FROM heatmap_rows_at(4 * param('time_bucket_s')::BIGINT);
-INSERT INTO heatmap_rows BY NAME SELECT * EXCLUDE (leverage) FROM new_heatmap_rows WHERE leverage = 0;
-INSERT INTO heatmap_rows_by_leverage BY NAME SELECT * EXCLUDE (cumulative_cells) FROM new_heatmap_rows WHERE leverage > 0;
-CREATE OR REPLACE TEMP TABLE new_heatmap_rows AS FROM heatmap_rows_at(24 * param('time_bucket_s')::BIGINT);
-INSERT INTO heatmap_rows BY NAME SELECT * EXCLUDE (leverage) FROM new_heatmap_rows WHERE leverage = 0;
-INSERT INTO heatmap_rows_by_leverage BY NAME SELECT * EXCLUDE (cumulative_cells) FROM new_heatmap_rows WHERE leverage > 0;
+CREATE OR REPLACE TEMP TABLE new_heatmap_rows AS FROM heatmap_rows_at(param('time_bucket_s')::BIGINT, [1]);
+INSERT INTO new_heatmap_rows FROM heatmap_rows_at(param('time_bucket_s')::BIGINT, [2]);
+INSERT INTO new_heatmap_rows FROM heatmap_rows_at(param('time_bucket_s')::BIGINT, [5, 10]);
+INSERT INTO new_heatmap_rows FROM heatmap_rows_at(4 * param('time_bucket_s')::BIGINT, NULL);
+INSERT INTO new_heatmap_rows FROM heatmap_rows_at(24 * param('time_bucket_s')::BIGINT, NULL);
+INSERT INTO heatmap_rows BY NAME SELECT * EXCLUDE (leverage) FROM new_heatmap_rows WHERE leverage = 0
+ORDER BY model, symbol, time_bucket_s, price_bucket_usd, ts;
+INSERT INTO heatmap_rows_by_leverage BY NAME SELECT * EXCLUDE (cumulative_cells) FROM new_heatmap_rows WHERE leverage > 0
+ORDER BY model, symbol, leverage, time_bucket_s, price_bucket_usd, ts;
 DROP TABLE new_heatmap_rows;

@@ -32,9 +32,11 @@ async def heatmap(db: Path, **params) -> list[dict]:
 
 def test_the_tiers_rows_add_up_to_every_tiers_row_cell_by_cell(demo_db):
     tiers = [tier for (tier,) in sql(demo_db, "SELECT leverage FROM leverage_tiers ORDER BY leverage")]
+    # (a tier's rows: at the base time bucket, every price resolution)
     every = {row[:5]: row[5:] for row in sql(demo_db, """
         SELECT model, symbol, time_bucket_s, price_bucket_usd, ts, cells, price_bucket_first, alive_kusd,
-               long_usd_total, short_usd_total, price_open, price_high, price_low, price_close FROM heatmap_rows""")}
+               long_usd_total, short_usd_total, price_open, price_high, price_low, price_close FROM heatmap_rows
+        WHERE time_bucket_s = (SELECT min(time_bucket_s) FROM heatmap_resolutions)""")}
     by_tier = {}
     for row in sql(demo_db, """
             SELECT model, symbol, time_bucket_s, price_bucket_usd, ts, leverage, cells, price_bucket_first, alive_kusd,
@@ -43,6 +45,7 @@ def test_the_tiers_rows_add_up_to_every_tiers_row_cell_by_cell(demo_db):
         cells, first, alive, long_usd, short_usd, *prices = row[6:]
         by_tier.setdefault(row[:5], {})[row[5]] = (cells, first, json.loads(alive), long_usd, short_usd, prices)
     assert len(every) > 1000 and by_tier.keys() == every.keys()   # a row of each tier for every row of every tier
+    assert {key[3] for key in every} == {100, 200, 500, 1000}
     worst = 0
     for key, (cells, first, alive, long_usd, short_usd, *prices) in every.items():
         rows = by_tier[key]
@@ -54,8 +57,8 @@ def test_the_tiers_rows_add_up_to_every_tiers_row_cell_by_cell(demo_db):
         alive = json.loads(alive)
         sums = [sum(values[i] for _, _, values, _, _, _ in rows.values()) for i in range(cells)]
         worst = max(worst, max(abs(a - s) for a, s in zip(alive, sums)))
-        assert sum(r[3] for r in rows.values()) == pytest.approx(long_usd, rel=1e-6, abs=1000)
-        assert sum(r[4] for r in rows.values()) == pytest.approx(short_usd, rel=1e-6, abs=1000)
+        assert sum(r[3] for r in rows.values()) == pytest.approx(long_usd, rel=1e-9)
+        assert sum(r[4] for r in rows.values()) == pytest.approx(short_usd, rel=1e-9)
     assert 0 < worst <= (len(tiers) + 1) / 2
     # the cumulative cells the query chooses a resolution by: each row's and every earlier row's at its resolution
     for _, cumulative in sql(demo_db, """
@@ -94,7 +97,9 @@ async def test_a_range_shorter_than_its_time_bucket_gets_the_bucket_that_holds_i
     # the page's own controls offer this: the last 12 hours at a day's buckets
     day = await heatmap(demo_db, last="12h", time_bucket_s="86400")
     assert [(r["ts"], r["time_bucket_s"]) for r in day] == [(last_day, 86400)]
-    assert [r["ts"] for r in await heatmap(demo_db, last="12h", time_bucket_s="86400", leverage="10")] == [last_day]
+    # one tier's rows come at the base time bucket: its last 12 hours
+    tier = await heatmap(demo_db, last="12h", time_bucket_s="86400", leverage="10")
+    assert len(tier) == 12 and {r["time_bucket_s"] for r in tier} == {3600}
     # an instant inside an hour: that hour, at the finest resolution (a day's row holds more cells, not more of it)
     hour = await heatmap(demo_db, start="2024-09-02T06:30", end="2024-09-02T06:30")
     assert [(r["ts"], r["time_bucket_s"], r["price_bucket_usd"]) for r in hour] == [("2024-09-02T06:00:00Z", 3600, 100)]
@@ -113,7 +118,8 @@ def chosen_before(db: Path, model: str, start: str, end: str) -> tuple:
 
 async def test_the_resolution_chosen_is_the_one_chosen_before(month_db):
     """The README's 30-day demo: each range preset, and ranges of every length, at the resolution the query chose
-    before it sent overlapping buckets; with a leverage tier too, whose rows have every tier's cells."""
+    before it sent overlapping buckets; a leverage tier's presets too (at the base time bucket, which every tier's
+    presets have here), whose rows have every tier's cells."""
     (end,) = sql(month_db, "SELECT max(ts) FROM heatmap_rows WHERE model = 'ensemble'")[0]
     latest = dt.datetime.fromisoformat(end.removesuffix("Z"))
     hours = {"": 24 * 30, "12h": 12, "24h": 24, "3d": 72, "7d": 168, "30d": 720}
