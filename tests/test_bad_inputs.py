@@ -272,7 +272,7 @@ OTHER_COMMANDS = {
     "no such port": ("serve --port 99999", "usage error naming it", ["serve", "--port", "99999"],
                      "argument --port: '99999' is no TCP port (1-65535)"),
     "no database to serve": ("serve --db of a file not built", "error saying how to build it",
-                             ["serve", "--db", "{tmp}/nope.db"], "run `python build.py build`"),
+                             ["serve", "--db", "{tmp}/nope.db"], "build it first with"),
 }
 
 
