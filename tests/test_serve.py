@@ -113,7 +113,9 @@ async def test_heatmap_query_reads_the_rows_the_table_adds_up_to(datasette, demo
             seen += 1
         else:
             assert not (row["price_low"] * 0.75 <= bucket + 100 and bucket <= row["price_high"] * 1.25)
-    assert seen > 0.6 * len(expected)   # (out of it: mostly the 2x levels, 50 % away)
+    # (out of it: mostly the 2x levels, 50 % away, and the warm start's tails, drawn as a density since issue 29: 52 %
+    # of the cells are in the window on the 4-day demo)
+    assert seen > 0.45 * len(expected)
     totals = {}
     for ts, _, long_usd, short_usd in expected:
         totals[ts] = (totals.get(ts, (0, 0))[0] + long_usd, totals.get(ts, (0, 0))[1] + short_usd)
