@@ -4,6 +4,7 @@ sql/20_model_inputs.sql) must not draw as a few thin lines. Measured on the 4-da
 liquidations give the ensemble a fit every day from the third on."""
 
 import datetime as dt
+import itertools
 import math
 
 import duckdb
@@ -61,36 +62,45 @@ def test_no_fit_steps_the_heatmap(con, capsys):
 
 
 def test_the_ensemble_scale_goes_in_straight_lines_from_fit_to_fit(con):
-    """The ensemble's scale (a log, ensemble_scale) at a fit's refit is where the fit before left it (at the first
-    fit, where the warm-up brought it), and it reaches the fit's own scale one refit period (a day) later, half-way
-    after half of it."""
+    """The ensemble's scale (a log, ensemble_scale) goes from where the fit before left it (at the first fit, where
+    the warm-up brought it) in a straight line to the fit's own scale, at the churn's rate, ln 2 / fade_half_life_h
+    an hour, or over the whole refit period (a day) when that is faster; its first hour is in force at the refit
+    itself."""
     fits = con.execute("""
         SELECT f.applies_from, e.from_log_scale, e.to_log_scale, ln(s.kept_share),
-               lag(e.to_log_scale) OVER (ORDER BY f.applies_from), f.applies_to
+               lag(e.to_log_scale) OVER (ORDER BY f.applies_from), f.applies_to, e.ramp_s
         FROM calibration_fits f JOIN ensemble_fit_scale e USING (fit_id) JOIN calibration_scores s USING (fit_id)
         ORDER BY f.applies_from""").fetchall()
-    assert len(fits) >= 2 and fits[-1][-1] is None
+    half_life_h = con.execute("SELECT value FROM model_parameters WHERE name = 'fade_half_life_h'").fetchone()[0]
+    assert len(fits) >= 2 and fits[-1][5] is None
     warmup_end = con.execute("SELECT first_fit_ts FROM calibration_span").fetchone()[0]
     assert fits[0][0] == warmup_end
     assert fits[0][1] == pytest.approx(con.execute("SELECT log_scale FROM ensemble_warmup_scale WHERE from_ts = ?",
                                                    [warmup_end]).fetchone()[0], abs=1e-12)
     scale = dict(con.execute("SELECT from_ts, log_scale FROM ensemble_scale").fetchall())
-    for applies_from, start, end, fitted, previous, applies_to in fits:
+    for applies_from, start, end, fitted, previous, applies_to, ramp_s in fits:
         assert end == pytest.approx(fitted, abs=1e-12)
         assert previous is None or start == pytest.approx(previous, abs=1e-12)
-        assert scale[applies_from] == pytest.approx(start, abs=1e-12)
-        if applies_to is not None:   # (the last fit's day is past the data)
-            assert scale[applies_from + dt.timedelta(hours=12)] == pytest.approx((start + end) / 2, abs=1e-9)
-            assert scale[applies_to - dt.timedelta(minutes=5)] == pytest.approx(end, abs=0.01 * abs(end - start) + 1e-9)
+        assert ramp_s == pytest.approx(min(86400, abs(end - start) * 3600 * half_life_h / math.log(2)), rel=1e-9)
+        # at the refit itself, the ramp's first hour (the fit is known then): a bucket's share, as every later one
+        assert scale[applies_from] == pytest.approx(start + (end - start) * min(1, 3600 / ramp_s), abs=1e-12)
+        if applies_to is not None:   # (the last fit's ramp is past the data)
+            ramp = sorted(t for t in scale if applies_from <= t < applies_to)
+            for a, b in itertools.pairwise(ramp):
+                assert abs(scale[b] - scale[a]) <= (b - a).total_seconds() * abs(end - start) / ramp_s + 1e-12
+            assert scale[ramp[-1]] == pytest.approx(end, abs=1e-12)
+    assert any(ramp_s < 86400 for *_, ramp_s in fits)
 
 
 def test_before_the_first_fit_the_scale_pursues_what_was_realized_so_far(con):
     """From the first window of realized data to the first fit, the scale L moves from 0 (the defaults) towards
     ln R(t), R(t) the least-squares scale of the unfitted ensemble's crossed volume on the realized volume of the
-    windows ended by t, closing at each window's end the share of the gap that the window took of the time left:
-    the recurrence computed here window by window, which the SQL sums in closed form. It reaches ln R at the
-    first fit, and reads nothing after t."""
+    windows ended by t, closing at each window's end the share of the gap that the window took of the time left
+    until the first fit's day ends: the recurrence computed here window by window, from the windows ended by
+    then only, which the SQL sums in closed form."""
     first_ts, warmup_end = con.execute("SELECT first_ts, first_fit_ts FROM calibration_span").fetchone()
+    refit_days = con.execute("SELECT value FROM model_parameters WHERE name = 'calibration_refit_days'").fetchone()[0]
+    deadline = warmup_end + dt.timedelta(days=refit_days)
     windows = con.execute("""
         WITH unfitted AS (
             SELECT k.symbol, k.origin_ts, k.side, k.cell, any_value(coalesce(o.realized_usd, 0)) AS y,
@@ -107,12 +117,13 @@ def test_before_the_first_fit_the_scale_pursues_what_was_realized_so_far(con):
     for end_ts, window_xy, window_xx in windows:
         xy, xx = xy + window_xy, xx + window_xx
         r = math.log(xy / xx) if xx > 0 and xy > 0 else r
-        level += (r - level) * (end_ts - previous_end) / (warmup_end - previous_end)
+        level += (r - level) * (end_ts - previous_end) / (deadline - previous_end)
         computed[end_ts], previous_end = level, end_ts
     stored = dict(con.execute("SELECT from_ts, log_scale FROM ensemble_warmup_scale").fetchall())
     assert len(computed) >= 40 and computed.keys() == stored.keys()
     assert [stored[t] for t in computed] == pytest.approx(list(computed.values()), abs=1e-9)
-    assert stored[warmup_end] == pytest.approx(r, abs=1e-12) and r < -0.5   # (the demo's realized is far below 1)
+    # (the demo's realized volume is well below the unfitted ensemble's: most of the way is gone by the first fit)
+    assert r < -0.5 and 0.5 * r > stored[warmup_end] > r
 
 
 def test_the_warm_start_draws_as_a_band_not_lines(con):
