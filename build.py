@@ -46,6 +46,7 @@ import duckdb
 import sqlite_utils
 import yaml
 
+import answers
 import stage
 from stage import KLINE_TYPES, SOURCE_TABLES, checksum_status, sha256
 
@@ -296,6 +297,7 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
             for plan in plans:
                 write_table(con, db, plan)
             db.close()   # (no VACUUM: a new file has no free pages, and it took 1.9 s at 30 days)
+            log(f"stored {answers.store_answers(tmp_path, DATABASE_NAME)} answers (the views pages ask for first)")
             with tmp_path.open("rb+") as written:
                 os.fsync(written.fileno())   # on disk before it replaces the old file
             committed.result() if prefetched else commit()

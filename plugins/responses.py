@@ -12,6 +12,11 @@ CACHE_BYTES in all, least recently used out first). Not kept: requests with a co
 (and, beside one, the index and the pages). A request that says `Cache-Control: no-cache` gets a fresh answer,
 which is kept. Datasette's `query_ms` in a kept JSON answer is the first run's.
 
+Stored: the answers the build rendered and stored in the database (answers.py, table stored_answers: the views
+the pages and the API ask for first) are read from it and sent, asked afresh or not, as a static file server
+sends a file: the query does not run (header x-cache: stored). A request is looked up with its parameters
+sorted and the empty ones left out, as the build wrote them.
+
 Read-only: a request other than GET, HEAD or OPTIONS to an immutable database is refused, 405, as a static file
 server would, before Datasette sees it. Datasette refuses each write itself (403), all but one: a POST to
 /{db}/-/query is a 500 in 1.0a41 (its view looks for a table in the URL).
@@ -22,9 +27,13 @@ server starts, and served from memory under a URL named by its content, which br
 import asyncio
 import gzip
 import hashlib
+import json
+import os
+import sqlite3
 import weakref
 from collections import OrderedDict
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
 
 from asgi_gzip import GZipMiddleware
 from datasette import hookimpl
@@ -97,6 +106,34 @@ class Kept(OrderedDict):
             self.size -= len(self.popitem(last=False)[1][1])
 
 
+_stored = {}   # (database file, inode, mtime) -> a read-only connection, or None when it has no stored answers
+
+
+def stored(datasette, scope, gzipped: bool) -> tuple[dict, bytes] | None:
+    """The stored answer to a GET of a JSON answer of an immutable database, as (start message, body)."""
+    path = scope["path"]
+    database = datasette.databases.get(path.split("/")[1])
+    if database is None or database.is_mutable or not database.path or not path.endswith(".json"):
+        return None
+    file = os.stat(database.path)   # (a new build is a new file at the same path: its own answers)
+    if (where := (database.path, file.st_ino, file.st_mtime_ns)) not in _stored:
+        con = sqlite3.connect(f"file:{database.path}?immutable=1", uri=True, check_same_thread=False)
+        found = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'stored_answers'").fetchone()
+        _stored[where] = con if found else con.close()
+    if (con := _stored[where]) is None:
+        return None
+    pairs = sorted((k, v) for k, v in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True) if v)
+    row = con.execute("SELECT headers, body_gzip FROM stored_answers WHERE request = ?",
+                      [f"{path}?{urlencode(pairs)}" if pairs else path]).fetchone()
+    if row is None:
+        return None
+    body = row[1] if gzipped else gzip.decompress(row[1])
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in json.loads(row[0])]
+    headers += [(b"content-length", str(len(body)).encode()), (b"vary", b"Accept-Encoding"), (b"x-cache", b"stored"),
+                *([(b"content-encoding", b"gzip")] if gzipped else [])]
+    return {"type": "http.response.start", "status": 200, "headers": headers}, body
+
+
 _kept = weakref.WeakKeyDictionary()   # one per Datasette, which builds its app anew for each in-process request
 
 
@@ -115,6 +152,9 @@ def kept(datasette, app):
             start, body = answers[key]
             await send({**start, "headers": [*start["headers"], (b"x-cache", b"hit")]})
             return await send({"type": "http.response.body", "body": body})
+        if answer := stored(datasette, scope, key[2]):
+            await send(answer[0])
+            return await send({"type": "http.response.body", "body": answer[1]})
         sent = []
 
         async def keep(message):

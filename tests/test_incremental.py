@@ -2,6 +2,8 @@
 removed files hold (build.py rebuild_from), and gives what a full build of the same files gives."""
 
 import datetime as dt
+import gzip
+import json
 import re
 import signal
 import sqlite3
@@ -25,8 +27,21 @@ def tables(db: Path) -> dict[str, list[tuple]]:
     with sqlite3.connect(db) as con:
         names = [name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                  if name != "build_info" and not name.startswith("sqlite_")]
-        return {name: sorted((tuple(float(f"{v:.9g}") if isinstance(v, float) else v for v in row)
-                              for row in con.execute(f"SELECT * FROM [{name}]")), key=repr) for name in names}
+        found = {name: sorted((tuple(float(f"{v:.9g}") if isinstance(v, float) else v for v in row)
+                               for row in con.execute(f"SELECT * FROM [{name}]")), key=repr) for name in names}
+    # the stored answers (answers.py), without the time each query took
+    found["stored_answers"] = [(request, headers, answer(body)) for request, headers, body in found["stored_answers"]]
+    return found
+
+
+def answer(body: bytes):
+    answered = json.loads(gzip.decompress(body), parse_float=lambda text: float(f"{float(text):.9g}"))
+    if isinstance(answered, dict):
+        answered.pop("query_ms", None)
+    for row in answered["rows"] if isinstance(answered, dict) else answered:
+        if isinstance(row, dict):
+            row.pop("built_at", None)   # (coverage's: build_info's, left out above)
+    return answered
 
 
 def assert_same_tables(db: Path, reference: Path) -> None:

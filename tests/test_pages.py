@@ -1,6 +1,8 @@
 """The pages in a real browser: Debian's Chromium driven by Playwright, against a real server on loopback."""
 
 import re
+import sqlite3
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -86,10 +88,11 @@ def what_is_cut_or_hidden(page, viewport: str) -> list[str]:
 
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 @pytest.mark.parametrize("query", CHART_PAGES)
-def test_chart_pages_draw_their_data(browser, server, query, viewport):
-    requests = []
+def test_chart_pages_draw_their_data(browser, server, demo_db, query, viewport):
+    requests, sent = [], []
     page = browser.new_page(viewport=VIEWPORTS[viewport])
     page.on("request", lambda r: requests.append(r.url) if "/liquidations/" in r.url else None)
+    page.on("response", lambda r: sent.append(r.headers.get("x-cache")) if "/liquidations/" in r.url else None)
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(f"{e}\n{e.stack}"))
     page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
@@ -98,6 +101,12 @@ def test_chart_pages_draw_their_data(browser, server, query, viewport):
     assert len(requests) == 1 and requests[0].split("?")[0].endswith(".json"), requests   # one request per view
     if query != "backtest":   # JSON columns come as arrays and objects (Datasette's ?_json=), not strings to parse
         assert "_json=" in requests[0], requests
+    # a first view's answer is one the build stored (answers.py; or one kept since): the query does not run
+    assert sent[0] in ("stored", "hit"), (requests, sent)
+    pairs = sorted((k, v) for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(requests[0]).query) if v)
+    with sqlite3.connect(demo_db) as con:
+        assert con.execute("SELECT 1 FROM stored_answers WHERE request = ?", [
+            urllib.parse.urlsplit(requests[0]).path + "?" + urllib.parse.urlencode(pairs)]).fetchone(), requests
     title = page.evaluate("document.getElementById('chart').layout.title.text")
     assert "BTCUSDT" in title and ("UTC" in title), title   # what, where and when
     traces = page.evaluate("document.getElementById('chart').data.map(t => ({type: t.type, "

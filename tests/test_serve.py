@@ -26,6 +26,7 @@ from conftest import ROOT, free_port, run_build
 from datasette.app import Datasette
 from datasette.plugins import pm
 
+import answers
 import build
 
 CHART_PAGES = ["/heatmap", "/liquidation_map", "/compare_models", "/backtest"]   # templates/pages/
@@ -374,10 +375,39 @@ async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, m
     largest = max(len(body) for (*_, gzipped), (_, body) in responses._kept[ds].items() if gzipped)  # the heatmap's
     monkeypatch.setattr(responses, "CACHE_BYTES", largest + 1)   # room for one answer: the oldest goes
     small = in_process(demo_db)
-    for p in (path, "/liquidations/coverage.json", path):
+    other = "/liquidations/data_quality.json?severity=error"   # (not a stored answer)
+    for p in (path, other, path):
         await small.client.get(p)
     assert (await small.client.get(path)).headers["x-cache"] == "hit"
-    assert "x-cache" not in (await small.client.get("/liquidations/coverage.json")).headers
+    assert "x-cache" not in (await small.client.get(other)).headers
+
+
+async def test_the_stored_answers_are_datasettes_own_and_are_sent_asked_afresh(demo_db):
+    """The build stored the answers of the views pages ask for first (answers.py); asked afresh, each is sent
+    from the database, and is what the query answers when it runs (asked with a parameter that is not stored)."""
+    ds = in_process(demo_db)
+    with sqlite3.connect(demo_db) as con:
+        stored = [r for (r,) in con.execute("SELECT request FROM stored_answers")]
+        assert set(stored) == set(answers.requests(con, yaml.safe_load((ROOT / "datasette.yaml").read_text())))
+    assert {"/liquidations/heatmap.json?_shape=array",
+            "/liquidations/heatmap.json?_json=alive_kusd&last=24h&model=trade_flow"} <= set(stored)
+    for request in stored:
+        for encoding in ("gzip", "identity"):
+            sent = await ds.client.get(request, headers={"Cache-Control": "no-cache", "Accept-Encoding": encoding})
+            assert sent.status_code == 200 and sent.headers["x-cache"] == "stored", request
+            assert sent.headers.get("content-encoding") == (encoding if encoding == "gzip" else None)
+        ran = await ds.client.get(request + ("&" if "?" in request else "?") + "_not_stored=1")
+        assert "x-cache" not in ran.headers and ran.headers["content-type"] == sent.headers["content-type"]
+        assert ran.headers["x-data-source"] == sent.headers["x-data-source"]
+        mine, theirs = sent.json(), ran.json()
+        for answer in (mine, theirs) if isinstance(mine, dict) else ():
+            answer.pop("query_ms", None)
+        assert mine == theirs, request
+    # the order of the parameters and the empty ones do not matter, as to the query
+    again = await ds.client.get("/liquidations/heatmap.json?model=trade_flow&symbol=&last=24h&_json=alive_kusd")
+    assert again.headers["x-cache"] == "stored"
+    assert (await ds.client.get("/liquidations/heatmap.json?leverage=10", headers={"Cache-Control": "no-cache"})
+            ).headers.get("x-cache") is None   # not stored: the query runs
 
 
 def test_serve_runs_a_real_server(demo_db):
