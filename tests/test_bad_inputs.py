@@ -1,6 +1,6 @@
 """Bad input of every kind a user meets, and what they see: a row of data_quality naming the file (and the
 line, where there is one), or an error naming the argument or the file, exit status 2 and the previous
-database untouched. Never a crash, never a silent change. README's "Bad input" table lists these cases.
+database untouched. Never a crash, never a silent change. docs/data-quality.md's "Bad input" table lists these cases.
 
 The file-level and row-level cases are injected together into one copy of the demo files and built once
 (each into its own file, so each report is told apart); the argument-level cases each run a build."""
@@ -164,9 +164,9 @@ def messy(demo_dir, tmp_path_factory) -> tuple[Path, Path, str]:
     return root, db, result.stderr
 
 
-def test_every_case_is_in_the_readme_table():
+def test_every_case_is_in_the_docs_table():
     table = re.search(r"<!-- bad inputs: tests/test_bad_inputs.py -->\n(.*?)<!-- end of bad inputs -->",
-                      (ROOT / "README.md").read_text(), re.DOTALL)[1]
+                      (ROOT / "docs" / "data-quality.md").read_text(), re.DOTALL)[1]
     named = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
     assert named == [*IN_DATA, *ARGUMENTS, *OTHER_COMMANDS] and len(named) >= 25
 

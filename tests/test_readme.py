@@ -1,4 +1,4 @@
-"""Every number in the README's backtest tables comes from `build.py report` on fresh builds of the demo and
+"""Every number in docs/backtest.md's tables comes from `build.py report` on fresh builds of the demo and
 the seeds, but the skills before, which come from data/backtest_skill_before.csv."""
 
 import csv
@@ -14,11 +14,12 @@ import build
 
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 CELL = re.compile(r"(\S+) → (\S+)")  # a skill before → after
+BACKTEST_DOC = ROOT / "docs" / "backtest.md"   # the generated backtest blocks live there, not in the README
 
 
 def test_the_readme_backtest_table_is_what_a_fresh_build_reports(month_db):
-    written = build.README_BLOCKS["backtest report"].search((ROOT / "README.md").read_text())
-    assert written, "README.md lost its backtest report block"
+    written = build.README_BLOCKS["backtest report"].search(BACKTEST_DOC.read_text())
+    assert written, "docs/backtest.md lost its backtest report block"
     fresh = build.backtest_report(month_db)
     table = written[0].split("\n", 1)[1].rsplit("\n", 1)[0] + "\n"
     # the same rows, baselines and words; the numbers equal to their last printed digit (sums of floats
@@ -29,17 +30,17 @@ def test_the_readme_backtest_table_is_what_a_fresh_build_reports(month_db):
 
 
 def test_the_readme_fitted_stop_loss_share_is_the_demo_fit(month_db):
-    """The README quotes how many of the demo's walk-forward fits chose which stop-loss share."""
+    """docs/models.md quotes how many of the demo's walk-forward fits chose which stop-loss share."""
     with sqlite3.connect(month_db) as con:
         share, chosen, fits = con.execute(
             "SELECT value, count(*), sum(count(*)) OVER () FROM fitted_parameters WHERE parameter = 'stop_loss_share' "
             "GROUP BY value ORDER BY count(*) DESC LIMIT 1").fetchone()
-    assert f"on the demo {chosen} of the {fits} fits choose {share * 100:.0f} %," in " ".join((ROOT / "README.md").read_text().split())
+    assert f"on the demo {chosen} of the {fits} fits choose {share * 100:.0f} %," in " ".join((ROOT / "docs" / "models.md").read_text().split())
 
 
 @pytest.fixture(scope="session")
 def seeds(month_db, tmp_path_factory) -> Path:
-    """The README's seeds exactly: `report` simulates and builds each (10 days), then writes skill.csv."""
+    """docs/backtest.md's seeds exactly: `report` simulates and builds each (10 days), then writes skill.csv."""
     out = tmp_path_factory.mktemp("seeds")
     result = run_build("--db", str(month_db), "--seeds-dir", str(out), "--csv", str(out / "skill.csv"), command="report")
     assert result.returncode == 0, result.stderr
@@ -53,8 +54,8 @@ def read_skills(path: Path) -> list[dict]:
 
 def test_the_readme_skill_before_and_after_is_what_fresh_builds_report(seeds):
     """"after" from fresh builds of the demo and the seeds (to the last digit); "before" from the committed CSV."""
-    written = build.README_BLOCKS["skill before and after"].search((ROOT / "README.md").read_text())
-    assert written, "README.md lost its skill before and after block"
+    written = build.README_BLOCKS["skill before and after"].search(BACKTEST_DOC.read_text())
+    assert written, "docs/backtest.md lost its skill before and after block"
     fresh = build.skill_table(read_skills(seeds / "skill.csv"), read_skills(ROOT / "data/backtest_skill_before.csv"))
     rows, fresh_rows = written[0].splitlines()[1:-1], fresh.splitlines()
     assert len(rows) == len(fresh_rows) >= 2 + 4 * 3 * 4  # demo and 3 seeds, 3 horizons, 4 models at least
@@ -66,18 +67,20 @@ def test_the_readme_skill_before_and_after_is_what_fresh_builds_report(seeds):
 
 
 def test_report_writes_the_readme_blocks(month_db, seeds, tmp_path, monkeypatch, capsys):
-    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    doc = tmp_path / "docs" / "backtest.md"   # where `report --readme` writes, under the ROOT set below
+    doc.parent.mkdir()
+    shutil.copy(BACKTEST_DOC, doc)
     monkeypatch.setattr(build, "ROOT", tmp_path)  # and so --before's default, tmp_path/data/..., is missing
-    text = (tmp_path / "README.md").read_text()
+    text = doc.read_text()
     text = build.README_BLOCKS["backtest report"].sub(lambda m: m[1] + "stale" + m[2], text)
-    (tmp_path / "README.md").write_text(build.README_BLOCKS["skill before and after"].sub(lambda m: m[1] + "stale" + m[2], text))
+    doc.write_text(build.README_BLOCKS["skill before and after"].sub(lambda m: m[1] + "stale" + m[2], text))
     report = ["report", "--db", str(month_db), "--seeds-dir", str(seeds), "--csv", str(tmp_path / "skill.csv")]
     assert build.main([*report, "--readme"]) == 0
     detailed, table = capsys.readouterr().out.split("\n\n| dataset ")
-    written = (tmp_path / "README.md").read_text()
+    written = doc.read_text()
     assert detailed in written and "| dataset " + table in written and "stale" not in written
     assert "| – → +" in table or "| – → -" in table  # no skills before: a dash
     assert (tmp_path / "skill.csv").read_text() == (seeds / "skill.csv").read_text()  # the seeds were not rebuilt
-    (tmp_path / "README.md").write_text("no block here\n")
+    doc.write_text("no block here\n")
     assert build.main([*report, "--readme"]) == 2
     assert build.main(["report", "--db", str(tmp_path / "none.db")]) == 2 and not (tmp_path / "none.db").exists()

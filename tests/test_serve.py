@@ -298,8 +298,8 @@ async def test_bad_parameters_get_a_clear_400(datasette, path, message):
 async def test_a_problem_kind_the_build_did_not_find_is_an_empty_list_not_a_400(datasette):
     rule = yaml.safe_load((ROOT / "datasette.yaml").read_text())["plugins"]["liquidation_params"]["problem"]
     kinds = set(re.findall(r'"(\w+)"', rule))
-    readme = (ROOT / "README.md").read_text()
-    listed = re.search(r"`data_quality.problem` is one of:(.*?)The `data_quality` query", readme, re.DOTALL)[1]
+    documented = (ROOT / "docs" / "data-quality.md").read_text()
+    listed = re.search(r"`data_quality.problem` is one of:(.*?)The `data_quality` query", documented, re.DOTALL)[1]
     assert kinds == set(re.findall(r"`(\w+)`", listed)) - {"error", "info", "warning"}   # one list, documented
     found = {r["problem"] for r in await rows(datasette, "/liquidations/data_quality.json")}
     assert found < kinds and "gap" not in found
@@ -580,8 +580,8 @@ def test_the_server_listens_on_loopback_only_by_default(server, demo_db):
 
 
 def test_the_load_benchmark_runs_without_errors(demo_db):
-    """tests/benchmark.py load, briefly: every path asked, no error, memory reported."""
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "benchmark.py"), "load", "--db", str(demo_db),
+    """tools/benchmark.py load, briefly: every path asked, no error, memory reported."""
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "load", "--db", str(demo_db),
                              "--clients", "2", "--seconds", "3"], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -1,8 +1,8 @@
 """Speed and memory of builds at real Binance volume, as ratios measured side by side in one run.
 
-    .venv/bin/python tests/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--runs N] [--readme]
-    .venv/bin/python tests/benchmark.py pages [--db DB] [--clients 8] [--setting NAME VALUE] [--readme]
-    .venv/bin/python tests/benchmark.py load [--db DB] [--clients 16] [--seconds 60] [--fresh] [--setting NAME VALUE]
+    .venv/bin/python tools/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--runs N] [--readme]
+    .venv/bin/python tools/benchmark.py pages [--db DB] [--clients 8] [--setting NAME VALUE] [--readme]
+    .venv/bin/python tools/benchmark.py load [--db DB] [--clients 16] [--seconds 60] [--fresh] [--setting NAME VALUE]
 
 The second form (issue 12) serves a built database (default: the 30-day demo, built first) with
 `build.py serve`'s own command on loopback and measures, side by side: the p95 latency of every stored
@@ -64,10 +64,10 @@ from pathlib import Path
 import duckdb
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from conftest import start_server  # (tests/ is this script's folder, first on sys.path)
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # the modules, and the tests' server starter it shares
+from conftest import start_server
 
-import simulate
+from liquidation_heatmap import simulate
 
 START = dt.date(2024, 9, 1)
 
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30, help="days of the full build (one more is simulated)")
     parser.add_argument("--trades-per-day", type=int, default=2_000_000)
     parser.add_argument("--data", type=Path, help="reuse a folder simulated before (days + 1 days at least)")
-    parser.add_argument("--readme", action="store_true", help="also write the table into README.md's benchmark block")
+    parser.add_argument("--readme", action="store_true", help="also write the table into docs/performance.md's benchmark block")
     parser.add_argument("--runs", type=int, default=1,
                         help="measure this many times, one run after another, and print each figure's median "
                              "(the ratios: their median and range)")
@@ -173,15 +173,20 @@ def main() -> None:
     for row in table:
         print(f"{row[0]:58}{row[1]:38}{row[2]:64}{row[3]}")
     if args.readme:
-        write_readme_table("benchmark: python tests/benchmark.py --readme", "end of benchmark", header, table)
+        write_readme_table("benchmark: python tools/benchmark.py --readme", "end of benchmark", header, table)
+
+
+DOCS = ROOT / "docs" / "performance.md"   # where --readme writes the measured tables
 
 
 def write_readme_table(start: str, end: str, header: str, table: list[tuple]) -> None:
-    """The table, as Markdown under its header, between README.md's comments <!-- start --> and <!-- end -->."""
+    """The table, as Markdown under its header, between docs/performance.md's comments <!-- start --> and <!-- end -->."""
     markdown = "\n".join("| " + " | ".join(row) + " |" for row in table[:1] + [("---",) * len(table[0])] + table[1:])
-    readme = ROOT / "README.md"
     block = re.compile(f"(<!-- {re.escape(start)} -->\n).*?(<!-- {re.escape(end)} -->)", re.DOTALL)
-    readme.write_text(block.sub(lambda m: f"{m[1]}{header}\n\n{markdown}\n{m[2]}", readme.read_text()))
+    text = DOCS.read_text()
+    if not block.search(text):   # a block renamed or lost: say so, not write nothing silently
+        raise SystemExit(f"{DOCS} has no <!-- {start} --> block to replace")
+    DOCS.write_text(block.sub(lambda m: f"{m[1]}{header}\n\n{markdown}\n{m[2]}", text))
 
 
 # ---------------------------------------------------------------- pages (issue 12)
@@ -269,7 +274,7 @@ def pages_main(argv: list[str]) -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=25, help="requests per client and path")
     parser.add_argument("--draws", type=int, default=5, help="page loads timed in Chromium (0: none)")
-    parser.add_argument("--readme", action="store_true", help="also write the table into README.md's pages block")
+    parser.add_argument("--readme", action="store_true", help="also write the table into docs/performance.md's pages block")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="benchmark-pages-") as name:
         process, url = start_server(served_db(args.db, name), args.setting)
@@ -299,7 +304,7 @@ def pages_main(argv: list[str]) -> None:
     for row in table:
         print(f"{row[0]:52}{row[1]:>17}{row[2]:>9}{row[3]:>28}{row[4]:>9}{row[5]:>12}  {row[6]}")
     if args.readme:
-        write_readme_table("pages benchmark: python tests/benchmark.py pages", "end of pages benchmark", header, table)
+        write_readme_table("pages benchmark: python tools/benchmark.py pages", "end of pages benchmark", header, table)
 
 
 
@@ -402,7 +407,7 @@ def load_main(argv: list[str]) -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--fresh", action="store_true", help="ask every request afresh (Cache-Control: no-cache)")
-    parser.add_argument("--readme", action="store_true", help="also write the figures into README.md's load block")
+    parser.add_argument("--readme", action="store_true", help="also write the figures into docs/performance.md's load block")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="benchmark-load-") as name:
         process, url = start_server(served_db(args.db, name), args.setting)
@@ -423,7 +428,7 @@ def load_main(argv: list[str]) -> None:
     if any(error for *_, error in result["requests"]):
         sys.exit(1)
     if args.readme:
-        write_readme_table("load benchmark: python tests/benchmark.py load", "end of load benchmark",
+        write_readme_table("load benchmark: python tools/benchmark.py load", "end of load benchmark",
                            f"{header}\n\n" + "; ".join(lines), table)
 
 
