@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import simulate
+from liquidation_heatmap import pipeline, serve, simulate
+from liquidation_heatmap.options import DemoOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DAYS = 4
@@ -134,9 +135,8 @@ def chromium_path() -> str | None:
 @pytest.fixture(scope="session")
 def month_db(tmp_path_factory) -> Path:
     """The README's demo exactly: `build.py demo` with its defaults (30 days, seed 1), then a build."""
-    import build
     out = tmp_path_factory.mktemp("month")
-    build.demo(build.parse_args(["demo", "--out", str(out / "raw")]))
+    pipeline.demo(DemoOptions(out=out / "raw"))
     db = out / "liquidations.db"
     result = run_build("--data", str(out / "raw"), "--db", str(db))
     assert result.returncode == 0, result.stderr
@@ -152,9 +152,8 @@ def free_port() -> int:
 def start_server(db: Path, settings=()) -> tuple[subprocess.Popen, str]:
     """`build.py serve`'s own Datasette command on a free loopback port (each of `settings`, a name and a value,
     passed on as Datasette's --setting), once it answers: the process and its URL."""
-    import build
     port = free_port()
-    command = [*build.serve_command(db, port), *(word for name, value in settings for word in ("--setting", name, value))]
+    command = [*serve.serve_command(db, port), *(word for name, value in settings for word in ("--setting", name, value))]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
     while True:

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 from conftest import ROOT, START, daily_file, read_zip_lines, remove, run_build, write_zip_lines
 
-import simulate
+from liquidation_heatmap import simulate
 
 SAMPLES = ROOT / "tests" / "samples"
 

@@ -14,7 +14,7 @@ import yaml
 from conftest import DAYS, ROOT, START, daily_file, read_zip_lines, run_build, write_zip_lines
 
 import build
-import simulate
+from liquidation_heatmap import cli, export, files, pipeline, serve, simulate
 
 
 def rows(db: Path, sql: str, *params) -> list[tuple]:
@@ -24,15 +24,15 @@ def rows(db: Path, sql: str, *params) -> list[tuple]:
 
 def test_parse_file_name_reads_binance_names():
     vision = Path("data/futures/um/daily/markPriceKlines/BTCUSDT/1m/BTCUSDT-1m-2024-09-01.zip")
-    assert build.parse_file_name(vision) == {
+    assert files.parse_file_name(vision) == {
         "path": vision, "symbol": "BTCUSDT", "data_type": "markPriceKlines", "kline_interval": "1m",
         "period": "2024-09-01"}
-    assert build.parse_file_name(Path("flat/ETHUSDT-1h-2024-09.csv"))["data_type"] == "klines"
-    assert build.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip"))["data_type"] == "metrics"
-    assert build.parse_file_name(Path("x/BTCUSDT-fundingRate-2024-09.zip"))["period"] == "2024-09"
-    assert build.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip.CHECKSUM")) is None
-    assert build.parse_file_name(Path("x/BTCUSDT-bookDepth-2024-09-01.zip")) is None
-    assert build.parse_file_name(Path("x/notes.csv")) is None
+    assert files.parse_file_name(Path("flat/ETHUSDT-1h-2024-09.csv"))["data_type"] == "klines"
+    assert files.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip"))["data_type"] == "metrics"
+    assert files.parse_file_name(Path("x/BTCUSDT-fundingRate-2024-09.zip"))["period"] == "2024-09"
+    assert files.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip.CHECKSUM")) is None
+    assert files.parse_file_name(Path("x/BTCUSDT-bookDepth-2024-09-01.zip")) is None
+    assert files.parse_file_name(Path("x/notes.csv")) is None
 
 
 def test_demo_build_exports_every_described_table(demo_db):
@@ -48,7 +48,7 @@ def test_demo_build_exports_every_described_table(demo_db):
             assert meta["description"]
         # the heatmap is stored under its key (WITHOUT ROWID): one cell per model, symbol, time and bucket
         keyed = [c[1] for c in sorted(con.execute("PRAGMA table_info(heatmap_cells)"), key=lambda c: c[5]) if c[5]]
-        assert keyed == build.KEYS["heatmap_cells"] == ["model", "symbol", "ts", "price_bucket"]
+        assert keyed == export.KEYS["heatmap_cells"] == ["model", "symbol", "ts", "price_bucket"]
         assert "WITHOUT ROWID" in con.execute("SELECT sql FROM sqlite_master WHERE name = 'heatmap_cells'").fetchone()[0]
         assert not con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'heatmap_cells' "
                                "AND sql IS NOT NULL").fetchall()   # the key is the table: no index beside it
@@ -202,7 +202,7 @@ def test_a_failing_export_keeps_the_previous_database(demo_dir, demo_db, tmp_pat
 
     def broken_index(*args, **kwargs):
         raise RuntimeError("disk full")
-    monkeypatch.setattr(build.sqlite_utils.db.Table, "create_index", broken_index)
+    monkeypatch.setattr(export.sqlite_utils.db.Table, "create_index", broken_index)
     with pytest.raises(RuntimeError):
         build.main(["build", "--data", str(demo_dir), "--db", str(db)])
     assert db.read_bytes() == before
@@ -213,21 +213,21 @@ def test_the_export_can_spill_to_disk(demo_dir, tmp_path, monkeypatch):
     """The export's queries run while DuckDB's spill folder can be made (DuckDB makes it when it first
     spills): at a year of data, sorting the heatmap's 24 M cells for the SQLite file spilled, and the
     build failed, its temporary folder already removed."""
-    export, seen = build.export_sqlite, []
+    real_export, seen = export.export_sqlite, []
 
     def export_and_look(con, *args, **kwargs):
         seen.append(Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0]).parent.is_dir())
-        return export(con, *args, **kwargs)
-    monkeypatch.setattr(build, "export_sqlite", export_and_look)
+        return real_export(con, *args, **kwargs)
+    monkeypatch.setattr(pipeline, "export_sqlite", export_and_look)
     assert build.main(["build", "--data", str(demo_dir), "--db", str(tmp_path / "liquidations.db"), "--end",
                        START]) == 0
     assert seen == [True]
 
 
 def test_metadata_and_sql_must_agree(demo_dir, tmp_path, monkeypatch):
-    metadata = build.load_metadata()
+    metadata = export.load_metadata()
     metadata["databases"]["liquidations"]["tables"]["data_coverage"]["columns"]["no_such_column"] = "x"
-    monkeypatch.setattr(build, "load_metadata", lambda: metadata)
+    monkeypatch.setattr(pipeline, "load_metadata", lambda: metadata)
     assert build.main(["build", "--data", str(demo_dir), "--db", str(tmp_path / "x.db")]) == 2
 
 
@@ -269,9 +269,11 @@ def test_several_symbols_build_at_once(demo_dir, tmp_path):
 def test_no_arguments_on_a_fresh_clone_simulates_then_builds(tmp_path, monkeypatch, capsys):
     """`python build.py`: demo data when data/raw holds no Binance files, then the build, into the demo's own
     folder and database; again, no new demo; `serve` and `report` then find the demo's database."""
-    monkeypatch.setattr(build, "DATA_DIR", tmp_path / "raw")
-    monkeypatch.setattr(build, "DEFAULT_DB", tmp_path / "liquidations.db")
-    monkeypatch.setattr(build, "DEMO_DIR", tmp_path / "demo")
+    for name, path in (("DATA_DIR", tmp_path / "raw"), ("DEFAULT_DB", tmp_path / "liquidations.db"),
+                       ("DEMO_DIR", tmp_path / "demo")):
+        for module in (cli, files, serve):   # (each module that names the folder)
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, path)
     real = simulate.simulate
     calls = []
 
@@ -286,7 +288,7 @@ def test_no_arguments_on_a_fresh_clone_simulates_then_builds(tmp_path, monkeypat
     assert rows(demo_db, "SELECT count(DISTINCT symbol) FROM data_coverage") == [(1,)]
     assert rows(demo_db, "SELECT value FROM build_info WHERE key = 'input_data'") == [("simulated: build.py demo",)]
     assert not (tmp_path / "liquidations.db").exists() and not (tmp_path / "raw").exists()
-    assert build.built_db(None) == demo_db
+    assert serve.built_db(None) == demo_db
     assert build.main([]) == 0 and len(calls) == 1  # data is there now: build only
 
 
@@ -298,9 +300,9 @@ def test_help_names_every_default_and_serve_listens_on_loopback_unless_told(demo
     assert "(default: None)" not in "".join(result.stdout for result in helps.values())
     serve = run_build("--help", command="serve").stdout
     assert "--host HOST" in serve and "(default: 127.0.0.1)" in serve and "(default: 8001)" in serve
-    command = build.serve_command(demo_db, 8001)
+    command = serve.serve_command(demo_db, 8001)
     assert command[command.index("--host") + 1] == "127.0.0.1" and "-i" in command   # immutable: read only
-    assert build.serve_command(demo_db, 8001, "0.0.0.0")[command.index("--host") + 1] == "0.0.0.0"
+    assert serve.serve_command(demo_db, 8001, "0.0.0.0")[command.index("--host") + 1] == "0.0.0.0"
 
 
 @pytest.mark.parametrize("data_type, interval, line, column, value, problem", [

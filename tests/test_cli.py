@@ -9,14 +9,16 @@ from pathlib import Path
 
 from conftest import ROOT
 
-import build
+from liquidation_heatmap import cli
 
 
 def fresh_clone(folder: Path) -> Path:
-    """What `git clone` gives: the code and the SQL, a data/ folder without data/raw, data/demo or any database."""
-    for name in ("build.py", "stage.py", "simulate.py", "metadata.yml"):
+    """What `git clone` gives: the code, the SQL, the YAML, the plugins and templates (the build renders the stored
+    answers with them), a data/ folder without data/raw, data/demo or any database."""
+    for name in ("build.py", "metadata.yml", "datasette.yaml"):
         shutil.copy(ROOT / name, folder / name)
-    shutil.copytree(ROOT / "sql", folder / "sql")
+    for name in ("sql", "liquidation_heatmap", "plugins", "templates"):
+        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     (folder / "data").mkdir()
     shutil.copy(ROOT / "data" / "README.md", folder / "data" / "README.md")
     return folder
@@ -40,7 +42,7 @@ def test_build_on_a_fresh_clone_names_commands_that_work_as_written(tmp_path):
     first = run(checkout, [*script, "build"])
     assert first.returncode == 2 and "no Binance files under data/raw" in first.stderr, first.stderr
     [default_run] = advised(first.stderr)
-    assert default_run[1:] == ["build.py"] and build.parse_args(default_run[2:]).command is None
+    assert default_run[1:] == ["build.py"] and cli.parse_args(default_run[2:]).command is None
     assert "data/demo/liquidations.db" in first.stderr
     # the user runs `demo` instead (one day, to be quick): it says how to build what it wrote, and so does `build`
     demo = run(checkout, [*script, "demo", "--days", "1", "--trades-per-day", "1000"])

@@ -4,6 +4,7 @@ The mirror is the simulator's output: 3 days from 2024-09-01. Fetching 2024-09-0
 for 4 days of the 4 daily types and one fundingRate month: 17 files, of which day 4's are missing.
 """
 
+import datetime as dt
 import http.server
 import shutil
 import sqlite3
@@ -14,7 +15,8 @@ import pytest
 from conftest import run_build
 
 import build
-import simulate
+from liquidation_heatmap import fetch as fetching
+from liquidation_heatmap import files, simulate, stage
 
 START, END = "2024-09-01", "2024-09-04"
 REQUESTED, PRESENT = 17, 13
@@ -77,7 +79,7 @@ class Mirror(http.server.ThreadingHTTPServer):
 
 @pytest.fixture
 def serve(mirror, monkeypatch):
-    monkeypatch.setattr(build, "FETCH_TIMEOUT_S", 5)  # a hung test fails in seconds, not minutes
+    monkeypatch.setattr(fetching, "FETCH_TIMEOUT_S", 5)  # a hung test fails in seconds, not minutes
     servers = []
 
     def start(root: Path = mirror, honour_range: bool = True) -> Mirror:
@@ -141,7 +143,7 @@ def test_files_already_there_are_skipped_and_unverified_ones_fetched_again(serve
     local.write_bytes(local.read_bytes()[:-10])
     third = serve()
     assert fetch(third, tmp_path, "--types", "metrics") == 0
-    assert third.count(METRICS_DAY2) == 1 and build.checksum_status(local) == "ok"
+    assert third.count(METRICS_DAY2) == 1 and stage.checksum_status(local) == "ok"
     assert "1 fetched, 2 skipped (already there), 1 missing (404)" in capsys.readouterr().err
 
 
@@ -174,7 +176,7 @@ def test_a_server_error_is_retried_with_backoff(serve, tmp_path, capsys):
     server.faults = {METRICS_DAY2: ["503"], f"{FUNDING}.CHECKSUM": ["503", "503"]}
     assert fetch(server, tmp_path) == 0
     assert server.count(METRICS_DAY2) == 2 and server.count(f"{FUNDING}.CHECKSUM") == 3
-    assert build.checksum_status(tmp_path / METRICS_DAY2) == build.checksum_status(tmp_path / FUNDING) == "ok"
+    assert stage.checksum_status(tmp_path / METRICS_DAY2) == stage.checksum_status(tmp_path / FUNDING) == "ok"
     assert f"{PRESENT} fetched" in capsys.readouterr().err
 
 
@@ -203,13 +205,13 @@ def test_a_connection_cut_mid_file_is_resumed(serve, mirror, tmp_path, honour_ra
 
 
 def test_fetch_paths_follow_the_vision_layout():
-    paths = build.fetch_paths(["ETHUSDT"], ["fundingRate", "markPriceKlines"], "5m",
-                              build.dt.date(2024, 9, 30), build.dt.date(2024, 10, 1))
+    paths = fetching.fetch_paths(["ETHUSDT"], ["fundingRate", "markPriceKlines"], "5m",
+                              dt.date(2024, 9, 30), dt.date(2024, 10, 1))
     assert paths == ["data/futures/um/monthly/fundingRate/ETHUSDT/ETHUSDT-fundingRate-2024-09.zip",
                      "data/futures/um/monthly/fundingRate/ETHUSDT/ETHUSDT-fundingRate-2024-10.zip",
                      "data/futures/um/daily/markPriceKlines/ETHUSDT/5m/ETHUSDT-5m-2024-09-30.zip",
                      "data/futures/um/daily/markPriceKlines/ETHUSDT/5m/ETHUSDT-5m-2024-10-01.zip"]
-    assert all(build.parse_file_name(Path(p)) for p in paths)  # build discovers what fetch writes
+    assert all(files.parse_file_name(Path(p)) for p in paths)  # build discovers what fetch writes
 
 
 @pytest.mark.parametrize("args, message", [

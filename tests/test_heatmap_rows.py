@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT
 from datasette.app import Datasette
 
-import build
+from liquidation_heatmap import export
 
 HOUR = dt.timedelta(hours=1)
 
@@ -23,7 +23,7 @@ def sql(db: Path, query: str, *params) -> list[tuple]:
 
 async def heatmap(db: Path, **params) -> list[dict]:
     """The heatmap stored query's rows, asked of the Datasette `build.py serve` runs, in process."""
-    ds = Datasette(immutables=[str(db)], metadata=build.load_metadata(), plugins_dir=str(ROOT / "plugins"),
+    ds = Datasette(immutables=[str(db)], metadata=export.load_metadata(), plugins_dir=str(ROOT / "plugins"),
                    config=yaml.safe_load((ROOT / "datasette.yaml").read_text()), template_dir=str(ROOT / "templates"))
     response = await ds.client.get("/liquidations/heatmap.json", params={**params, "_shape": "array"})
     assert response.status_code == 200, response.text[:500]

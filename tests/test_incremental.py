@@ -16,6 +16,7 @@ import pytest
 from conftest import DAYS, START, copy_tree, daily_file, read_zip_lines, run_build, write_zip_lines
 
 import build
+from liquidation_heatmap import export, incremental, pipeline, project
 
 LAST_DAY = str(dt.date.fromisoformat(START) + dt.timedelta(days=DAYS - 1))
 
@@ -82,9 +83,9 @@ def test_an_incremental_export_of_more_rows_than_it_reads_first_streams_them(dem
     db = tmp_path / "liquidations.db"
     earlier = str(dt.date.fromisoformat(LAST_DAY) - dt.timedelta(days=1))
     assert run_build("--data", str(demo_dir), "--db", str(db), "--end", earlier).returncode == 0
-    read_first, real = [], build.prefetch
-    monkeypatch.setattr(build, "prefetch", lambda con, plans: read_first.append(real(con, plans)) or read_first[-1])
-    monkeypatch.setattr(build, "PREFETCH_ROWS", 100)
+    read_first, real = [], export.prefetch
+    monkeypatch.setattr(export, "prefetch", lambda con, plans: read_first.append(real(con, plans)) or read_first[-1])
+    monkeypatch.setattr(export, "PREFETCH_ROWS", 100)
     assert build.main(["build", "--data", str(demo_dir), "--db", str(db)]) == 0
     assert read_first == [None]
     assert_same_tables(db, demo_db)
@@ -122,9 +123,9 @@ def test_nothing_changed_recomputes_nothing_and_other_options_recompute_everythi
 
 
 def test_the_docs_name_every_persisted_table():
-    documented = (build.ROOT / "docs" / "incremental.md").read_text()
+    documented = (project.ROOT / "docs" / "incremental.md").read_text()
     listed = re.search(r"creates with `CREATE TABLE IF NOT EXISTS`:\s(.*?)\.\n", documented, re.DOTALL)[1]
-    assert sorted(re.findall(r"`(\w+)`", listed)) == build.PERSISTED
+    assert sorted(re.findall(r"`(\w+)`", listed)) == incremental.PERSISTED
 
 
 def duckdb_contents(duck: Path) -> dict:
@@ -147,13 +148,13 @@ def test_a_failed_or_killed_build_leaves_the_previous_duckdb_file_whole(demo_dir
 
     def broken_export(*args, **kwargs):   # after every SQL layer has run
         raise RuntimeError("disk full")
-    monkeypatch.setattr(build, "export_sqlite", broken_export)
+    monkeypatch.setattr(pipeline, "export_sqlite", broken_export)
     with pytest.raises(RuntimeError, match="disk full"):
         build.main(["build", "--data", str(demo_dir), "--db", str(db)])
     assert duckdb_contents(db.with_suffix(".duckdb")) == before
 
     # killed in the middle of the models (SIGKILL: nothing of Python's or DuckDB's own cleanup runs)
-    process = subprocess.Popen([sys.executable, str(build.ROOT / "build.py"), "build", "--data", str(demo_dir),
+    process = subprocess.Popen([sys.executable, str(project.ROOT / "build.py"), "build", "--data", str(demo_dir),
                                 "--db", str(db)], stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         if "ran sql/40_pieces.sql" in line:

@@ -12,7 +12,8 @@ from conftest import run_build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import build
+from liquidation_heatmap import pipeline
+from liquidation_heatmap.options import BuildOptions
 
 LP_VECTORS = [  # Binance's test vectors, EP = 100,000: (leverage, notional, long LP, short LP)
     (10, 100_000, 90_361.45, 109_561.75),
@@ -22,14 +23,14 @@ LP_VECTORS = [  # Binance's test vectors, EP = 100,000: (leverage, notional, lon
 
 
 def build_args(*params: str):
-    return build.parse_args(["build", *[f"--param={p}" for p in params]])
+    return BuildOptions(param=list(params))
 
 
 @pytest.fixture(scope="module")
 def macros():
     con = duckdb.connect()
-    build.create_sources(con, build_args())
-    build.run_sql_files(con, ["02_staging.sql", "10_parameters.sql", "11_liquidation_price.sql"])
+    pipeline.create_sources(con, build_args())
+    pipeline.run_sql_files(con, ["02_staging.sql", "10_parameters.sql", "11_liquidation_price.sql"])
     return con
 
 
@@ -91,7 +92,7 @@ def synthetic_build(oi_changes: list[float], returns: list[float], *params: str)
     """Run every SQL layer on a made-up market: 5-minute open interest and 1-minute bars. The lifecycle's
     mechanics are tested alone (PLAIN) unless params turn them back on."""
     con = duckdb.connect()
-    build.create_sources(con, build_args("time_bucket_s=600", *PLAIN, *params))
+    pipeline.create_sources(con, build_args("time_bucket_s=600", *PLAIN, *params))
     con.execute("INSERT INTO src_files (file_id, path, symbol, data_type, kline_interval, period, checksum, status) "
                 "VALUES (1, 'm', 'BTCUSDT', 'metrics', NULL, '2024-09-01', 'ok', 'loaded'), "
                 "(2, 'k', 'BTCUSDT', 'klines', '1m', '2024-09-01', 'ok', 'loaded')")
@@ -110,7 +111,7 @@ def synthetic_build(oi_changes: list[float], returns: list[float], *params: str)
         ts = T0 + dt.timedelta(minutes=5 * step)
         metrics.append((ts, "BTCUSDT", oi, oi * closes[min(5 * step, len(closes) - 1)], 1.0, 1.0, 1.2, 1.0, 1))
     con.executemany("INSERT INTO src_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", metrics)
-    build.run_models(con)
+    pipeline.run_models(con)
     return con
 
 
@@ -353,7 +354,7 @@ def market(bars: list[tuple], metrics: list[tuple], funding: list[tuple] = (), *
     """Every SQL layer on hand-made rows: bars (open time, open, high, low, close, interval),
     5-minute open interest (time, coins) and funding (time, interval hours, rate)."""
     con = duckdb.connect()
-    build.create_sources(con, build_args(*PLAIN, *params))
+    pipeline.create_sources(con, build_args(*PLAIN, *params))
     intervals = sorted({b[5] for b in bars})
     con.executemany("INSERT INTO src_files (file_id, path, symbol, data_type, kline_interval, period, checksum, status) "
                     "VALUES (?, ?, 'BTCUSDT', ?, ?, '2024-09-01', 'ok', 'loaded')",
@@ -368,7 +369,7 @@ def market(bars: list[tuple], metrics: list[tuple], funding: list[tuple] = (), *
                     [(t, oi, oi * 60_000) for t, oi in metrics])
     if funding:
         con.executemany("INSERT INTO src_funding_rate VALUES (?, ?, ?, 2)", [(ms(t), h, r) for t, h, r in funding])
-    build.run_models(con)
+    pipeline.run_models(con)
     return con
 
 

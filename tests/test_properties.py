@@ -24,8 +24,7 @@ import duckdb
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-import build
-import stage
+from liquidation_heatmap import files, stage
 
 DAY_MS = 86_400_000
 MAX_ROWS = 25
@@ -235,7 +234,7 @@ def any_file(containers) -> st.SearchStrategy[BinanceFile]:
 def stage_in(folder: Path, paths: list[Path]) -> dict[str, dict]:
     """Stage files found under folder/data (as a build finds them) into folder/cache: each one's record, by name."""
     data = folder / "data"
-    infos = [{**build.parse_file_name(path), "name": str(path.relative_to(data))} for path in paths]
+    infos = [{**files.parse_file_name(path), "name": str(path.relative_to(data))} for path in paths]
     return {Path(staged["name"]).name: staged
             for staged in stage.stage_files(infos, folder / "cache", 1, 512, lambda message: None)}
 

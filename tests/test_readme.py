@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, run_build
 
 import build
+from liquidation_heatmap import cli, report
 
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 CELL = re.compile(r"(\S+) → (\S+)")  # a skill before → after
@@ -18,9 +19,9 @@ BACKTEST_DOC = ROOT / "docs" / "backtest.md"   # the generated backtest blocks l
 
 
 def test_the_readme_backtest_table_is_what_a_fresh_build_reports(month_db):
-    written = build.README_BLOCKS["backtest report"].search(BACKTEST_DOC.read_text())
+    written = report.README_BLOCKS["backtest report"].search(BACKTEST_DOC.read_text())
     assert written, "docs/backtest.md lost its backtest report block"
-    fresh = build.backtest_report(month_db)
+    fresh = report.backtest_report(month_db)
     table = written[0].split("\n", 1)[1].rsplit("\n", 1)[0] + "\n"
     # the same rows, baselines and words; the numbers equal to their last printed digit (sums of floats
     # in another order may move the 15th)
@@ -54,9 +55,9 @@ def read_skills(path: Path) -> list[dict]:
 
 def test_the_readme_skill_before_and_after_is_what_fresh_builds_report(seeds):
     """"after" from fresh builds of the demo and the seeds (to the last digit); "before" from the committed CSV."""
-    written = build.README_BLOCKS["skill before and after"].search(BACKTEST_DOC.read_text())
+    written = report.README_BLOCKS["skill before and after"].search(BACKTEST_DOC.read_text())
     assert written, "docs/backtest.md lost its skill before and after block"
-    fresh = build.skill_table(read_skills(seeds / "skill.csv"), read_skills(ROOT / "data/backtest_skill_before.csv"))
+    fresh = report.skill_table(read_skills(seeds / "skill.csv"), read_skills(ROOT / "data/backtest_skill_before.csv"))
     rows, fresh_rows = written[0].splitlines()[1:-1], fresh.splitlines()
     assert len(rows) == len(fresh_rows) >= 2 + 4 * 3 * 4  # demo and 3 seeds, 3 horizons, 4 models at least
     for row, fresh_row in zip(rows, fresh_rows, strict=True):
@@ -70,17 +71,18 @@ def test_report_writes_the_readme_blocks(month_db, seeds, tmp_path, monkeypatch,
     doc = tmp_path / "docs" / "backtest.md"   # where `report --readme` writes, under the ROOT set below
     doc.parent.mkdir()
     shutil.copy(BACKTEST_DOC, doc)
-    monkeypatch.setattr(build, "ROOT", tmp_path)  # and so --before's default, tmp_path/data/..., is missing
+    for module in (cli, report):   # the file written, and --before's default, tmp_path/data/..., which is missing
+        monkeypatch.setattr(module, "ROOT", tmp_path)
     text = doc.read_text()
-    text = build.README_BLOCKS["backtest report"].sub(lambda m: m[1] + "stale" + m[2], text)
-    doc.write_text(build.README_BLOCKS["skill before and after"].sub(lambda m: m[1] + "stale" + m[2], text))
-    report = ["report", "--db", str(month_db), "--seeds-dir", str(seeds), "--csv", str(tmp_path / "skill.csv")]
-    assert build.main([*report, "--readme"]) == 0
+    text = report.README_BLOCKS["backtest report"].sub(lambda m: m[1] + "stale" + m[2], text)
+    doc.write_text(report.README_BLOCKS["skill before and after"].sub(lambda m: m[1] + "stale" + m[2], text))
+    command = ["report", "--db", str(month_db), "--seeds-dir", str(seeds), "--csv", str(tmp_path / "skill.csv")]
+    assert build.main([*command, "--readme"]) == 0
     detailed, table = capsys.readouterr().out.split("\n\n| dataset ")
     written = doc.read_text()
     assert detailed in written and "| dataset " + table in written and "stale" not in written
     assert "| – → +" in table or "| – → -" in table  # no skills before: a dash
     assert (tmp_path / "skill.csv").read_text() == (seeds / "skill.csv").read_text()  # the seeds were not rebuilt
     doc.write_text("no block here\n")
-    assert build.main([*report, "--readme"]) == 2
+    assert build.main([*command, "--readme"]) == 2
     assert build.main(["report", "--db", str(tmp_path / "none.db")]) == 2 and not (tmp_path / "none.db").exists()

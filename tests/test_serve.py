@@ -26,14 +26,13 @@ from conftest import ROOT, free_port, run_build
 from datasette.app import Datasette
 from datasette.plugins import pm
 
-import answers
-import build
+from liquidation_heatmap import answers, cli, export, serve
 
 CHART_PAGES = ["/heatmap", "/liquidation_map", "/compare_models", "/backtest"]   # templates/pages/
 
 
 def tables() -> list[str]:
-    return list(build.output_tables(build.load_metadata()))
+    return list(export.output_tables(export.load_metadata()))
 
 
 def queries() -> list[str]:
@@ -43,7 +42,7 @@ def queries() -> list[str]:
 def in_process(db) -> Datasette:
     """The same Datasette `build.py serve` runs, in process: metadata, config, templates, plugins."""
     return Datasette(
-        immutables=[str(db)], metadata=build.load_metadata(), config=yaml.safe_load((ROOT / "datasette.yaml").read_text()),
+        immutables=[str(db)], metadata=export.load_metadata(), config=yaml.safe_load((ROOT / "datasette.yaml").read_text()),
         template_dir=str(ROOT / "templates"), plugins_dir=str(ROOT / "plugins"))
 
 
@@ -59,7 +58,7 @@ async def rows(ds, path: str) -> list[dict]:
 
 
 def test_every_table_and_query_answers_with_datasette_get(demo_db):
-    command = build.serve_command(demo_db, 8001)
+    command = serve.serve_command(demo_db, 8001)
     paths = ["/", "/liquidations", *CHART_PAGES] + [f"/liquidations/{t}" for t in tables() + queries()]
     with ThreadPoolExecutor(4) as pool:   # each `datasette --get` is a process of its own: a few at once
         results = pool.map(lambda path: subprocess.run([*command, "--get", path], capture_output=True, text=True,
@@ -453,7 +452,7 @@ def test_serve_without_a_database_says_what_to_do(tmp_path):
 
 
 def inspect_files(pid: int) -> list[Path]:
-    """The inspect files a `build.py serve` of this process id has left (build.inspect_path's names)."""
+    """The inspect files a `build.py serve` of this process id has left (serve.inspect_path's names)."""
     return list(Path(tempfile.gettempdir()).glob(f"liquidation-heatmap-{pid}-*.inspect.json"))
 
 
@@ -567,8 +566,8 @@ def test_the_server_is_read_only(server, demo_db):
 
 
 def test_the_server_listens_on_loopback_only_by_default(server, demo_db):
-    assert build.parse_args(["serve"]).host == "127.0.0.1"
-    command = build.serve_command(demo_db, 8001)
+    assert cli.parse_args(["serve"]).host == "127.0.0.1"
+    command = serve.serve_command(demo_db, 8001)
     assert command[command.index("--host") + 1] == "127.0.0.1"
     port = urllib.parse.urlsplit(server).port
     if not Path("/proc/net/tcp").exists():

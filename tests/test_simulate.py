@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import simulate
+from liquidation_heatmap import simulate
 
 DAYS, TRADES = 3, 3000
 DATES = ["2024-09-01", "2024-09-02", "2024-09-03"]
@@ -111,7 +111,7 @@ def test_simulator_reads_nothing_of_the_models(tmp_path):
     sys.addaudithook(hook)  # hooks cannot be removed: this one records only while recording[0]
     recording[0] = True
     try:
-        spec = importlib.util.spec_from_file_location("simulate_fresh", ROOT / "simulate.py")
+        spec = importlib.util.spec_from_file_location("simulate_fresh", ROOT / "liquidation_heatmap" / "simulate.py")
         fresh = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(fresh)
         fresh.simulate(tmp_path, days=1, seed=4, trades_per_day=500, progress=lambda _: None)
@@ -119,7 +119,7 @@ def test_simulator_reads_nothing_of_the_models(tmp_path):
         recording[0] = False
     assert any(p.is_relative_to(tmp_path.resolve()) for p in opened)  # the hook sees the run's files
     assert not [p for p in opened if p.is_relative_to(ROOT / "sql")]
-    assert "seeds" not in (ROOT / "simulate.py").read_text()
+    assert "seeds" not in (ROOT / "liquidation_heatmap" / "simulate.py").read_text()
 
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(sim, tmp_path):

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 from conftest import copy_tree, daily_file, read_zip_lines, remove, run_build, write_zip_lines
 
-import stage
+from liquidation_heatmap import stage
 
 
 def staged_files(cache: Path) -> dict[str, float]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import duckdb
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent   # the project
 SQL_DIR = ROOT / "sql"
 STAGE_SQL = ["00_macros.sql", "01_sources.sql", "02_staging.sql"]  # the tables and views a file is read into
 CHECK_SQL = SQL_DIR / "staging" / "files.sql"

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent   # the project
 TABLE = "stored_answers"
 # headers the server sets itself when it sends a stored answer (its length, its encoding)
 NOT_STORED = {"content-length", "content-encoding", "vary", "x-cache"}
