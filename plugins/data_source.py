@@ -69,7 +69,9 @@ def with_source(body: bytes) -> bytes:
     return b"{" + key + (b"" if rest.startswith(b"}") else b", ") + text[1:]
 
 
-def marked(datasette, app):
+def wrap(datasette, app):
+    """Every answer of `app` marked (plugins/asgi_stack.py places it: inside compression, which then compresses the
+    marked body, and outside the parameter check, whose 400s are marked too)."""
     async def answer(scope, receive, send):
         names = _simulated.get(datasette)
         if scope["type"] != "http" or not names:
@@ -96,10 +98,3 @@ def marked(datasette, app):
             await send(message)
         await app(scope, receive, send_marked)
     return answer
-
-
-# tryfirst: innermost of the wrappers, inside plugins/responses.py's compression and kept answers, which then
-# keep the marked body
-@hookimpl(tryfirst=True)
-def asgi_wrapper(datasette):
-    return lambda app: marked(datasette, app)

@@ -3,7 +3,8 @@
 SQLite cannot raise an error with a message of ours, so the check sits in front of Datasette:
 datasette.yaml's plugins.liquidation_params maps each parameter to a format ('time') or
 to SQL listing its allowed values; a key 'query.parameter' overrides it for one query. An empty value
-is always allowed (the query's default)."""
+is always allowed (the query's default). The chart pages' controls offer the same values (allowed_values, through
+plugins/page_controls.py)."""
 
 import csv
 import datetime as dt
@@ -11,7 +12,6 @@ import io
 import json
 import re
 
-from datasette import hookimpl
 from datasette.utils.asgi import Request, Response
 
 
@@ -99,32 +99,21 @@ async def outside_range(datasette, database: str, query: str, params: list[str],
     return None
 
 
-@hookimpl
-def asgi_wrapper(datasette):
-    def wrap(app):
-        async def checked(scope, receive, send):
-            if scope["type"] == "http" and (problem := await problem_with(datasette, Request(scope, receive))):
-                if scope["path"].endswith(".json"):
-                    body = {"ok": False, "error": problem, "status": 400, "title": "Invalid parameter"}
-                    response = Response(json.dumps(body), status=400, content_type="application/json")
-                elif scope["path"].endswith(".csv"):   # in the format asked for: a CSV reader sees the message
-                    body = io.StringIO()
-                    csv.writer(body).writerows([["error", "status"], [problem, 400]])
-                    response = Response(body.getvalue(), status=400, content_type="text/csv; charset=utf-8")
-                else:
-                    html = await datasette.render_template(
-                        "error.html", {"ok": False, "error": problem, "status": 400, "title": "Invalid parameter"})
-                    response = Response.html(html, status=400)
-                await response.asgi_send(send)
-                return
-            await app(scope, receive, send)
-        return checked
-    return wrap
-
-
-@hookimpl
-def extra_template_vars(datasette):
-    async def allowed(name: str, query: str = "") -> list[str]:
-        """For the pages' controls: the values a parameter may take in this build."""
-        return await allowed_values(datasette, "liquidations", query, name) or []
-    return {"allowed": allowed}
+def wrap(datasette, app):
+    """`app` behind the check (plugins/asgi_stack.py places it: innermost, right in front of Datasette)."""
+    async def checked(scope, receive, send):
+        if scope["type"] == "http" and (problem := await problem_with(datasette, Request(scope, receive))):
+            if scope["path"].endswith(".json"):
+                body = {"ok": False, "error": problem, "status": 400, "title": "Invalid parameter"}
+                response = Response(json.dumps(body), status=400, content_type="application/json")
+            elif scope["path"].endswith(".csv"):   # in the format asked for: a CSV reader sees the message
+                body = io.StringIO()
+                csv.writer(body).writerows([["error", "status"], [problem, 400]])
+                response = Response(body.getvalue(), status=400, content_type="text/csv; charset=utf-8")
+            else:
+                html = await datasette.render_template(
+                    "error.html", {"ok": False, "error": problem, "status": 400, "title": "Invalid parameter"})
+                response = Response.html(html, status=400)
+            return await response.asgi_send(send)
+        await app(scope, receive, send)
+    return checked

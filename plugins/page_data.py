@@ -9,7 +9,6 @@ import re
 from datasette import hookimpl
 from markupsafe import Markup
 
-DATABASE = "liquidations"
 TIME_NAMES = ("at", "start", "end")
 # The page's times as the stored queries read them (a bad one: NULL)
 TIMES = "SELECT " + ", ".join(f"strftime('%Y-%m-%dT%H:%M:%SZ', nullif(:{name}, ''))" for name in TIME_NAMES)
@@ -128,6 +127,11 @@ async def shown(datasette, db, query: str, args, model: str, symbol: str) -> tup
     return (await db.execute(RANGE_START, {**times, "t": t, "last_hours": last_hours})).rows[0][0], t
 
 
+def database(datasette) -> str:
+    """The database the pages read: the one datasette.yaml gives the stored queries of."""
+    return next(iter(datasette.config["databases"]))
+
+
 def listed(names: list[str]) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
@@ -138,7 +142,7 @@ def extra_template_vars(datasette):
         """What is fitted behind the page of stored query `query`, for the model shown (`model`; empty: every model,
         as the comparison and the backtest show) at the time shown (args' at, or the end of its range): the fit in
         force then, in words, or that the model's parameters are fixed. Empty where the page draws nothing."""
-        db = datasette.databases.get(DATABASE)
+        db = datasette.databases.get(database(datasette))
         if db is None or query not in SHOWN_TIME or not await db.table_exists("fitted_parameters"):
             return Markup("")
         symbol = (await db.execute(SYMBOL, {"symbol": args.get("symbol", "")})).rows[0][0]
@@ -150,7 +154,7 @@ def extra_template_vars(datasette):
         (start, t), ranged = span, query in RANGED
         refits = {r["model"]: r for r in (await db.execute(REFITS, {"symbol": symbol, "start": start, "t": t})).rows}
         subject = Markup("Ensemble at the end of this range ({t}),").format(t=when(t)) if ranged else Markup("Ensemble")
-        note = await ensemble_note(db, datasette.urls.table(DATABASE, "fitted_parameters"), symbol, t, refits, subject)
+        note = await ensemble_note(db, datasette.urls.table(db.name, "fitted_parameters"), symbol, t, refits, subject)
         if ranged and "ensemble" in refits:
             note += Markup(" Refitted every day: {n} times within this range.").format(n=refits["ensemble"]["in_range"])
         if model:
@@ -164,7 +168,7 @@ def extra_template_vars(datasette):
 
     async def stored_query_rows(name: str, **values) -> list[dict]:
         """The rows of stored query `name` (datasette.yaml) with these parameters, the others empty."""
-        query = datasette.config["databases"][DATABASE]["queries"][name]
+        query = datasette.config["databases"][database(datasette)]["queries"][name]
         params = {param: str(values.get(param, "")) for param in query["params"]}
-        return [dict(row) for row in (await datasette.get_database(DATABASE).execute(query["sql"], params)).rows]
+        return [dict(row) for row in (await datasette.get_database(database(datasette)).execute(query["sql"], params)).rows]
     return {"calibration_note": calibration_note, "stored_query_rows": stored_query_rows}

@@ -369,7 +369,7 @@ async def test_an_immutable_databases_answers_are_kept_and_sent_again(demo_db, m
     for page in (path, "/"):
         await mutable.client.get(page)
         assert "x-cache" not in (await mutable.client.get(page)).headers   # its file may change: never kept
-    responses = next(p for p in pm.get_plugins() if getattr(p, "__file__", "").endswith("plugins/responses.py"))
+    responses = next(p for p in pm.get_plugins() if getattr(p, "__file__", "").endswith("plugins/ready_answers.py"))
     assert responses._kept[ds].size == sum(len(body) for _, body in responses._kept[ds].values())
     largest = max(len(body) for (*_, gzipped), (_, body) in responses._kept[ds].items() if gzipped)  # the heatmap's
     monkeypatch.setattr(responses, "CACHE_BYTES", largest + 1)   # room for one answer: the oldest goes
