@@ -118,13 +118,13 @@ def check_not_mixed(files: list[dict]) -> None:
 
 
 def interval_seconds(name: str) -> int | None:
-    """A Binance interval name as seconds ('4h' -> 14400), as sql/00_macros.sql's interval_seconds; None if none."""
+    """A Binance interval name as seconds ('4h' -> 14400), as sql/sources/macros.sql's interval_seconds; None if none."""
     match = re.fullmatch(r"(\d+)([smhdwM])", name.strip())
     return match and int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000}[match[2]]
 
 
 def interval_name(seconds: int) -> str:
-    """Seconds as a Binance interval name: 14400 -> '4h' (sql/25_backtest_windows.sql's interval_name)."""
+    """Seconds as a Binance interval name: 14400 -> '4h' (sql/backtest/windows.sql's interval_name)."""
     return next(f"{seconds // n}{unit}" for n, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")) if seconds % n == 0)
 
 

@@ -25,9 +25,9 @@ from .export import describe_outputs, export_sqlite, load_metadata, output_table
 from .files import REALIZED_TYPES, discover, interval_name, interval_seconds, no_data_advice, simulated
 from .incremental import build_key, open_build, previous_build, rebuild_from, sqlite_build_id
 from .options import DEFAULT_HORIZONS, BuildOptions, DemoOptions
-from .project import SQL_DIR, BuildError, log
+from .project import SQL_DIR, SQL_STAGES, BuildError, log
 
-SQL_FILES = sorted(p.name for p in SQL_DIR.glob("*.sql"))  # 00_macros.sql, 01_sources.sql, then the layers
+STAGES = SQL_STAGES
 
 
 
@@ -77,8 +77,8 @@ def write_build_info(con, options: BuildOptions, files: list[dict], key: str, si
 
 def create_sources(con, options: BuildOptions) -> None:
     """The empty source tables, the --start/--end window and the model parameters. (The time from which to
-    recompute, sql/00_macros.sql's rebuild_from, is everything until set_rebuild_from says otherwise.)"""
-    run_sql_files(con, SQL_FILES[:2])
+    recompute, sql/sources/macros.sql's rebuild_from, is everything until set_rebuild_from says otherwise.)"""
+    run_sql_files(con, STAGES["sources"])
     con.execute("INSERT INTO build_window VALUES (?, ?)",
                 [options.start, options.end + dt.timedelta(days=1) if options.end else None])
     set_parameters(con, options)
@@ -88,12 +88,16 @@ def set_rebuild_from(con, since: str) -> None:
     con.execute("SET VARIABLE rebuild_from = CAST(? AS TIMESTAMP)", [since])
 
 
-def run_models(con, names: list[str] = SQL_FILES[2:]) -> None:
-    """SQL layers after the sources (by default all: staging, parameters, models, data quality, outputs)."""
-    for name in names:
-        began = time.perf_counter()
-        run_sql_files(con, [name])
-        log(f"ran sql/{name} ({time.perf_counter() - began:.1f} s)")
+def run_stages(con, *stages: str) -> None:
+    """The named stages of sql/stages.yml, in order, each file timed (the build prints where its time goes)."""
+    for stage_name in stages:
+        for name in STAGES[stage_name]:
+            began = time.perf_counter()
+            run_sql_files(con, [name])
+            log(f"ran sql/{name} ({time.perf_counter() - began:.1f} s)")
+
+
+AFTER_STAGING = [name for name in STAGES if name not in ("sources", "staging")]   # the models and what follows
 
 
 def configure(con, memory_limit: str, spill_dir: Path) -> None:
@@ -137,7 +141,7 @@ def check_arguments(options: BuildOptions) -> None:
     with duckdb.connect() as con:
         create_sources(con, options)
         try:
-            con.execute((SQL_DIR / "10_parameters.sql").read_text())
+            run_sql_files(con, STAGES["parameters"][:1])
         except duckdb.Error as error:
             raise BuildError(str(error).removeprefix("Invalid Input Error: ")) from None
 
@@ -146,7 +150,7 @@ def check_horizons(options: BuildOptions, files: list[dict]) -> None:
     """Horizons given with --horizons that the data cannot score fail here, naming the horizon and the data, before
     anything is staged or written: a forecast window must hold whole bars of the prices that trigger liquidations
     (mark price where present, else trade price; the finest interval of each) and whole periods of every aggregated
-    liquidation export (read from its times: stage.export_periods). sql/25_backtest_windows.sql applies the same rule
+    liquidation export (read from its times: stage.export_periods). sql/backtest/windows.sql applies the same rule
     to what was staged: there it leaves out the default horizons that no symbol can score, and says so."""
     if options.horizons is None or not any(info["data_type"] in REALIZED_TYPES for info in files):
         return
@@ -264,14 +268,14 @@ def build_locked(options: BuildOptions, db_path: Path, cache: Path) -> Path:
                 stage.register(con, files)
                 if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
                     raise BuildError(f"none of the {len(files)} files under {options.data} could be read (see messages above)")
-                run_models(con, SQL_FILES[2:3])
+                run_stages(con, "staging")
                 choices = con.execute("SELECT choices FROM source_choices").fetchone()[0]
                 if since != "-infinity" and choices != previous[0].get("source_choices"):
                     log(f"a full build after all: the sources the models read changed (now {choices})")
                     since = "-infinity"
                     set_rebuild_from(con, since)
                 write_build_info(con, options, files, key, since, choices)
-                run_models(con, SQL_FILES[3:])
+                run_stages(con, *AFTER_STAGING)
                 backtest_horizons(con)
                 describe_outputs(con, tables)
                 summarize(con)
@@ -290,7 +294,7 @@ def build_locked(options: BuildOptions, db_path: Path, cache: Path) -> Path:
 
 
 def backtest_horizons(con) -> None:
-    """Say which horizons the backtest scored and which it could not, and why (sql/25_backtest_windows.sql; each
+    """Say which horizons the backtest scored and which it could not, and why (sql/backtest/windows.sql; each
     also a horizon_not_scored row of data_quality), and keep both, and the periods of aggregated exports, in
     build_info."""
     scored = ", ".join(h for h, _ in con.execute("SELECT DISTINCT horizon, horizon_s FROM backtest_windows WHERE scored "

@@ -1,7 +1,7 @@
 """Staging: every source file read once into typed, deduplicated Parquet, kept in a cache by checksum.
 
 A batch of files is staged on a DuckDB connection of its own. Each file is verified against Binance's
-.CHECKSUM, read with read_csv (in the columns of its src_* table, sql/01_sources.sql) straight into a
+.CHECKSUM, read with read_csv (in the columns of its src_* table, sql/sources/sources.sql) straight into a
 Parquet of its rows, and checked through the staging views over that Parquet by
 sql/staging/files.sql (unparseable rows, invalid values, keys repeated in the file). Its valid rows,
 one per key, become CACHE/<version>/<type>/<symbol>/<period>-<sha256>.parquet, with a JSON file beside
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import duckdb
 
-ROOT = Path(__file__).resolve().parent.parent   # the project
-SQL_DIR = ROOT / "sql"
-STAGE_SQL = ["00_macros.sql", "01_sources.sql", "02_staging.sql"]  # the tables and views a file is read into
+from .project import ROOT, SQL_DIR, SQL_STAGES
+
+STAGE_SQL = [*SQL_STAGES["sources"], *SQL_STAGES["staging"]]  # the tables and views a file is read into
 CHECK_SQL = SQL_DIR / "staging" / "files.sql"
 # Parquet 2's encodings write a day of trades in 0.26 s (0.38 s as Parquet 1), half as large, and read faster
 PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION V2"
@@ -397,7 +397,7 @@ def staged(info: dict) -> dict:
 
 
 def export_periods(files: list[dict]) -> list[tuple[str, str | None, int]]:
-    """(name, symbol, period in seconds) of each aggregated liquidation export, by sql/02_staging.sql's
+    """(name, symbol, period in seconds) of each aggregated liquidation export, by sql/staging/staging.sql's
     liquidation_periods over the files themselves, read in memory: build.py checks --horizons against them
     before anything is staged or written. (The symbols of the kline files are named too, unread: an export
     without a symbol column belongs to the only symbol whose klines are found, as in a build.)"""

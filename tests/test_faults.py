@@ -88,8 +88,8 @@ def kill_at(command: list[str], line_starts: str, delay_s: float) -> list[str]:
 
 KILLS = {   # where: (what the log says then, how long after, the build's arguments)
     "staging": ("checksums of", 0.3, ["--full", "--cache", "{fresh}"]),   # (staging the demo takes a second)
-    "running the models": ("ran sql/40_pieces", 0, ["--full"]),
-    "running the models of an incremental build": ("ran sql/50_lifecycle", 0, []),   # DuckDB's file opened in place
+    "running the models": ("ran sql/models/pieces", 0, ["--full"]),
+    "running the models of an incremental build": ("ran sql/lifecycle/positions", 0, []),   # DuckDB's file opened in place
     "exporting": ("exported heatmap_cells", 0, ["--full"]),
 }
 

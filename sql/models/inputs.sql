@@ -47,10 +47,10 @@ SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
            AS noise_threshold_usd,
        -- Churn: positions close at a constant rate whatever open interest does (one trader closes, another
        -- opens; Binance's daily volume is several times its open interest). Alive levels fade at that rate
-       -- (sql/50_lifecycle.sql) and, open interest being what it is, as much is reopened at this step's
+       -- (sql/lifecycle/positions.sql) and, open interest being what it is, as much is reopened at this step's
        -- price: previous open interest x (1 - 2^(-step / half-life)). One half-life for both: the
        -- lifecycle fades every model's levels, the ensemble's included, at fade_half_life_h (it is not
-       -- fitted: sql/45_calibration.sql), so what is reopened is what faded.
+       -- fitted: sql/calibration/calibration.sql), so what is reopened is what faded.
        p.previous_open_interest * coalesce(p.step_price, c.close)
            * (1 - exp(-ln(2) * epoch(p.ts - p.previous_ts) / (3600 * param('fade_half_life_h')))) AS churn_usd,
        -- Account long/short ratio r = longs / shorts -> long share r / (1 + r); 50/50 without it.
@@ -72,7 +72,7 @@ WHERE p.previous_ts IS NOT NULL AND coalesce(p.step_price, c.close) IS NOT NULL)
 -- interest already there is taken as positions opened at entry prices spread lognormally around the
 -- first price (warm_start_share of it; prior_entry_spread). Without it the models start empty and a small
 -- move crosses nothing. Positions whose liquidation price is already on the wrong side of the first price
--- cannot still be open: sql/40_pieces.sql drops them (survivorship), so the prior holds less than the
+-- cannot still be open: sql/models/pieces.sql drops them (survivorship), so the prior holds less than the
 -- first open interest. Every model starts from the same prior.
 -- The spread is drawn as the density it is, not as a few points: entries every 1/8 of a price bucket
 -- (at the first price; 9 to 2000 of them) over +-3.5 standard deviations, each weighted by the normal
@@ -99,7 +99,7 @@ WHERE param('warm_start_share') > 0;
 
 -- Open-interest falls: the share of open interest closed in each step, where the fall is more than
 -- noise. Which part of it the models' alive levels lose depends on what they say was liquidated in
--- the same step (sql/50_lifecycle.sql nets that out), so the scale itself is per model and side.
+-- the same step (sql/lifecycle/positions.sql nets that out), so the scale itself is per model and side.
 -- log_fall_scale is what every fall since the first step left of a level (the gross scale, before any
 -- netting), elapsed_s the time since the first step: the lifecycle and the fit both value levels with them.
 CREATE OR REPLACE TABLE oi_falls AS
@@ -128,7 +128,7 @@ FROM bars WINDOW w AS (PARTITION BY symbol ORDER BY ts);
 -- The lowest low and highest high of every run of 2^k trigger bars from each bar on (a sparse table,
 -- k = 0 .. log2(bars)); a run that would pass the symbol's last bar stops there. With it the first bar
 -- after a position opened that crosses its exact liquidation price is found in log2(bars) lookups
--- (sql/40_pieces.sql), instead of scanning bars. range_key packs (k, symbol, bar) into one integer so
+-- (sql/models/pieces.sql), instead of scanning bars. range_key packs (k, symbol, bar) into one integer so
 -- each lookup is a single-column hash join; range_level, range_symbol and range_bar unpack it.
 -- top_range_level is the largest k: runs of 2^k bars cover the longest symbol's bars.
 CREATE OR REPLACE MACRO range_key(k, symbol_id, bar_index) AS
@@ -197,6 +197,6 @@ SELECT symbol, end_ts, end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS st
 FROM (SELECT symbol, unnest(generate_series(first_start + to_seconds(param('time_bucket_s')::BIGINT), last_end,
                                             to_seconds(param('time_bucket_s')::BIGINT))) AS end_ts FROM span);
 -- The build runs in one transaction (build.py), and DuckDB counts no distinct values of a table created
--- in it: it took sql/60_model_outputs.sql's joins with the grid on symbol for cross products (at 30 days
+-- in it: it took sql/outputs/model_outputs.sql's joins with the grid on symbol for cross products (at 30 days
 -- the heatmap's window was planned for 10^11 rows, and set out 0.4 GB of buffers for 200,000: 0.6 s).
 ANALYZE time_grid;

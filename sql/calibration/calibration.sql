@@ -19,8 +19,8 @@
 -- fixed, then the models a with q and s fixed. Each stage is pulled towards a common
 -- scale by a ridge (calibration_ridge), so a tier that no window crossed keeps the scale of the rest.
 -- The regressors are valued with the open-interest falls but not the models' own netting
--- (sql/50_lifecycle.sql): a first-order stand-in that keeps the fit one pass. A level the path blew
--- through counts whole, as in the backtest (sql/70_backtest.sql): the fit fits what is scored.
+-- (sql/lifecycle/positions.sql): a first-order stand-in that keeps the fit one pass. A level the path blew
+-- through counts whole, as in the backtest (sql/backtest/baselines.sql): the fit fits what is scored.
 --
 -- Where the realized liquidations carry prices, an observation is a window, side and cell of the price
 -- axis (calibration_cell_share wide), not only a window and side. Location is what tells the leverage
@@ -97,7 +97,7 @@ GROUP BY ALL;
 
 -- The fade: one half-life, fade_half_life_h, for every model and time; not fitted. The ensemble's pieces
 -- are its components' pieces reweighted, churn openings included, and the components reopen what fades
--- at fade_half_life_h (oi_steps.churn_usd, sql/20_model_inputs.sql): levels that faded at another rate
+-- at fade_half_life_h (oi_steps.churn_usd, sql/models/inputs.sql): levels that faded at another rate
 -- than the churn that replaces them would drift against open interest (issue 28: at a fitted 720 h
 -- against the churn's 48 h, the ensemble's alive volume went from 0.16x to 0.45x open interest in five
 -- days with its scale held). Reopening the churn at the fitted half-life instead would need openings of
@@ -107,7 +107,7 @@ GROUP BY ALL;
 -- (0.852 unfitted), the backtest's 1-hour volume Pearson 0.808 / 0.602 (longs / shorts) with it and
 -- 0.817 / 0.671 without, and the 85 fits chose 12 h 22 times, 48 h 24, 7 days 11 and 30 days 28,
 -- changing from one day to the next 31 times. So the fit values every level with the fade the
--- lifecycle applies (sql/50_lifecycle.sql), and churn and fade share the one half-life.
+-- lifecycle applies (sql/lifecycle/positions.sql), and churn and fade share the one half-life.
 
 -- The candidate stop-loss shares, and the default: from none (a level crossed slowly liquidates as much
 -- as one blown through) to 95 % (crossed slowly, a level loses almost all of it to stops). The share
@@ -117,12 +117,12 @@ CREATE OR REPLACE TABLE stop_candidates AS
 SELECT DISTINCT stop_loss_share FROM (VALUES (0.0), (0.8), (0.95), (param('stop_loss_share'))) t(stop_loss_share)
 WHERE param('stop_loss_share') > 0 OR stop_loss_share = 0;
 
--- The ensemble's default weight per model (sql/46_model_ensemble.sql explains it): the share of its
+-- The ensemble's default weight per model (sql/models/ensemble.sql explains it): the share of its
 -- weight, per unit of the model's volume, so each model opens weight x the models' mean volume.
 -- Measured on the first day of openings only (no look-ahead beyond it; no realized data).
 CREATE OR REPLACE TABLE ensemble_base AS
 WITH first_day AS (SELECT symbol, min(created_ts) + INTERVAL 1 DAY AS until FROM pieces GROUP BY symbol),
-totals AS (   -- (an incremental build's pieces hold the ensemble's earlier ones: sql/46_model_ensemble.sql)
+totals AS (   -- (an incremental build's pieces hold the ensemble's earlier ones: sql/models/ensemble.sql)
     SELECT p.symbol, p.model, sum(p.volume_usd) AS opened_usd, param('weight_' || p.model) AS weight
     FROM pieces p JOIN first_day f ON p.symbol = f.symbol AND p.created_ts < f.until
     WHERE p.model <> 'ensemble' GROUP BY ALL
@@ -182,8 +182,8 @@ CREATE OR REPLACE MACRO crossed_volume(slow_usd, blown_usd, stop_share) AS
 
 -- Each symbol's span of calibration windows, and when its first fit applies: the first refit date (every
 -- calibration_refit_days from the UTC day after the first window's) at or after backtest_warmup_s from that
--- day, when the backtest starts scoring (sql/25_backtest_windows.sql), so no scored window is unfitted. It is
--- known from the first window on: sql/46_model_ensemble.sql moves the ensemble's scale towards the
+-- day, when the backtest starts scoring (sql/backtest/windows.sql), so no scored window is unfitted. It is
+-- known from the first window on: sql/models/ensemble.sql moves the ensemble's scale towards the
 -- realized volume from then until its first fit, so that the fit does not step it.
 CREATE OR REPLACE TABLE calibration_span AS
 SELECT symbol, first_ts, last_ts,
@@ -312,7 +312,7 @@ INSERT INTO calibration_model_fit BY NAME
 SELECT problem_id AS fit_id, w AS model_weights FROM nnls('calibration_problems');
 
 -- The fitted weight of every group of the ensemble's pieces, per fit: a_model x s_role x q_tier
--- (1 = the default). sql/46_model_ensemble.sql opens the ensemble's pieces with the fit in force.
+-- (1 = the default). sql/models/ensemble.sql opens the ensemble's pieces with the fit in force.
 CREATE OR REPLACE TABLE ensemble_weights AS
 SELECT f.fit_id, f.symbol, f.applies_from, t.stop_loss_share, m.feature AS model, r.feature AS side_role,
        l.feature::INTEGER AS leverage,

@@ -1,6 +1,6 @@
 -- Layer 4: the models' outputs, per model and symbol: the heatmap (alive volume per time and price
 -- bucket), the alive levels and liquidation map at the last time, the predicted liquidations per
--- time bucket, and a comparison of the models. Exported to SQLite by sql/90_outputs.sql's rules.
+-- time bucket, and a comparison of the models. Exported to SQLite by sql/outputs/published.sql's rules.
 
 -- Each position's place on the time grid: the first grid time at or after it opened and the first
 -- at or after it was consumed (it is alive at grid times in between: opened <= t < consumed). The grid
@@ -18,7 +18,7 @@ SELECT p.*, greatest(grid_end_at_or_after(p.created_ts), s.first_end_ts) AS firs
 FROM positions p JOIN span s USING (symbol)
 WHERE grid_end_at_or_after(p.created_ts) <= s.last_end_ts;
 
--- The scale of alive levels (sql/50_lifecycle.sql) at every time of the grid, per model and side.
+-- The scale of alive levels (sql/lifecycle/positions.sql) at every time of the grid, per model and side.
 CREATE OR REPLACE TABLE grid_scale AS
 SELECT m.model, g.symbol, m.side, g.end_ts, coalesce(s.log_scale, 0) AS log_scale
 FROM time_grid g JOIN (SELECT DISTINCT model, symbol, side FROM level_scale) m USING (symbol)
@@ -28,7 +28,7 @@ ASOF LEFT JOIN level_scale s ON s.model = m.model AND s.symbol = g.symbol AND s.
 -- -volume where it is consumed, summed along time per level (the running sum after each change holds
 -- until the next change), times the open-interest scale. The running sums are taken over the sparse
 -- changes and only then spread over the grid: a running sum over the dense grid cost 2.4 s at 30 days.
--- A build computes the buckets that end at or after rebuild_from() (sql/00_macros.sql: the volume alive
+-- A build computes the buckets that end at or after rebuild_from() (sql/sources/macros.sql: the volume alive
 -- at a bucket's end reads the data up to that end, inclusive), and the heatmap (persisted) keeps the
 -- earlier ones summed over leverage: alive_cells is the build's own TEMP table, never written to the
 -- file (as a persisted table, checkpointing its 134 thousand new rows a day cost a day added 0.1 s of

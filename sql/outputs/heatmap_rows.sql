@@ -1,8 +1,8 @@
 -- Layer 4b: what the heatmap page and the heatmap stored query read, computed once here so that every
 -- request is an indexed read of a few rows (datasette.yaml's heatmap query): the heatmap as one row per
 -- time at a few resolutions, over every leverage tier and for each. Persisted and appended like the heatmap
--- (sql/60_model_outputs.sql): a build computes the rows of the time buckets it rebuilt, and keeps the earlier
--- ones. grid_prices is read by sql/65_page_outputs.sql too.
+-- (sql/outputs/model_outputs.sql): a build computes the rows of the time buckets it rebuilt, and keeps the earlier
+-- ones. grid_prices is read by sql/outputs/page_outputs.sql too.
 
 -- The trade price at every time of the grid: the bucket's bars (open, high, low, close) and the last
 -- close before its end, the "current price" of the map and the comparison.

@@ -3,10 +3,10 @@
 --   typed_*  every row, with its symbol and UTC time, a key and a hash of its values;
 --   stg_*    one row per key (the first file wins), limited to --start/--end, with rows that
 --            cannot be right (zero or negative prices, open interest or quantities) left out.
--- The same views serve twice. While a file is staged (stage.py, sql/staging/one_file.sql), they
+-- The same views serve twice. While a file is staged (stage.py, sql/staging/files.sql), they
 -- hold that file alone: its invalid rows and repeated keys are counted and left out of its Parquet.
 -- In a build they read the staged Parquet, where only keys repeated across files remain to drop.
--- Nothing is dropped silently: data_quality (sql/80_data_quality.sql) reports every row left out.
+-- Nothing is dropped silently: data_quality (sql/quality/data_quality.sql) reports every row left out.
 
 -- Each file's period as times: a daily file holds its day, a monthly file its month, each up to and
 -- including the next period's first instant (metrics were labelled at the end of each 5 minutes until
@@ -220,7 +220,7 @@ QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity, volum
 
 -- The period of each aggregated export, per symbol: the most common step between its consecutive times
 -- (the shortest of equally common ones), e.g. 4 h for an export with one row per 4 hours. Its rows say
--- nothing finer: a backtest window must hold whole periods (sql/25_backtest_windows.sql leaves out a
+-- nothing finer: a backtest window must hold whole periods (sql/backtest/windows.sql leaves out a
 -- horizon that does not, and build.py refuses a --horizons that does not before anything is staged,
 -- from this view over the files themselves). Binance's liquidationSnapshot files and forceOrder
 -- recordings hold single events: they have no period. symbol is NULL where the export has no symbol
