@@ -1,4 +1,4 @@
-"""The ensemble's walk-forward fit (sql/calibration/calibration.sql, sql/models/ensemble.sql, sql/lifecycle/positions.sql),
+"""The ensemble's walk-forward fit (sql/calibration/, sql/models/ensemble.sql, sql/lifecycle/positions.sql),
 issue 28, on the simulator's demo: the fitted scale applies once, every fitted term can be switched off,
 and the ensemble's levels fade at the one half-life of the churn that replaces them."""
 
@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from conftest import run_build
 
-# Scored from the third day on, when the first fit applies (sql/calibration/calibration.sql): every scored window is
+# Scored from the third day on, when the first fit applies (sql/calibration/): every scored window is
 # one a fit forecast out of sample, and each fit has two days or more to train on.
 FITTED_WINDOWS_ONLY = "backtest_warmup_s=259200"
 BUILDS = {

@@ -1,4 +1,4 @@
-"""Artefacts that look like market events (issue 29): a walk-forward fit of the ensemble (sql/calibration/calibration.sql,
+"""Artefacts that look like market events (issue 29): a walk-forward fit of the ensemble (sql/calibration/,
 sql/models/ensemble.sql) must not step its heatmap, and the warm start (positions opened before the data,
 sql/models/inputs.sql) must not draw as a few thin lines. Measured on the 4-day demo's heatmap, whose realized
 liquidations give the ensemble a fit every day from the third on."""

@@ -1,4 +1,4 @@
--- Layer 5a: the backtest's forecasts. A heatmap claims two things, and both are tested as forecasts:
+-- Backtest layer: the backtest's forecasts. A heatmap claims two things, and both are tested as forecasts:
 --   volume:   if price follows a path, about the alive levels it crosses are liquidated;
 --   location: liquidations happen where the levels are, more than distance from the price explains.
 -- At each forecast origin t (every multiple of the horizon h, UTC) the levels are frozen as they were
@@ -60,7 +60,7 @@ model_levels AS (
     WHERE c.created_ts <= c.origin_ts
     GROUP BY ALL
 ),
-unmodelled AS (     -- the ensemble's unmodelled part (sql/calibration/calibration.sql), at the share of the fit in force at t
+unmodelled AS (     -- the ensemble's unmodelled part (sql/calibration/), at the share of the fit in force at t
     SELECT 'ensemble' AS model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
            f.unmodelled_share * c.move_exposure_usd AS volume_usd
     FROM backtest_crossed_buckets c SEMI JOIN recent USING (symbol, horizon, origin_ts)

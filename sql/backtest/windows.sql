@@ -1,6 +1,6 @@
--- Layer 3e: what the backtest and the walk-forward fit are scored on. Realized liquidations; the
+-- Backtest layer: what the backtest and the walk-forward fit are scored on. Realized liquidations; the
 -- forecast windows (t, t + h] per horizon, with what the price path did in each; the price buckets the
--- path crossed; and the realized volume per window. The fit (sql/calibration/calibration.sql) and the
+-- path crossed; and the realized volume per window. The fit (sql/calibration/) and the
 -- backtest (sql/backtest/baselines.sql) both read these, so both see the same windows.
 
 -- Realized liquidations, one row per event (or per period and side for aggregated exports).

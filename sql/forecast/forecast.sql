@@ -1,4 +1,4 @@
--- Layer 5b: the forecast. The levels are one piece of evidence about what a window will liquidate; the
+-- Forecast layer: the forecast. The levels are one piece of evidence about what a window will liquidate; the
 -- position-free terms are others. The forecast is a walk-forward regression of each window's realized
 -- liquidation volume on both, per symbol, horizon and side, so that the levels are kept only for what
 -- they add: `forecast` uses every term, `forecast_without_levels` the position-free terms alone (it is
@@ -245,7 +245,7 @@ LEFT JOIN (SELECT symbol, horizon, origin_ts, side, any_value(total_usd) AS tota
 LEFT JOIN levels l USING (symbol, horizon, origin_ts, side, bucket_index)
 WHERE t.volume_usd > 0;
 
--- The forecast's fits beside the ensemble's in fitted_parameters (sql/calibration/calibration.sql), one row per
+-- The forecast's fits beside the ensemble's in fitted_parameters (sql/calibration/), one row per
 -- refit, predictor, horizon, side and coefficient, on the fit's scale (square roots of USD; funding in
 -- basis points per 8 h): forecast_<horizon>_<side>_<term>, _intercept and _volume_scale. Each is in force
 -- for the day after its applies_from (applies_to is never empty: the pages' banner is the ensemble's).

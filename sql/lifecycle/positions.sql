@@ -1,4 +1,4 @@
--- Layer 3g: the level lifecycle, shared by every model. A piece (sql/models/pieces.sql) stays alive until
+-- Lifecycle layer: the level lifecycle, shared by every model. A piece (sql/models/pieces.sql) stays alive until
 -- consumed (the first trigger bar after it opened whose range crosses its exact liquidation price:
 -- those positions are taken as liquidated), fades with age (churn), and shrinks when open interest
 -- falls by more than the model's own liquidations explain. Set-based throughout.
@@ -17,7 +17,7 @@
 -- time. The rate is one for every model and time (fade_half_life_h), the churn's: what fades is what the
 -- open-interest models reopen (oi_steps.churn_usd), so their alive volume, and the ensemble's made of
 -- their pieces, keeps its ratio to open interest (the ensemble's half-life is not fitted:
--- sql/calibration/calibration.sql says why). The ensemble's levels are also multiplied by its overall scale
+-- sql/calibration/ says why). The ensemble's levels are also multiplied by its overall scale
 -- (ensemble_scale: phased in from one fit to the next, never stepped; sql/models/ensemble.sql).
 -- Persisted: a build computes the steps from rebuild_from() on, carrying in what the last kept step left
 -- (log_shrink: the running sum of the shrinks; alive_weighed: of what opened less what was consumed).

@@ -1,10 +1,10 @@
 -- Model ensemble: a weighted mix of the three models' pieces, in which a weight is a share of the
 -- ensemble's volume. The models open very different amounts (trade_flow, from every large taker trade,
 -- opens several times what the open-interest models do), so each model's pieces are first rescaled to
--- the models' mean opened volume on the first day (ensemble_base, sql/calibration/calibration.sql); then weight
+-- the models' mean opened volume on the first day (ensemble_base, sql/calibration/); then weight
 -- 0.2 means 20 % of the ensemble's volume (defaults 0.5 / 0.3 / 0.2, this project's seed plan; they
 -- renormalise over the models with data: no aggTrades -> no trade_flow).
--- Where realized liquidations exist the mix is fitted walk-forward (sql/calibration/calibration.sql). A fit's
+-- Where realized liquidations exist the mix is fitted walk-forward (sql/calibration/). A fit's
 -- weights a_model x s_role x q_tier are split into its overall scale S (fitted / default volume of its
 -- training windows) and a shape (the weights / S). The ensemble's pieces carry the shape of the fit in force
 -- when they open (the defaults, 1, before the first fit), and its scale L(t) (a log, ensemble_scale) applies to
@@ -31,14 +31,14 @@
 --   * before the first fit, from the first window of realized data on, L moves from 0 (the defaults) towards
 --     ln R(t), where R(t) is the least-squares scale of the unfitted ensemble's crossed volume on the
 --     realized volume of the windows ended by t (the scale the first fit starts from, its ridge's centre:
---     sql/calibration/calibration.sql; on real BTCUSDT, R at the first fit was 0.041 and the fit's S 0.036), in a line
+--     sql/calibration/; on real BTCUSDT, R at the first fit was 0.041 and the fit's S 0.036), in a line
 --     that the first fit's ramp continues: the change is spread over the warm-up, which is not scored, and the
 --     first fit's day. Nothing can spread it further without reading the future or leaving more scored windows
 --     short of their fit: that is all the time there is.
 -- Nothing here reads realized data from after the time it is used at: a fit is used from its refit date
 -- on, R(t) reads the windows ended by t, and the first fit's date is known from the first window on. So the
 -- ensemble's backtest stays a forecast, and a build with a day added keeps every earlier scale.
--- The ensemble's levels fade at fade_half_life_h, as every model's (sql/calibration/calibration.sql says why the
+-- The ensemble's levels fade at fade_half_life_h, as every model's (sql/calibration/ says why the
 -- half-life is not fitted). The lifecycle is linear in volume, so the ensemble's heatmap, levels and
 -- predictions are that mix of the models' pieces.
 

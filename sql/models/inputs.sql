@@ -1,4 +1,4 @@
--- Layer 3c: what every model reads. Open-interest steps with their entry price, the volume they open
+-- Models layer: what every model reads. Open-interest steps with their entry price, the volume they open
 -- (a rise, plus the churn that reopens what fades) and the signals of which side is levered; the
 -- positions opened before the data (the warm start); the open-interest falls that shrink alive levels;
 -- and the trigger bars with a sparse table of their extremes (what consumes levels).
@@ -50,7 +50,7 @@ SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
        -- (sql/lifecycle/positions.sql) and, open interest being what it is, as much is reopened at this step's
        -- price: previous open interest x (1 - 2^(-step / half-life)). One half-life for both: the
        -- lifecycle fades every model's levels, the ensemble's included, at fade_half_life_h (it is not
-       -- fitted: sql/calibration/calibration.sql), so what is reopened is what faded.
+       -- fitted: sql/calibration/), so what is reopened is what faded.
        p.previous_open_interest * coalesce(p.step_price, c.close)
            * (1 - exp(-ln(2) * epoch(p.ts - p.previous_ts) / (3600 * param('fade_half_life_h')))) AS churn_usd,
        -- Account long/short ratio r = longs / shorts -> long share r / (1 + r); 50/50 without it.

@@ -1,4 +1,4 @@
--- Layer 3d: positions from openings, shared by every model. Each opening opens its volume on both
+-- Models layer: positions from openings, shared by every model. Each opening opens its volume on both
 -- sides (every contract has a long and a short) and spreads each side over the leverage tiers. The
 -- sides differ in leverage only: the side the model's signal s (-1 .. 1) says is levered gets the tier
 -- weights w(L) x L^(tilt x s), the other side w(L) x L^(-tilt x s), each renormalised to the opening's

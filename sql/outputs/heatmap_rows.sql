@@ -1,4 +1,4 @@
--- Layer 4b: what the heatmap page and the heatmap stored query read, computed once here so that every
+-- Outputs layer: what the heatmap page and the heatmap stored query read, computed once here so that every
 -- request is an indexed read of a few rows (datasette.yaml's heatmap query): the heatmap as one row per
 -- time at a few resolutions, over every leverage tier and for each. Persisted and appended like the heatmap
 -- (sql/outputs/model_outputs.sql): a build computes the rows of the time buckets it rebuilt, and keeps the earlier

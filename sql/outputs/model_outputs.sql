@@ -1,4 +1,4 @@
--- Layer 4: the models' outputs, per model and symbol: the heatmap (alive volume per time and price
+-- Outputs layer: the models' outputs, per model and symbol: the heatmap (alive volume per time and price
 -- bucket), the alive levels and liquidation map at the last time, the predicted liquidations per
 -- time bucket, and a comparison of the models. Exported to SQLite by sql/outputs/published.sql's rules.
 

@@ -1,4 +1,4 @@
--- Layer 4b: what the pages and stored queries read, computed once here so that every request is an
+-- Outputs layer: what the pages and stored queries read, computed once here so that every request is an
 -- indexed read of a few rows (datasette.yaml's queries): the liquidation map by leverage at every time,
 -- and the models compared at every time (the heatmap's rows and grid_prices: sql/outputs/heatmap_rows.sql).
 -- Persisted and appended like the heatmap (sql/outputs/model_outputs.sql): a build computes the rows of the

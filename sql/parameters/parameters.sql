@@ -1,4 +1,4 @@
--- Layer 3a: model parameters, as data. Each comes from a CSV under sql/seeds/ that the user can
+-- Parameters layer: model parameters, as data. Each comes from a CSV under sql/seeds/ that the user can
 -- replace (build.py --brackets, --leverage-tiers, --params) or override one by one (--param NAME=VALUE);
 -- build.py puts the file names in DuckDB variables and the overrides in parameter_overrides.
 

@@ -1,4 +1,4 @@
--- Layer 1: sources. One table per Binance file type, with the columns exactly as Binance writes
+-- Sources layer. One table per Binance file type, with the columns exactly as Binance writes
 -- them. stage.py reads each file once with DuckDB's read_csv into these tables, on a
 -- connection of its own, and writes the valid rows, one per key, to Parquet in the cache
 -- (sql/staging/files.sql). Rows that do not parse are not lost: DuckDB's reject tables are copied

@@ -1,4 +1,4 @@
--- Layer 2: staging. Typed, UTC, deduplicated views over the sources, with Binance's names turned
+-- Staging layer. Typed, UTC, deduplicated views over the sources, with Binance's names turned
 -- into the domain's (open_interest, funding_rate, taker_side ...). Two steps per file type:
 --   typed_*  every row, with its symbol and UTC time, a key and a hash of its values;
 --   stg_*    one row per key (the first file wins), limited to --start/--end, with rows that
