@@ -26,6 +26,7 @@ from .files import REALIZED_TYPES, discover, interval_name, interval_seconds, no
 from .incremental import build_key, open_build, previous_build, rebuild_from, sqlite_build_id
 from .options import DEFAULT_HORIZONS, BuildOptions, DemoOptions
 from .project import SQL_DIR, SQL_STAGES, BuildError, log
+from .source_file import SourceFile
 
 STAGES = SQL_STAGES
 
@@ -41,7 +42,7 @@ def run_sql_files(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
 
 
 def set_parameters(con, options: BuildOptions) -> None:
-    """Point the SQL at the seed files and record --param / --params overrides (checked in SQL)."""
+    """Point the SQL at the seed files and record the --param overrides (checked in SQL)."""
     for name in ("maintenance_brackets", "leverage_tiers", "model_parameters"):
         path = Path(getattr(options, name.removeprefix("model_")) or SQL_DIR / "seeds" / f"{name}.csv")
         if not path.is_file():
@@ -58,15 +59,15 @@ def set_parameters(con, options: BuildOptions) -> None:
             raise BuildError(f"--param {item}: expected NAME=NUMBER, e.g. --param price_bucket_usd=50") from None
 
 
-def write_build_info(con, options: BuildOptions, files: list[dict], key: str, since: str, choices: str) -> None:
+def write_build_info(con, options: BuildOptions, files: list[SourceFile], key: str, since: str, choices: str) -> None:
     info = {
         "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "build_id": uuid.uuid4().hex, "build_key": key, "rebuilt_from": since, "source_choices": choices,
         "data_dir": str(options.data), "symbols": ",".join(options.symbol or []) or "all found",
         "start": str(options.start or ""), "end": str(options.end or ""), "files_found": str(len(files)),
         # (the pages say so: a simulated market is a test bench, not the market)
-        "input_data": "simulated: build.py demo" if any(simulated(info["path"].resolve().parent) for info in files
-                                                         if info["period"]) else "Binance files",
+        "input_data": "simulated: build.py demo" if any(simulated(info.path.resolve().parent) for info in files
+                                                         if info.period) else "Binance files",
         "python": sys.version.split()[0], "duckdb": duckdb.__version__,
         "sqlite_utils": version("sqlite-utils"), "datasette": version("datasette"),
         "memory_limit": con.execute("SELECT current_setting('memory_limit')").fetchone()[0],
@@ -146,28 +147,28 @@ def check_arguments(options: BuildOptions) -> None:
             raise BuildError(str(error).removeprefix("Invalid Input Error: ")) from None
 
 
-def check_horizons(options: BuildOptions, files: list[dict]) -> None:
+def check_horizons(options: BuildOptions, files: list[SourceFile]) -> None:
     """Horizons given with --horizons that the data cannot score fail here, naming the horizon and the data, before
     anything is staged or written: a forecast window must hold whole bars of the prices that trigger liquidations
     (mark price where present, else trade price; the finest interval of each) and whole periods of every aggregated
     liquidation export (read from its times: stage.export_periods). sql/backtest/windows.sql applies the same rule
     to what was staged: there it leaves out the default horizons that no symbol can score, and says so."""
-    if options.horizons is None or not any(info["data_type"] in REALIZED_TYPES for info in files):
+    if options.horizons is None or not any(info.data_type in REALIZED_TYPES for info in files):
         return
     try:
         exports = stage.export_periods(files)
     except stage.StageError as error:
         raise BuildError(str(error)) from error
     # the symbols with realized liquidations: a recording may hold any, an export without a symbol column the build's
-    realized = {info["symbol"] for info in files if info["data_type"] == "liquidationSnapshot"} | {
-        symbol or "*" for _, symbol, _ in exports} | {"*" for info in files if info["data_type"] == "forceOrder"}
+    realized = {info.symbol for info in files if info.data_type == "liquidationSnapshot"} | {
+        symbol or "*" for _, symbol, _ in exports} | {"*" for info in files if info.data_type == "forceOrder"}
     limits = [(period_s, f"the {interval_name(period_s)} period of {Path(name).name}") for name, _, period_s in exports]
     bars: dict[str, dict[str, int]] = {}   # symbol -> kline type -> the finest interval's seconds
     for info in files:
-        if info["data_type"] in ("klines", "markPriceKlines") and info.get("status") != "skipped" and (
-                info["symbol"] in realized or "*" in realized):
-            kinds = bars.setdefault(info["symbol"], {})
-            kinds[info["data_type"]] = min(kinds.get(info["data_type"], 1 << 62), interval_seconds(info["kline_interval"]))
+        if info.data_type in ("klines", "markPriceKlines") and info.status != "skipped" and (
+                info.symbol in realized or "*" in realized):
+            kinds = bars.setdefault(info.symbol, {})
+            kinds[info.data_type] = min(kinds.get(info.data_type, 1 << 62), interval_seconds(info.kline_interval))
     for symbol, kinds in sorted(bars.items()):
         kind = "markPriceKlines" if "markPriceKlines" in kinds else "klines"
         limits.append((kinds[kind], f"the {interval_name(kinds[kind])} bars of {symbol} ({kind})"))
@@ -259,8 +260,8 @@ def build_locked(options: BuildOptions, db_path: Path, cache: Path) -> Path:
                 except stage.StageError as error:
                     raise BuildError(str(error)) from error
                 for info in files:
-                    if info["status"] != "loaded":
-                        log(f"{info['status']} {info['name']}: {info['detail']}")
+                    if info.status != "loaded":
+                        log(f"{info.status} {info.name}: {info.detail}")
                 since = rebuild_from(previous, files, options.end) if previous else "-infinity"
                 log("a full build" if since == "-infinity" else
                     f"incremental: the previous build's results before {since} are kept, the rest recomputed")

@@ -155,7 +155,7 @@ def test_a_full_disk_while_staging_is_not_taken_for_a_damaged_file(demo_dir, tmp
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        import build, stage
+        from liquidation_heatmap import files, stage
         files = files.discover(Path({str(demo_dir)!r}), [], None, None)
         try:
             stage.stage_files(files, Path({str(tmp_path / 'cache')!r}), 1, 512, print)
