@@ -17,7 +17,7 @@ from .project import DATABASE_NAME, ROOT, BuildError, log
 
 
 def load_metadata() -> dict:
-    # libyaml's loader where PyYAML has it: 0.006 s instead of 0.06 s, in every build
+    # libyaml's C loader where PyYAML has it: every build parses metadata.yml, and the pure-Python one is slow
     return yaml.load((ROOT / "metadata.yml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
@@ -31,8 +31,8 @@ SQLITE_TYPES = {"BIGINT": int, "INTEGER": int, "HUGEINT": int, "UBIGINT": int, "
 
 
 # An export of at most this many rows (an incremental build's, usually) is read from DuckDB first, so that
-# DuckDB's commit runs beside the writing of SQLite (DuckDB lets go of the GIL): a day added at 30 days
-# writes about 0.1 M rows, and its 0.4 s commit then costs no time of its own. More rows stream.
+# DuckDB's commit runs beside the writing of SQLite (DuckDB lets go of the GIL) and costs no time of its
+# own: a day added writes far fewer rows than this. More rows stream.
 PREFETCH_ROWS = 500_000
 
 
@@ -58,7 +58,7 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
                 committed = pool.submit(commit)
             for plan in plans:
                 write_table(con, db, plan)
-            db.close()   # (no VACUUM: a new file has no free pages, and it took 1.9 s at 30 days)
+            db.close()   # (no VACUUM: a new file has no free pages, and it rewrites the whole file)
             log(f"stored {answers.store_answers(tmp_path, DATABASE_NAME)} answers (the views pages ask for first)")
             with tmp_path.open("rb+") as written:
                 os.fsync(written.fileno())   # on disk before it replaces the old file
@@ -117,7 +117,7 @@ def write_table(con, db, plan: dict) -> None:
         db[table].create_index(index, if_not_exists=True)
     if "appended_from" in meta and not first:
         # SQLite's statistics let the next build's delete of the rows from `since` on skip-scan the
-        # key (model, symbol, ts, ...) instead of reading every row: 0.11 s -> 0.003 s at 30 days
+        # key (model, symbol, ts, ...) instead of reading every row
         db.execute(f"ANALYZE [{table}]")
     db.conn.commit()
     log(f"exported {table}: {db[table].count:,} rows" + (f" (from {first} on)" if first else ""))
@@ -135,7 +135,7 @@ def export_columns(relation) -> str:
 
 def describe_outputs(con, tables: dict[str, dict]) -> None:
     """Copy metadata.yml's descriptions onto the DuckDB tables, for users of the .duckdb file (in the
-    build's transaction: a commit per comment cost 0.15 s a build, one commit 0.07 s)."""
+    build's transaction: one commit, where a commit per comment writes to the file once a comment)."""
     views = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
     comments = []
     for table, meta in tables.items():

@@ -80,7 +80,7 @@ def open_build(duck_path: Path, duck_tmp: Path, previous) -> duckdb.DuckDBPyConn
     everything has run, the export included). After a previous build with the same key, that file itself,
     holding only its PERSISTED tables (the SQL recomputes their rows from rebuild_from on, and everything
     else): DuckDB drops an uncommitted transaction, at a failure and on recovery after a crash, so the
-    previous build's file stays whole (copying it first took 12 s at a year of data). Otherwise a new
+    previous build's file stays whole with no copy of it first (a copy writes every byte). Otherwise a new
     file beside it, which replaces it when done (a stopped build's is gone: clear_leftovers)."""
     try:
         con = duckdb.connect(str(duck_path if previous else duck_tmp))

@@ -33,7 +33,7 @@ from .source_file import SourceFile
 
 STAGE_SQL = [*SQL_STAGES["sources"], *SQL_STAGES["staging"]]  # the tables and views a file is read into
 CHECK_SQL = SQL_DIR / "staging" / "files.sql"
-# Parquet 2's encodings write a day of trades in 0.26 s (0.38 s as Parquet 1), half as large, and read faster
+# Parquet 2's encodings write trades faster than Parquet 1's, half as large, and read faster
 PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION V2"
 BATCH_BYTES = 8 << 20  # small files are staged many at a time, a large one alone
 KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines")
@@ -339,9 +339,9 @@ def stage_files(files: list[SourceFile], cache_root: Path, jobs: int, memory_lim
     log(f"checksums of {len(files)} files in {time.perf_counter() - started:.1f} s; "
         f"{len(files) - len(todo)} already staged, {len(todo)} to stage in {cache}")
     todo_batches = batches(todo)
-    # The cores shared among the large files staged at once: one large file alone gets them all (a day
-    # of 2 M trades in 1.6 s on 2 cores, 2.1 s on one), and many large files one core each (two DuckDB
-    # threads per file on 2 cores staged ten days in 12.5 s, one thread in 11.2 s).
+    # The cores shared among the large files staged at once: one large file alone gets them all (DuckDB
+    # reads and writes one file in parallel), and many large files one core each (more threads than
+    # cores only contend: the files are parallel already).
     large = sum(1 for batch in todo_batches if batch[0].path.stat().st_size > BATCH_BYTES)
     threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, large)))
     memory_mb = max(256, memory_limit_mb // max(1, jobs))
@@ -371,7 +371,7 @@ def stage_files(files: list[SourceFile], cache_root: Path, jobs: int, memory_lim
 
 
 def batches(files: list[SourceFile]) -> list[list[SourceFile]]:
-    """Files up to BATCH_BYTES together (a connection and the checks cost ~0.2 s a batch); a large file
+    """Files up to BATCH_BYTES together (a connection and the checks cost once a batch); a large file
     alone. Largest first, so that the small ones fill in beside it. Files read by header name stay among
     their own kind: which symbol an aggregated export without one is for depends on the other files."""
     out: list[tuple[int, str, list[SourceFile]]] = []   # (bytes, kind, files)
@@ -454,7 +454,7 @@ def source_views(con, files: list[SourceFile], path_key: str) -> None:
 
 
 def insert_rows(con, table: str, rows: list[tuple]) -> None:
-    """Many rows in one statement (a statement a row cost 0.3 s for a month's 150 files)."""
+    """Many rows in one statement (a statement a row is parsed and planned once for each row)."""
     for start in range(0, len(rows), 1000):
         chunk = rows[start:start + 1000]
         values = ", ".join(["(" + ", ".join("?" * len(chunk[0])) + ")"] * len(chunk))

@@ -9,7 +9,7 @@ SELECT symbol, ts, side, price, volume_usd, source FROM stg_realized_liquidation
 
 -- The windows of one horizon tile time: each starts on time_bucket's grid of that horizon. So the window
 -- that holds a time is found by arithmetic, and joins to it are equalities: a join on origin <= t < end
--- compared every row with every window of its symbol (75 s of a year's build at one refit a day: issue 11).
+-- compares every row with every window of its symbol: rows times windows, both growing with the days.
 CREATE OR REPLACE MACRO window_origin(horizon_s, ts) AS time_bucket(to_seconds(horizon_s), ts);
 -- A level consumed at t counts in the window (origin, origin + h] that holds t: what the levels frozen at
 -- the origin forecast. A consumption at the origin itself belongs to the window before.

@@ -69,7 +69,7 @@ WHERE piece_usd > 0 AND CASE side WHEN 'long' THEN liquidation_price < reference
 -- bar before rebuild_from() crosses a recrossed piece (it was crossed later, or not at all, by the same
 -- bars in the previous build), so its descent starts at the first bar from rebuild_from() on
 -- (trigger_ranges_from) and reads only the runs from there: each of its steps hashes those runs, not
--- the whole sparse table (a day added at 30 days: 24 thousand runs a step instead of 734 thousand).
+-- the whole sparse table, which grows with all the history, not with the days added.
 CREATE TABLE IF NOT EXISTS crossings (
     symbol VARCHAR, side VARCHAR, created_ts TIMESTAMP, liquidation_price DOUBLE, consumed_bar_ts TIMESTAMP,
     consumed_ts TIMESTAMP, blown_through BOOLEAN);

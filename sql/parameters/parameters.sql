@@ -22,8 +22,8 @@ FROM read_csv(getvariable('model_parameters_file'), header = true, auto_detect =
 LEFT JOIN parameter_overrides o USING (name);
 
 -- A parameter's value, as a constant: DuckDB folds it into each query when it plans it. (Read from the
--- table with a subquery, every use was a join of every row against it: at 30 days the heatmap's
--- positions went through three nested-loop joins for time_bucket_s alone.) sql/outputs/published.sql defines
+-- table with a subquery, every use is a join of every row against it: the heatmap's positions would
+-- go through three nested-loop joins for time_bucket_s alone.) sql/outputs/published.sql defines
 -- it again over the table for users of the .duckdb file, where the build's variable is gone.
 SET VARIABLE model_parameter_values = (SELECT map(list(name), list(value)) FROM model_parameters);
 CREATE OR REPLACE MACRO param(parameter_name) AS getvariable('model_parameter_values')[parameter_name];

@@ -6,9 +6,9 @@
 
 -- Files whose keys do not strictly rise row by row: only these can hold a key twice. Binance writes
 -- its rows in key order, so this is rarely any. Each row is compared with the row scanned before it
--- (a lag in scan order, with no sort: 0.08 s over a day of 2 M trades, where a lag ordered by row took
--- 0.26 s). Scan order is file order but for a few breaks (a join may move a block of rows); at a
--- break, the row is compared with the one before it in its file, found by a join. A missing key fails.
+-- (a lag in scan order, with no sort: a lag ordered by row sorts every row of the file first). Scan
+-- order is file order but for a few breaks (a join may move a block of rows); at a break, the row is
+-- compared with the one before it in its file, found by a join. A missing key fails.
 CREATE OR REPLACE TABLE stage_unordered AS
 WITH scanned AS (
     SELECT file_id, src_rowid, order_key,
@@ -40,8 +40,8 @@ WHERE is_valid GROUP BY ALL;
 -- apart (flash crashes wick 90 %), and one such trade (a misplaced digit) would put the trade-flow
 -- model's levels where nobody holds a position. (A bar's range is bounded alike: sql/staging/staging.sql.)
 CREATE OR REPLACE TABLE stage_far_trades AS
-WITH spread AS (   -- the files whose trades are that far apart at all (a min and a max: 0.05 s a day of 2 M trades,
-    -- where every file's median took 0.17 s)
+WITH spread AS (   -- the files whose trades are that far apart at all (a min and a max: cheaper than
+    -- every file's median)
     SELECT file_id FROM typed_trades WHERE is_valid GROUP BY file_id HAVING max(price) > 100 * min(price)
 ),
 medians AS (
