@@ -1,5 +1,5 @@
 -- Parameters layer: model parameters, as data. Each comes from a CSV under sql/seeds/ that the user can
--- replace (build.py --brackets, --leverage-tiers, --params) or override one by one (--param NAME=VALUE);
+-- replace (build.py --maintenance-brackets, --leverage-tiers, --parameters) or override one by one (--param NAME=VALUE);
 -- build.py puts the file names in DuckDB variables and the overrides in parameter_overrides.
 
 -- Binance's maintenance margin brackets: the bracket is chosen by the individual

@@ -152,5 +152,5 @@ CREATE TABLE src_liquidations_aggregated (
 -- The time window asked for with --start/--end (NULL: no bound). build.py fills one row.
 CREATE TABLE build_window (start_ts TIMESTAMP, end_ts TIMESTAMP);
 
--- Model parameters given on the command line (--param NAME=VALUE, --params FILE); see parameters/parameters.sql.
+-- Model parameters given on the command line (--param NAME=VALUE; a whole file: --parameters FILE); see parameters/parameters.sql.
 CREATE TABLE parameter_overrides (name VARCHAR PRIMARY KEY, value DOUBLE NOT NULL);
