@@ -15,41 +15,9 @@ import yaml
 from . import answers
 from .project import DATABASE_NAME, ROOT, BuildError, log
 
-# Indexes on every column a stored query or a page filters on.
-INDEXES = {"data_quality_problems": [["symbol"], ["problem"], ["severity"], ["data_type"]],
-           "data_coverage": [["symbol"], ["data_type"]], "source_files": [["symbol"], ["data_type"], ["status"]],
-           "price_klines": [["symbol", "ts"]], "open_interest": [["symbol", "ts"]], "funding_rates": [["symbol", "ts"]],
-           "levels_latest": [["model", "symbol", "side", "leverage"]],
-           "predicted_liquidations": [["model", "symbol", "ts"]], "liquidation_map_latest": [["model", "symbol"]],
-           "model_comparison": [["symbol"]], "realized_liquidations": [["symbol", "side", "ts"]],
-           "backtest_scores": [["symbol", "model"]], "backtest_skill": [["symbol", "horizon"]],
-           "backtest_series": [["symbol", "model", "horizon", "ts"]],
-           # the heatmap's rows by their key, with the cumulative cells the heatmap query chooses its resolution by.
-           # (Rowid tables, not WITHOUT ROWID ones under KEYS: a row's JSON array of up to 2 KB is more than such a
-           # table keeps in its page, and the rest took a page of its own: at 30 days heatmap_rows took 46 MB
-           # instead of 24 MB, the rows by leverage 134 MB instead of 76 MB, with their indexes.)
-           "heatmap_rows": [["model", "symbol", "time_bucket_s", "price_bucket_usd", "ts", "cumulative_cells"]],
-           "heatmap_rows_by_leverage": [["model", "symbol", "leverage", "time_bucket_s", "price_bucket_usd", "ts"]]}
-
-
-# Output tables stored under their natural key, WITHOUT ROWID and written in key order: the key is the
-# table, with no index beside it (the heatmap: 89 MB instead of 149 MB at 29 days, in the same time).
-KEYS = {"heatmap_cells": ["model", "symbol", "ts", "price_bucket"],
-        "map_levels": ["model", "symbol", "ts", "side", "leverage"], "models_compared": ["symbol", "ts", "model"]}
-
-
-# Output tables whose rows an incremental build appends instead of rewriting: their rows before the
-# first time the SQL recomputed (column, DuckDB expression) are the previous build's, unchanged (the
-# series from the staged files: those before rebuild_from come from the files the previous build read).
-APPENDED = {**{table: ("ts", "first_bucket_rebuilt()")
-               for table in ("heatmap_cells", "predicted_liquidations", "map_levels", "models_compared")},
-            **{table: ("ts", "page_rows_from()") for table in ("heatmap_rows", "heatmap_rows_by_leverage")},
-            **{table: ("ts", "rebuild_from()")
-               for table in ("price_klines", "open_interest", "funding_rates", "realized_liquidations")}}
-
 
 def load_metadata() -> dict:
-    # libyaml's loader where PyYAML has it: 0.006 s instead of 0.06 s, in every build
+    # libyaml's C loader where PyYAML has it: every build parses metadata.yml, and the pure-Python one is slow
     return yaml.load((ROOT / "metadata.yml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
@@ -63,15 +31,15 @@ SQLITE_TYPES = {"BIGINT": int, "INTEGER": int, "HUGEINT": int, "UBIGINT": int, "
 
 
 # An export of at most this many rows (an incremental build's, usually) is read from DuckDB first, so that
-# DuckDB's commit runs beside the writing of SQLite (DuckDB lets go of the GIL): a day added at 30 days
-# writes about 0.1 M rows, and its 0.4 s commit then costs no time of its own. More rows stream.
+# DuckDB's commit runs beside the writing of SQLite (DuckDB lets go of the GIL) and costs no time of its
+# own: a day added writes far fewer rows than this. More rows stream.
 PREFETCH_ROWS = 500_000
 
 
 def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None, commit) -> None:
     """Write the output tables to a new SQLite file, then swap it in: a failed build leaves the old one.
     With `since` (an incremental build, whose previous SQLite file matches its previous DuckDB file), the
-    new file starts as a copy of the previous one: the APPENDED tables keep their rows before `since` and
+    new file starts as a copy of the previous one: the appended tables (appended_from) keep their rows before `since` and
     get only the rows from then on; every other table is written whole. `commit` (the DuckDB build's) runs
     once every row is read, and the new file replaces the old one only after it succeeded."""
     tmp_path = db_path.with_name(db_path.name + ".tmp")   # (a stopped build's is gone: clear_leftovers)
@@ -82,7 +50,7 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
         # No journal and no sync per table: the file is new and swapped in whole, after one fsync below.
         db.execute("PRAGMA journal_mode = OFF")
         db.execute("PRAGMA synchronous = OFF")
-        plans = [export_plan(con, db, table, since) for table in tables]
+        plans = [export_plan(con, db, table, meta, since) for table, meta in tables.items()]
         prefetched = prefetch(con, plans) if since else None
         with ThreadPoolExecutor(max_workers=1) as pool:
             if prefetched:
@@ -90,7 +58,7 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
                 committed = pool.submit(commit)
             for plan in plans:
                 write_table(con, db, plan)
-            db.close()   # (no VACUUM: a new file has no free pages, and it took 1.9 s at 30 days)
+            db.close()   # (no VACUUM: a new file has no free pages, and it rewrites the whole file)
             log(f"stored {answers.store_answers(tmp_path, DATABASE_NAME)} answers (the views pages ask for first)")
             with tmp_path.open("rb+") as written:
                 os.fsync(written.fileno())   # on disk before it replaces the old file
@@ -114,30 +82,30 @@ def prefetch(con, plans: list[dict]) -> list[list[tuple]] | None:
     return out
 
 
-def export_plan(con, db, table: str, since: str | None) -> dict:
-    """How one table is exported: its SQLite columns, the query of its rows and, for an APPENDED table of
+def export_plan(con, db, table: str, meta: dict, since: str | None) -> dict:
+    """How one table is exported: its SQLite columns, the query of its rows and, for an appended table of
     an incremental build, the first time it rewrites."""
     relation = con.table(table)
     columns = {name: SQLITE_TYPES.get(str(kind).split("(")[0], str) for name, kind in zip(relation.columns, relation.types)}
-    appended = bool(since) and table in APPENDED and table in db.table_names()
-    where = f" WHERE {APPENDED[table][0]} >= {APPENDED[table][1]}" if appended else ""
-    order = " ORDER BY " + ", ".join(f'"{name}"' for name in KEYS[table]) if table in KEYS else ""
+    appended = bool(since) and "appended_from" in meta and table in db.table_names()
+    where = f" WHERE ts >= {meta['appended_from']}" if appended else ""
+    order = " ORDER BY " + ", ".join(f'"{name}"' for name in meta["key"]) if "key" in meta else ""
     # (times are ISO-8601 text in SQLite; 'infinity' sorts after every one)
-    first = con.execute(f"SELECT coalesce(iso_utc({APPENDED[table][1]}), 'infinity')").fetchone()[0] if appended else None
-    return {"table": table, "columns": columns, "first": first,
+    first = con.execute(f"SELECT coalesce(iso_utc({meta['appended_from']}), 'infinity')").fetchone()[0] if appended else None
+    return {"table": table, "columns": columns, "first": first, "meta": meta,
             "select": f"SELECT {export_columns(relation)} FROM {table}{where}{order}"}
 
 
 def write_table(con, db, plan: dict) -> None:
     """One table into the SQLite file: its rows from plan['first'] on replaced, or the whole table, from the
     rows read already (plan['rows']) or streamed from DuckDB."""
-    table, columns, first = plan["table"], plan["columns"], plan["first"]
+    table, columns, first, meta = plan["table"], plan["columns"], plan["first"], plan["meta"]
     if first:
-        db.conn.execute(f"DELETE FROM [{table}] WHERE [{APPENDED[table][0]}] >= ?", [first])
+        db.conn.execute(f"DELETE FROM [{table}] WHERE ts >= ?", [first])
     else:
         db[table].drop(ignore=True)
-        create = db.create_table_sql(table, columns, pk=KEYS.get(table)).rstrip().rstrip(";")
-        db.execute(create + (" WITHOUT ROWID" if table in KEYS else ""))
+        create = db.create_table_sql(table, columns, pk=meta.get("key")).rstrip().rstrip(";")
+        db.execute(create + (" WITHOUT ROWID" if "key" in meta else ""))
     insert = f"INSERT INTO [{table}] VALUES ({', '.join('?' * len(columns))})"
     if "rows" in plan:
         db.conn.executemany(insert, plan["rows"])
@@ -145,11 +113,11 @@ def write_table(con, db, plan: dict) -> None:
         cursor = con.execute(plan["select"])
         while batch := cursor.fetchmany(50_000):
             db.conn.executemany(insert, batch)
-    for index in INDEXES.get(table, []):
+    for index in meta.get("indexes", []):
         db[table].create_index(index, if_not_exists=True)
-    if table in APPENDED and not first:
+    if "appended_from" in meta and not first:
         # SQLite's statistics let the next build's delete of the rows from `since` on skip-scan the
-        # key (model, symbol, ts, ...) instead of reading every row: 0.11 s -> 0.003 s at 30 days
+        # key (model, symbol, ts, ...) instead of reading every row
         db.execute(f"ANALYZE [{table}]")
     db.conn.commit()
     log(f"exported {table}: {db[table].count:,} rows" + (f" (from {first} on)" if first else ""))
@@ -167,7 +135,7 @@ def export_columns(relation) -> str:
 
 def describe_outputs(con, tables: dict[str, dict]) -> None:
     """Copy metadata.yml's descriptions onto the DuckDB tables, for users of the .duckdb file (in the
-    build's transaction: a commit per comment cost 0.15 s a build, one commit 0.07 s)."""
+    build's transaction: one commit, where a commit per comment writes to the file once a comment)."""
     views = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
     comments = []
     for table, meta in tables.items():

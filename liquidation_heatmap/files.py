@@ -7,10 +7,12 @@ import datetime as dt
 import functools
 import re
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 from . import stage
 from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, BuildError, command_line, shown
+from .source_file import SourceFile
 from .stage import KLINE_TYPES, SOURCE_TABLES
 
 # Binance names every file SYMBOL-TYPE-PERIOD, or SYMBOL-INTERVAL-PERIOD for the kline types, whose
@@ -30,7 +32,7 @@ LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price"
 REALIZED_TYPES = ("liquidationSnapshot", "forceOrder", "liquidationsAggregated")
 
 
-def parse_file_name(path: Path) -> dict | None:
+def parse_file_name(path: Path) -> SourceFile | None:
     """What a Binance file holds, from its name and folders; None for any other file."""
     match = FILE_NAME.match(path.name)
     if not match:
@@ -41,8 +43,7 @@ def parse_file_name(path: Path) -> dict | None:
         kind = next((p for p in reversed(path.parts[:-1]) if p in KLINE_TYPES), "klines")
     if kind not in SOURCE_TABLES:
         return None
-    return {"path": path, "symbol": match["symbol"], "data_type": kind,
-            "kline_interval": interval, "period": match["period"]}
+    return SourceFile(path=path, symbol=match["symbol"], data_type=kind, kline_interval=interval, period=match["period"])
 
 
 def period_overlaps(period: str, start: dt.date | None, end: dt.date | None) -> bool:
@@ -51,7 +52,7 @@ def period_overlaps(period: str, start: dt.date | None, end: dt.date | None) -> 
     return (start is None or last >= start) and (end is None or first <= end)
 
 
-def liquidation_file(path: Path) -> dict | None:
+def liquidation_file(path: Path) -> SourceFile | None:
     """A forceOrder recording or an aggregated liquidation export (csv, or zip of one), by its header."""
     try:
         if path.suffix == ".zip":
@@ -64,14 +65,14 @@ def liquidation_file(path: Path) -> dict | None:
     except (OSError, zipfile.BadZipFile, IndexError):
         return None
     kind = next((kind for kind, needed in LIQUIDATION_HEADERS.items() if needed <= columns), None)
-    return kind and {"path": path, "symbol": "*", "data_type": kind, "kline_interval": None, "period": ""}
+    return kind and SourceFile(path=path, symbol="*", data_type=kind, kline_interval=None, period="")
 
 
-def recognise(path: Path) -> dict | None:
+def recognise(path: Path) -> SourceFile | None:
     return parse_file_name(path) or (liquidation_file(path) if path.suffix in (".csv", ".zip") else None)
 
 
-def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[Path] = ()) -> list[dict]:
+def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[Path] = ()) -> list[SourceFile]:
     """Every Binance file under data_dir (Vision layout or flat), zip preferred over a same-named csv,
     and every realized-liquidation file there or under --liquidations."""
     if not data_dir.is_dir():
@@ -81,23 +82,23 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
     if unknown := [str(p) for p in given if p.is_file() and not recognise(p) or not p.exists()]:
         raise BuildError(f"--liquidations {unknown[0]}: not a liquidationSnapshot, forceOrder (timestamp,symbol,side,"
                          "avg_price,filled_qty,usd_value) or aggregated (time,long_usd,short_usd) file")
-    found: dict[tuple, list[dict]] = {}
+    found: dict[tuple, list[SourceFile]] = {}
     for path in sorted(data_dir.rglob("*")) + [p for p in given if p.is_file()]:
         info = recognise(path) if path.is_file() else None
-        if info and (not symbols or info["symbol"] in (*symbols, "*")) and (
-                not info["period"] or period_overlaps(info["period"], start, end)):
+        if info and (not symbols or info.symbol in (*symbols, "*")) and (
+                not info.period or period_overlaps(info.period, start, end)):
             # how files are named in every report
-            info["name"] = str(path.relative_to(data_dir) if path.is_relative_to(data_dir) else path)
+            info.name = str(path.relative_to(data_dir) if path.is_relative_to(data_dir) else path)
             found.setdefault((path.parent.resolve(), path.stem), []).append(info)
     files = []
-    for zip_first in (sorted(same, key=lambda info: info["path"].suffix != ".zip") for same in found.values()):
+    for zip_first in (sorted(same, key=lambda info: info.path.suffix != ".zip") for same in found.values()):
         files.append(zip_first[0])
         for copy in zip_first[1:]:  # X.zip and X.csv side by side (an unzipped download): the zip is read
-            same = stage.same_as_zip(copy["path"], zip_first[0]["path"])
-            files.append({**copy, "status": "skipped", "problem": "unzipped_copy" if same else "csv_differs_from_zip",
-                          "detail": f"not read: {zip_first[0]['name']} beside it is read, "
-                                    + ("and holds the same CSV" if same else "and the CSV inside it differs from this one")})
-    check_not_mixed([info for info in files if info["path"].is_relative_to(data_dir)])
+            same = stage.same_as_zip(copy.path, zip_first[0].path)
+            files.append(replace(copy, status="skipped", problem="unzipped_copy" if same else "csv_differs_from_zip",
+                                 detail=f"not read: {zip_first[0].name} beside it is read, "
+                                 + ("and holds the same CSV" if same else "and the CSV inside it differs from this one")))
+    check_not_mixed([info for info in files if info.path.is_relative_to(data_dir)])
     return files
 
 
@@ -107,24 +108,24 @@ def simulated(folder: Path) -> bool:
     return (folder / "simulator" / "params.json").is_file() or folder.parent != folder and simulated(folder.parent)
 
 
-def check_not_mixed(files: list[dict]) -> None:
+def check_not_mixed(files: list[SourceFile]) -> None:
     """Simulated and real Binance files under one --data would merge into one series (both are BTCUSDT): refuse.
     (Realized-liquidation recordings, known by their header, are not Binance's files, and files given with
     --liquidations are the user's explicit choice: either may go with any build.)"""
-    kinds = {simulated(info["path"].resolve().parent): info["name"] for info in files if info["period"]}
+    kinds = {simulated(info.path.resolve().parent): info.name for info in files if info.period}
     if len(kinds) == 2:
         raise BuildError(f"refusing to mix simulated files (e.g. {kinds[True]}, written by `build.py demo`) with real "
                          f"ones (e.g. {kinds[False]}) in one build: build each folder apart with --data")
 
 
 def interval_seconds(name: str) -> int | None:
-    """A Binance interval name as seconds ('4h' -> 14400), as sql/00_macros.sql's interval_seconds; None if none."""
+    """A Binance interval name as seconds ('4h' -> 14400), as sql/sources/macros.sql's interval_seconds; None if none."""
     match = re.fullmatch(r"(\d+)([smhdwM])", name.strip())
     return match and int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000}[match[2]]
 
 
 def interval_name(seconds: int) -> str:
-    """Seconds as a Binance interval name: 14400 -> '4h' (sql/25_backtest_windows.sql's interval_name)."""
+    """Seconds as a Binance interval name: 14400 -> '4h' (sql/backtest/windows.sql's interval_name)."""
     return next(f"{seconds // n}{unit}" for n, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")) if seconds % n == 0)
 
 

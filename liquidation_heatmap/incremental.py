@@ -13,10 +13,11 @@ import duckdb
 
 from .options import BuildOptions
 from .project import SQL_DIR, BuildError
+from .source_file import SourceFile
 
 # Tables the SQL keeps from one build to the next (`CREATE TABLE IF NOT EXISTS`): an incremental
 # build recomputes only their rows from rebuild_from on.
-PERSISTED = sorted({name for path in SQL_DIR.glob("*.sql")
+PERSISTED = sorted({name for path in SQL_DIR.rglob("*.sql")
                     for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", path.read_text())})
 
 
@@ -55,14 +56,14 @@ def period_start(period: str, first_ts: str | None) -> dt.datetime | None:
     return min(starts) if starts else None
 
 
-def rebuild_from(previous: tuple[dict, list], files: list[dict], end: dt.date | None) -> str:
+def rebuild_from(previous: tuple[dict, list], files: list[SourceFile], end: dt.date | None) -> str:
     """The UTC day from which the SQL recomputes: the first day any new, changed or removed file holds,
     or the day after the earlier --end if it moved ('infinity' when nothing did; '-infinity', everything,
     when such a file has no time at all). Everything the SQL computes is causal (a row at time t reads
     nothing after t), so what lies before that day is what the previous build computed."""
     previous_info, previous_files = previous
     before = {(path, digest, status): (period, first) for path, digest, status, period, first in previous_files}
-    now = {(info["name"], info["sha256"], info["status"]): (info["period"], info.get("first_ts")) for info in files}
+    now = {(info.name, info.sha256, info.status): (info.period, info.first_ts) for info in files}
     starts = [period_start(*(before | now)[key]) for key in before.keys() ^ now.keys()]
     ends = {previous_info["end"], str(end or "")}
     if len(ends) > 1:
@@ -79,7 +80,7 @@ def open_build(duck_path: Path, duck_tmp: Path, previous) -> duckdb.DuckDBPyConn
     everything has run, the export included). After a previous build with the same key, that file itself,
     holding only its PERSISTED tables (the SQL recomputes their rows from rebuild_from on, and everything
     else): DuckDB drops an uncommitted transaction, at a failure and on recovery after a crash, so the
-    previous build's file stays whole (copying it first took 12 s at a year of data). Otherwise a new
+    previous build's file stays whole with no copy of it first (a copy writes every byte). Otherwise a new
     file beside it, which replaces it when done (a stopped build's is gone: clear_leftovers)."""
     try:
         con = duckdb.connect(str(duck_path if previous else duck_tmp))

@@ -25,9 +25,10 @@ from .export import describe_outputs, export_sqlite, load_metadata, output_table
 from .files import REALIZED_TYPES, discover, interval_name, interval_seconds, no_data_advice, simulated
 from .incremental import build_key, open_build, previous_build, rebuild_from, sqlite_build_id
 from .options import DEFAULT_HORIZONS, BuildOptions, DemoOptions
-from .project import SQL_DIR, BuildError, log
+from .project import SQL_DIR, SQL_STAGES, BuildError, log
+from .source_file import SourceFile
 
-SQL_FILES = sorted(p.name for p in SQL_DIR.glob("*.sql"))  # 00_macros.sql, 01_sources.sql, then the layers
+STAGES = SQL_STAGES
 
 
 
@@ -41,7 +42,7 @@ def run_sql_files(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
 
 
 def set_parameters(con, options: BuildOptions) -> None:
-    """Point the SQL at the seed files and record --param / --params overrides (checked in SQL)."""
+    """Point the SQL at the seed files and record the --param overrides (checked in SQL)."""
     for name in ("maintenance_brackets", "leverage_tiers", "model_parameters"):
         path = Path(getattr(options, name.removeprefix("model_")) or SQL_DIR / "seeds" / f"{name}.csv")
         if not path.is_file():
@@ -58,15 +59,15 @@ def set_parameters(con, options: BuildOptions) -> None:
             raise BuildError(f"--param {item}: expected NAME=NUMBER, e.g. --param price_bucket_usd=50") from None
 
 
-def write_build_info(con, options: BuildOptions, files: list[dict], key: str, since: str, choices: str) -> None:
+def write_build_info(con, options: BuildOptions, files: list[SourceFile], key: str, since: str, choices: str) -> None:
     info = {
         "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "build_id": uuid.uuid4().hex, "build_key": key, "rebuilt_from": since, "source_choices": choices,
         "data_dir": str(options.data), "symbols": ",".join(options.symbol or []) or "all found",
         "start": str(options.start or ""), "end": str(options.end or ""), "files_found": str(len(files)),
         # (the pages say so: a simulated market is a test bench, not the market)
-        "input_data": "simulated: build.py demo" if any(simulated(info["path"].resolve().parent) for info in files
-                                                         if info["period"]) else "Binance files",
+        "input_data": "simulated: build.py demo" if any(simulated(info.path.resolve().parent) for info in files
+                                                         if info.period) else "Binance files",
         "python": sys.version.split()[0], "duckdb": duckdb.__version__,
         "sqlite_utils": version("sqlite-utils"), "datasette": version("datasette"),
         "memory_limit": con.execute("SELECT current_setting('memory_limit')").fetchone()[0],
@@ -77,8 +78,8 @@ def write_build_info(con, options: BuildOptions, files: list[dict], key: str, si
 
 def create_sources(con, options: BuildOptions) -> None:
     """The empty source tables, the --start/--end window and the model parameters. (The time from which to
-    recompute, sql/00_macros.sql's rebuild_from, is everything until set_rebuild_from says otherwise.)"""
-    run_sql_files(con, SQL_FILES[:2])
+    recompute, sql/sources/macros.sql's rebuild_from, is everything until set_rebuild_from says otherwise.)"""
+    run_sql_files(con, STAGES["sources"])
     con.execute("INSERT INTO build_window VALUES (?, ?)",
                 [options.start, options.end + dt.timedelta(days=1) if options.end else None])
     set_parameters(con, options)
@@ -88,18 +89,22 @@ def set_rebuild_from(con, since: str) -> None:
     con.execute("SET VARIABLE rebuild_from = CAST(? AS TIMESTAMP)", [since])
 
 
-def run_models(con, names: list[str] = SQL_FILES[2:]) -> None:
-    """SQL layers after the sources (by default all: staging, parameters, models, data quality, outputs)."""
-    for name in names:
-        began = time.perf_counter()
-        run_sql_files(con, [name])
-        log(f"ran sql/{name} ({time.perf_counter() - began:.1f} s)")
+def run_stages(con, *stages: str) -> None:
+    """The named stages of sql/stages.yml, in order, each file timed (the build prints where its time goes)."""
+    for stage_name in stages:
+        for name in STAGES[stage_name]:
+            began = time.perf_counter()
+            run_sql_files(con, [name])
+            log(f"ran sql/{name} ({time.perf_counter() - began:.1f} s)")
+
+
+AFTER_STAGING = [name for name in STAGES if name not in ("sources", "staging")]   # the models and what follows
 
 
 def configure(con, memory_limit: str, spill_dir: Path) -> None:
     """Bound DuckDB's memory (what does not fit spills to disk) and keep its spill files with the build's
     temporary files. ASOF joins always as a sort-merge: DuckDB picks a nested loop when it estimates a small
-    input, and misestimates oi_steps' input at 0 rows (186 M intermediate rows at 30 days: issue 11)."""
+    input, and misestimates oi_steps' input at 0 rows (a nested loop compares every row with every row)."""
     try:
         con.execute(f"SET memory_limit = '{memory_limit}'")
     except duckdb.Error as error:
@@ -137,33 +142,33 @@ def check_arguments(options: BuildOptions) -> None:
     with duckdb.connect() as con:
         create_sources(con, options)
         try:
-            con.execute((SQL_DIR / "10_parameters.sql").read_text())
+            run_sql_files(con, STAGES["parameters"][:1])
         except duckdb.Error as error:
             raise BuildError(str(error).removeprefix("Invalid Input Error: ")) from None
 
 
-def check_horizons(options: BuildOptions, files: list[dict]) -> None:
+def check_horizons(options: BuildOptions, files: list[SourceFile]) -> None:
     """Horizons given with --horizons that the data cannot score fail here, naming the horizon and the data, before
     anything is staged or written: a forecast window must hold whole bars of the prices that trigger liquidations
     (mark price where present, else trade price; the finest interval of each) and whole periods of every aggregated
-    liquidation export (read from its times: stage.export_periods). sql/25_backtest_windows.sql applies the same rule
+    liquidation export (read from its times: stage.export_periods). sql/backtest/windows.sql applies the same rule
     to what was staged: there it leaves out the default horizons that no symbol can score, and says so."""
-    if options.horizons is None or not any(info["data_type"] in REALIZED_TYPES for info in files):
+    if options.horizons is None or not any(info.data_type in REALIZED_TYPES for info in files):
         return
     try:
         exports = stage.export_periods(files)
     except stage.StageError as error:
         raise BuildError(str(error)) from error
     # the symbols with realized liquidations: a recording may hold any, an export without a symbol column the build's
-    realized = {info["symbol"] for info in files if info["data_type"] == "liquidationSnapshot"} | {
-        symbol or "*" for _, symbol, _ in exports} | {"*" for info in files if info["data_type"] == "forceOrder"}
+    realized = {info.symbol for info in files if info.data_type == "liquidationSnapshot"} | {
+        symbol or "*" for _, symbol, _ in exports} | {"*" for info in files if info.data_type == "forceOrder"}
     limits = [(period_s, f"the {interval_name(period_s)} period of {Path(name).name}") for name, _, period_s in exports]
     bars: dict[str, dict[str, int]] = {}   # symbol -> kline type -> the finest interval's seconds
     for info in files:
-        if info["data_type"] in ("klines", "markPriceKlines") and info.get("status") != "skipped" and (
-                info["symbol"] in realized or "*" in realized):
-            kinds = bars.setdefault(info["symbol"], {})
-            kinds[info["data_type"]] = min(kinds.get(info["data_type"], 1 << 62), interval_seconds(info["kline_interval"]))
+        if info.data_type in ("klines", "markPriceKlines") and info.status != "skipped" and (
+                info.symbol in realized or "*" in realized):
+            kinds = bars.setdefault(info.symbol, {})
+            kinds[info.data_type] = min(kinds.get(info.data_type, 1 << 62), interval_seconds(info.kline_interval))
     for symbol, kinds in sorted(bars.items()):
         kind = "markPriceKlines" if "markPriceKlines" in kinds else "klines"
         limits.append((kinds[kind], f"the {interval_name(kinds[kind])} bars of {symbol} ({kind})"))
@@ -241,7 +246,7 @@ def build_locked(options: BuildOptions, db_path: Path, cache: Path) -> Path:
     duck_tmp = duck_path.with_name(duck_path.name + ".tmp")
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Staging reads only the files: the DuckDB file is opened, and the empty sources and the parameters
-        # set up, while it runs (about 0.1 s of a day added's 3.3 s at 30 days)
+        # set up, while it runs (none of that waits on the staged files)
         staging = pool.submit(stage.stage_files, files, cache, options.jobs,
                               memory_limit_mb(options.memory_limit), log)
         previous = None if options.full else previous_build(duck_path, key)
@@ -255,8 +260,8 @@ def build_locked(options: BuildOptions, db_path: Path, cache: Path) -> Path:
                 except stage.StageError as error:
                     raise BuildError(str(error)) from error
                 for info in files:
-                    if info["status"] != "loaded":
-                        log(f"{info['status']} {info['name']}: {info['detail']}")
+                    if info.status != "loaded":
+                        log(f"{info.status} {info.name}: {info.detail}")
                 since = rebuild_from(previous, files, options.end) if previous else "-infinity"
                 log("a full build" if since == "-infinity" else
                     f"incremental: the previous build's results before {since} are kept, the rest recomputed")
@@ -264,14 +269,14 @@ def build_locked(options: BuildOptions, db_path: Path, cache: Path) -> Path:
                 stage.register(con, files)
                 if not con.execute("SELECT count(*) FROM src_files WHERE status = 'loaded'").fetchone()[0]:
                     raise BuildError(f"none of the {len(files)} files under {options.data} could be read (see messages above)")
-                run_models(con, SQL_FILES[2:3])
+                run_stages(con, "staging")
                 choices = con.execute("SELECT choices FROM source_choices").fetchone()[0]
                 if since != "-infinity" and choices != previous[0].get("source_choices"):
                     log(f"a full build after all: the sources the models read changed (now {choices})")
                     since = "-infinity"
                     set_rebuild_from(con, since)
                 write_build_info(con, options, files, key, since, choices)
-                run_models(con, SQL_FILES[3:])
+                run_stages(con, *AFTER_STAGING)
                 backtest_horizons(con)
                 describe_outputs(con, tables)
                 summarize(con)
@@ -290,7 +295,7 @@ def build_locked(options: BuildOptions, db_path: Path, cache: Path) -> Path:
 
 
 def backtest_horizons(con) -> None:
-    """Say which horizons the backtest scored and which it could not, and why (sql/25_backtest_windows.sql; each
+    """Say which horizons the backtest scored and which it could not, and why (sql/backtest/windows.sql; each
     also a horizon_not_scored row of data_quality), and keep both, and the periods of aggregated exports, in
     build_info."""
     scored = ", ".join(h for h, _ in con.execute("SELECT DISTINCT horizon, horizon_s FROM backtest_windows WHERE scored "

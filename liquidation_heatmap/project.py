@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent    # the project: sql/, templates/, plugins/, the YAML, data/
 SQL_DIR = ROOT / "sql"
+SQL_STAGES: dict[str, list[str]] = yaml.safe_load((SQL_DIR / "stages.yml").read_text())   # stage -> files, in order
 DATA_DIR = ROOT / "data" / "raw"                 # real Binance files (what `fetch` writes)
 DEFAULT_DB = ROOT / "data" / "liquidations.db"
 DEMO_DIR = ROOT / "data" / "demo"                # the simulated demo, apart: its files in raw/, its own database

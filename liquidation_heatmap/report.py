@@ -39,7 +39,7 @@ def backtest_report(db_path: Path) -> str:
     lines = ["| symbol | horizon | model | side | " + " | ".join(REPORT_METRICS) + " | calibration |",
              "|---" * (len(REPORT_METRICS) + 5) + "|"]
     for key in keys:
-        # (in bold where the skill's 90 % interval lies above 0: sql/72_backtest_scores.sql)
+        # (in bold where the skill's 90 % interval lies above 0: sql/backtest/scores.sql)
         cells = [("**{}**" if skill[(*key, m)][3] else "{}").format(
                      f"{skill[(*key, m)][0]:.2f} ({skill[(*key, m)][1]:+.2f} vs {skill[(*key, m)][2]})")
                  if (*key, m) in skill else "" for m in REPORT_METRICS]

@@ -87,7 +87,7 @@ def serve(options: ServeOptions) -> None:
         address = f"[{options.host}]" if ":" in options.host else options.host   # (an IPv6 address in a URL: bracketed)
         log(f"serving {db_path} at http://{address}:{options.port}/ (the heatmap: /heatmap; Ctrl-C to stop)")
         from datasette.cli import cli
-        cli.main(options=command[command.index("serve"):], prog_name="datasette")
+        cli.main(args=command[command.index("serve"):], prog_name="datasette")
     except KeyboardInterrupt:   # (Ctrl-C before Datasette has set up its own handling)
         raise SystemExit(128 + signal.SIGINT) from None
     finally:

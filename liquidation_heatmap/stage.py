@@ -1,7 +1,7 @@
 """Staging: every source file read once into typed, deduplicated Parquet, kept in a cache by checksum.
 
 A batch of files is staged on a DuckDB connection of its own. Each file is verified against Binance's
-.CHECKSUM, read with read_csv (in the columns of its src_* table, sql/01_sources.sql) straight into a
+.CHECKSUM, read with read_csv (in the columns of its src_* table, sql/sources/sources.sql) straight into a
 Parquet of its rows, and checked through the staging views over that Parquet by
 sql/staging/files.sql (unparseable rows, invalid values, keys repeated in the file). Its valid rows,
 one per key, become CACHE/<version>/<type>/<symbol>/<period>-<sha256>.parquet, with a JSON file beside
@@ -23,15 +23,17 @@ import time
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
 
-ROOT = Path(__file__).resolve().parent.parent   # the project
-SQL_DIR = ROOT / "sql"
-STAGE_SQL = ["00_macros.sql", "01_sources.sql", "02_staging.sql"]  # the tables and views a file is read into
+from .project import ROOT, SQL_DIR, SQL_STAGES
+from .source_file import SourceFile
+
+STAGE_SQL = [*SQL_STAGES["sources"], *SQL_STAGES["staging"]]  # the tables and views a file is read into
 CHECK_SQL = SQL_DIR / "staging" / "files.sql"
-# Parquet 2's encodings write a day of trades in 0.26 s (0.38 s as Parquet 1), half as large, and read faster
+# Parquet 2's encodings write trades faster than Parquet 1's, half as large, and read faster
 PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION V2"
 BATCH_BYTES = 8 << 20  # small files are staged many at a time, a large one alone
 KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines")
@@ -163,13 +165,13 @@ def same_as_zip(csv_path: Path, zip_path: Path) -> bool:
 DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
+def unpack(info: SourceFile, tmp: Path, n_columns: int | None) -> dict:
     """Make one file readable by read_csv and look at its first line. Sets status, problem, has_header and csv_path.
 
     A zip whose sha256 matches Binance's CHECKSUM is handed to DuckDB as gzip; any other zip is unzipped,
     so that zipfile checks its CRC (DuckDB does not check a gzip's): damaged bytes are never read as rows."""
-    path = info["path"]
-    info = {**info, "status": "quarantined", "problem": None, "detail": None, "has_header": None, "csv_path": None}
+    path = info.path
+    info = replace(info, status="quarantined", problem=None, detail=None, has_header=None, csv_path=None)
     csv_path = path
     if path.suffix == ".zip":
         try:
@@ -179,11 +181,11 @@ def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
                     raise zipfile.BadZipFile(f"expected one CSV inside, found {len(members)}")
                 with archive.open(members[0]) as src:
                     first_line = src.readline().decode("utf-8", errors="replace")
-                if info["checksum"] == "ok" and members[0].compress_type == zipfile.ZIP_DEFLATED:
-                    csv_path = tmp / f"{info['sha256']}.csv.gz"
+                if info.checksum == "ok" and members[0].compress_type == zipfile.ZIP_DEFLATED:
+                    csv_path = tmp / f"{info.sha256}.csv.gz"
                     gzip_of(path, members[0], csv_path)
                 else:
-                    csv_path = tmp / f"{info['sha256']}.csv"
+                    csv_path = tmp / f"{info.sha256}.csv"
                     with archive.open(members[0]) as src, csv_path.open("wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
         # (zipfile raises NotImplementedError for a method or version it lacks, RuntimeError for an encrypted member,
@@ -191,13 +193,13 @@ def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as error:
             if isinstance(error, OSError) and error.errno in DISK_ERRORS:
                 raise   # the disk's fault, not the file's: the build stops (a quarantine would be kept in the cache)
-            return {**info, "problem": "unreadable_zip", "detail": f"{path.name}: {error}"}
+            return replace(info, problem="unreadable_zip", detail=f"{path.name}: {error}")
     else:
         with path.open(encoding="utf-8", errors="replace") as f:
             first_line = f.readline()
     first_line = first_line.lstrip("\ufeff").strip()
     if not first_line:
-        return {**info, "problem": "empty_file", "detail": f"{path.name} holds no rows"}
+        return replace(info, problem="empty_file", detail=f"{path.name} holds no rows")
     fields = [field.strip().strip('"') for field in first_line.split(",")]
     # Binance files have a header in some periods and not in others: a header's fields are column names; a data
     # row's are numbers, 'YYYY-MM-DD ...' times and a symbol. So a header has no field that begins with a digit, and
@@ -206,8 +208,8 @@ def unpack(info: dict, tmp: Path, n_columns: int | None) -> dict:
     if has_header and n_columns and len(fields) != n_columns:
         return {**info, "problem": "unexpected_columns",
                 "detail": f"{path.name}: header has {len(fields)} columns ({first_line[:120]}), "
-                          f"a {info['data_type']} file has {n_columns}"}
-    return {**info, "status": "loaded", "has_header": has_header, "csv_path": str(csv_path)}
+                          f"a {info.data_type} file has {n_columns}"}
+    return replace(info, status="loaded", has_header=has_header, csv_path=str(csv_path))
 
 
 # ---------------------------------------------------------------- staging one file
@@ -240,36 +242,36 @@ def stage_connection(threads: int, memory_limit: str, spill: Path) -> duckdb.Duc
     return con
 
 
-def read_file(con, info: dict, file_id: int, tmp: Path) -> dict:
+def read_file(con, info: SourceFile, file_id: int, tmp: Path) -> dict:
     """Read one file into a Parquet of its rows as they are (tmp/<file_id>.parquet, in file order); rows
     DuckDB cannot parse go to DuckDB's reject tables. Straight from read_csv to Parquet: holding a day of
     trades in a table first, then writing it, cost a pass more."""
-    table = SOURCE_TABLES[info["data_type"]]
-    by_name = info["data_type"] in BY_NAME
+    table = SOURCE_TABLES[info.data_type]
+    by_name = info.data_type in BY_NAME
     columns = source_columns(con, table)
     info = unpack(info, tmp, None if by_name else len(columns))
     raw = tmp / f"{file_id}.parquet"
     try:
-        if info["status"] == "loaded" and by_name:   # (small files whose columns vary: matched to the table's by name)
+        if info.status == "loaded" and by_name:   # (small files whose columns vary: matched to the table's by name)
             con.execute(f"INSERT INTO {table} BY NAME SELECT *, {file_id} AS file_id FROM read_csv(?, header = true, "
-                        "all_varchar = true)", [info["csv_path"]])
+                        "all_varchar = true)", [info.csv_path])
             names = ", ".join(f'"{name}"' for name in columns)
             con.execute(f"COPY (SELECT {names} FROM {table} WHERE file_id = {file_id}) TO '{raw}' ({PARQUET_OPTIONS})")
-        elif info["status"] == "loaded":
+        elif info.status == "loaded":
             con.execute(f"COPY (SELECT * FROM read_csv(?, header = ?, auto_detect = false, delim = ',', quote = '\"', "
                         "columns = ?, timestampformat = '%Y-%m-%d %H:%M:%S', store_rejects = true)) "
-                        f"TO '{raw}' ({PARQUET_OPTIONS})", [info["csv_path"], info["has_header"], columns])
+                        f"TO '{raw}' ({PARQUET_OPTIONS})", [info.csv_path, info.has_header, columns])
     except duckdb.Error as error:
-        info.update(status="quarantined", problem="unreadable_csv", detail=f"{info['name']}: {error}")
+        info = replace(info, status="quarantined", problem="unreadable_csv", detail=f"{info.name}: {error}")
     con.execute("INSERT INTO src_files (file_id, path, symbol, data_type, kline_interval, period, has_header, checksum, "
                 "status, csv_path, staged_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
-                 info["has_header"], info["checksum"], info["status"], info["csv_path"],
-                 str(raw) if info["status"] == "loaded" else None])   # (the src_* views join on it)
-    return {**info, "raw_path": raw if info["status"] == "loaded" else None}
+                [file_id, info.name, info.symbol, info.data_type, info.kline_interval, info.period,
+                 info.has_header, info.checksum, info.status, info.csv_path,
+                 str(raw) if info.status == "loaded" else None])   # (the src_* views join on it)
+    return replace(info, raw_path=raw if info.status == "loaded" else None)
 
 
-def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
+def stage_batch(con, batch: list[SourceFile], tmp: Path) -> list[SourceFile]:
     """Stage a batch of files: each to its target (.parquet, with .json beside it)."""
     for name in STAGE_SQL:
         run_sql(con, SQL_DIR / name)
@@ -283,23 +285,23 @@ def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
     dropped = {file_id for (file_id,) in con.execute("SELECT DISTINCT file_id FROM stage_dropped").fetchall()}
     records = []
     for file_id, info in enumerate(infos, 1):
-        record = {key: info[key] for key in ("status", "problem", "detail", "has_header")}
-        if info["status"] == "loaded":
+        record = {key: getattr(info, key) for key in ("status", "problem", "detail", "has_header")}
+        if info.status == "loaded":
             stats = con.execute("SELECT rows_read, rows_staged, first_ts::VARCHAR, last_ts::VARCHAR FROM stage_stats "
                                 "WHERE file_id = ?", [file_id]).fetchone()
             record.update(zip(LOADED_STATS, stats or (0, 0, None, None)))
             record["quality"] = [dict(zip(QUALITY_COLUMNS, row)) for row in con.execute(
                 f"SELECT {', '.join(QUALITY_COLUMNS)} FROM stage_quality WHERE file_id = ?", [file_id]).fetchall()]
-            target = info["target"].with_suffix(".parquet")
+            target = info.target.with_suffix(".parquet")
             if file_id in dropped:   # (rarely: the file's Parquet is written again without them)
                 part = target.with_name(f".{target.name}.tmp")
                 con.execute(f"COPY (SELECT * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true) "
                             f"WHERE file_row_number NOT IN (SELECT src_rowid FROM stage_dropped WHERE file_id = {file_id})) "
-                            f"TO '{part}' ({PARQUET_OPTIONS})", [str(info["raw_path"])])
+                            f"TO '{part}' ({PARQUET_OPTIONS})", [str(info.raw_path)])
                 os.replace(part, target)
             else:
-                os.replace(info["raw_path"], target)
-        write_atomic(info["target"].with_suffix(".json"), json.dumps(record))
+                os.replace(info.raw_path, target)
+        write_atomic(info.target.with_suffix(".json"), json.dumps(record))
         records.append(record)
     return records
 
@@ -307,14 +309,14 @@ def stage_batch(con, batch: list[dict], tmp: Path) -> list[dict]:
 # ---------------------------------------------------------------- staging every file
 
 
-def cache_target(cache: Path, info: dict) -> Path:
+def cache_target(cache: Path, info: SourceFile) -> Path:
     """Where a file's Parquet and JSON live: by type, symbol and period, named by checksum."""
-    folder = cache / info["data_type"] / info["symbol"].replace("*", "all-symbols")
-    return folder / f"{info['period'] or 'any'}{'-' + info['kline_interval'] if info['kline_interval'] else ''}" \
-                    f"-{info['sha256'][:24]}"
+    folder = cache / info.data_type / info.symbol.replace("*", "all-symbols")
+    return folder / f"{info.period or 'any'}{'-' + info.kline_interval if info.kline_interval else ''}" \
+                    f"-{info.sha256[:24]}"
 
 
-def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb: int, log) -> list[dict]:
+def stage_files(files: list[SourceFile], cache_root: Path, jobs: int, memory_limit_mb: int, log) -> list[SourceFile]:
     """Stage every file the cache lacks, `jobs` at a time; return each file with what staging found."""
     cache = cache_root / version()
     for stale in (p for p in cache_root.glob("*") if p.is_dir() and p != cache and len(p.name) == 12):
@@ -324,30 +326,30 @@ def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb:
     checksums = Checksums(cache_root / "checksums.json")
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:   # (hashlib lets go of the GIL: one file per core)
-        digests = list(pool.map(checksums.of, [info["path"] for info in files]))
+        digests = list(pool.map(checksums.of, [info.path for info in files]))
     for info, digest in zip(files, digests, strict=True):
-        info["sha256"] = digest
-        info["checksum"] = checksum_status(info["path"], info["sha256"]) if info["path"].suffix == ".zip" else "absent"
-        info["target"] = cache_target(cache, info)
+        info.sha256 = digest
+        info.checksum = checksum_status(info.path, info.sha256) if info.path.suffix == ".zip" else "absent"
+        info.target = cache_target(cache, info)
     if removed := checksums.prune(cache):
         log(f"removed {removed} staged files from the cache: their source files are gone or changed")
     checksums.save()
-    todo = [info for info in files if info["checksum"] != "mismatch" and info.get("status") != "skipped"
-            and not info["target"].with_suffix(".json").exists()]
+    todo = [info for info in files if info.checksum != "mismatch" and info.status != "skipped"
+            and not info.target.with_suffix(".json").exists()]
     log(f"checksums of {len(files)} files in {time.perf_counter() - started:.1f} s; "
         f"{len(files) - len(todo)} already staged, {len(todo)} to stage in {cache}")
     todo_batches = batches(todo)
-    # The cores shared among the large files staged at once: one large file alone gets them all (a day
-    # of 2 M trades in 1.6 s on 2 cores, 2.1 s on one), and many large files one core each (two DuckDB
-    # threads per file on 2 cores staged ten days in 12.5 s, one thread in 11.2 s).
-    large = sum(1 for batch in todo_batches if batch[0]["path"].stat().st_size > BATCH_BYTES)
+    # The cores shared among the large files staged at once: one large file alone gets them all (DuckDB
+    # reads and writes one file in parallel), and many large files one core each (more threads than
+    # cores only contend: the files are parallel already).
+    large = sum(1 for batch in todo_batches if batch[0].path.stat().st_size > BATCH_BYTES)
     threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, large)))
     memory_mb = max(256, memory_limit_mb // max(1, jobs))
 
-    def work(batch: list[dict]) -> tuple[list[dict], float]:
+    def work(batch: list[SourceFile]) -> tuple[list[SourceFile], float]:
         began = time.perf_counter()
         for info in batch:
-            info["target"].parent.mkdir(parents=True, exist_ok=True)
+            info.target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="stage-", dir=cache) as tmp, \
                 stage_connection(threads, f"{memory_mb}MB", Path(tmp) / "spill") as con:
             return stage_batch(con, batch, Path(tmp)), time.perf_counter() - began
@@ -360,22 +362,22 @@ def stage_files(files: list[dict], cache_root: Path, jobs: int, memory_limit_mb:
             try:
                 records, seconds = future.result()
             except (duckdb.Error, OSError) as error:
-                raise StageError(f"{batch[0]['name']}: staging failed: {error}") from error
+                raise StageError(f"{batch[0].name}: staging failed: {error}") from error
             done += len(batch)
             rows = sum(record.get("rows_read") or 0 for record in records)
-            log(f"staged {done}/{len(todo)} files: {batch[0]['name']}" + (f" and {len(batch) - 1} more" if len(batch) > 1
+            log(f"staged {done}/{len(todo)} files: {batch[0].name}" + (f" and {len(batch) - 1} more" if len(batch) > 1
                 else "") + f" ({rows:,} rows, {seconds:.1f} s)")
-    return [{**info, **staged(info)} for info in files]
+    return [replace(info, **staged(info)) for info in files]
 
 
-def batches(files: list[dict]) -> list[list[dict]]:
-    """Files up to BATCH_BYTES together (a connection and the checks cost ~0.2 s a batch); a large file
+def batches(files: list[SourceFile]) -> list[list[SourceFile]]:
+    """Files up to BATCH_BYTES together (a connection and the checks cost once a batch); a large file
     alone. Largest first, so that the small ones fill in beside it. Files read by header name stay among
     their own kind: which symbol an aggregated export without one is for depends on the other files."""
-    out: list[tuple[int, str, list[dict]]] = []   # (bytes, kind, files)
-    for info in sorted(files, key=lambda info: (SOURCE_TABLES[info["data_type"]], info["name"])):
-        size = info["path"].stat().st_size
-        kind = info["data_type"] if info["data_type"] in BY_NAME else "typed"
+    out: list[tuple[int, str, list[SourceFile]]] = []   # (bytes, kind, files)
+    for info in sorted(files, key=lambda info: (SOURCE_TABLES[info.data_type], info.name)):
+        size = info.path.stat().st_size
+        kind = info.data_type if info.data_type in BY_NAME else "typed"
         if out and out[-1][1] == kind and out[-1][0] + size <= BATCH_BYTES:
             out[-1] = (out[-1][0] + size, kind, out[-1][2] + [info])
         else:
@@ -383,33 +385,33 @@ def batches(files: list[dict]) -> list[list[dict]]:
     return [batch for _, _, batch in sorted(out, key=lambda entry: -entry[0])]
 
 
-def staged(info: dict) -> dict:
+def staged(info: SourceFile) -> dict:
     """What the cache says of a file (a checksum mismatch is never staged: it is quarantined as it is; a file
     skipped when it was found, a CSV beside its zip, is not read)."""
-    if info.get("status") == "skipped":
+    if info.status == "skipped":
         return {"has_header": None, "quality": []}
-    if info["checksum"] == "mismatch":
+    if info.checksum == "mismatch":
         return {"status": "quarantined", "problem": "checksum_mismatch", "has_header": None, "quality": [],
-                "detail": f"sha256 of {info['path'].name} differs from {info['path'].name}.CHECKSUM; file not ingested"}
-    record = json.loads(info["target"].with_suffix(".json").read_text())
-    return {"quality": [], "staged_path": str(info["target"].with_suffix(".parquet"))
+                "detail": f"sha256 of {info.path.name} differs from {info.path.name}.CHECKSUM; file not ingested"}
+    record = json.loads(info.target.with_suffix(".json").read_text())
+    return {"quality": [], "staged_path": str(info.target.with_suffix(".parquet"))
             if record["status"] == "loaded" else None, **record}
 
 
-def export_periods(files: list[dict]) -> list[tuple[str, str | None, int]]:
-    """(name, symbol, period in seconds) of each aggregated liquidation export, by sql/02_staging.sql's
+def export_periods(files: list[SourceFile]) -> list[tuple[str, str | None, int]]:
+    """(name, symbol, period in seconds) of each aggregated liquidation export, by sql/staging/staging.sql's
     liquidation_periods over the files themselves, read in memory: build.py checks --horizons against them
     before anything is staged or written. (The symbols of the kline files are named too, unread: an export
     without a symbol column belongs to the only symbol whose klines are found, as in a build.)"""
-    exports = [info for info in files if info["data_type"] == "liquidationsAggregated" and info.get("status") != "skipped"]
+    exports = [info for info in files if info.data_type == "liquidationsAggregated" and info.status != "skipped"]
     if not exports:
         return []
     with tempfile.TemporaryDirectory(prefix="liquidation-periods-") as tmp, duckdb.connect() as con:
         for name in STAGE_SQL:
             run_sql(con, SQL_DIR / name)
         for file_id, info in enumerate(exports, 1):
-            read_file(con, {**info, "checksum": "absent", "sha256": f"export-{file_id}"}, file_id, Path(tmp))
-        symbols = sorted({info["symbol"] for info in files if info["data_type"] in ("klines", "markPriceKlines")})
+            read_file(con, replace(info, checksum="absent", sha256=f"export-{file_id}"), file_id, Path(tmp))
+        symbols = sorted({info.symbol for info in files if info.data_type in ("klines", "markPriceKlines")})
         insert_rows(con, "src_files", [(len(exports) + i, "", symbol, "klines", None, "", None, "absent", "loaded",
                                         *[None] * 11) for i, symbol in enumerate(symbols, 1)])
         return con.execute("SELECT f.path, p.symbol, p.period_s FROM liquidation_periods p JOIN src_files f USING (file_id) "
@@ -419,26 +421,26 @@ def export_periods(files: list[dict]) -> list[tuple[str, str | None, int]]:
 # ---------------------------------------------------------------- a build reads the cache
 
 
-def register(con, files: list[dict]) -> None:
+def register(con, files: list[SourceFile]) -> None:
     """Fill src_files and stage_quality, and turn each src_* table with staged files into a view over them."""
     for file_id, info in enumerate(files, 1):
-        info["file_id"] = file_id
+        info.file_id = file_id
     insert_rows(con, "src_files", [
-        (file_id, info["name"], info["symbol"], info["data_type"], info["kline_interval"], info["period"],
-         info["has_header"], info["checksum"], info["status"], info["problem"], info["detail"], None,
-         info.get("staged_path"), info["sha256"], *(info.get(key) for key in LOADED_STATS), None, None)
+        (file_id, info.name, info.symbol, info.data_type, info.kline_interval, info.period,
+         info.has_header, info.checksum, info.status, info.problem, info.detail, None,
+         info.staged_path, info.sha256, *(getattr(info, key) for key in LOADED_STATS), None, None)
         for file_id, info in enumerate(files, 1)])
-    insert_rows(con, "stage_quality", [(info["file_id"], *row.values()) for info in files for row in info["quality"]])
+    insert_rows(con, "stage_quality", [(info.file_id, *row.values()) for info in files for row in info.quality])
     source_views(con, files, "staged_path")
 
 
-def source_views(con, files: list[dict], path_key: str) -> None:
-    """Turn each src_* table with files into a view over their Parquet (info[path_key]), joined to
+def source_views(con, files: list[SourceFile], path_key: str) -> None:
+    """Turn each src_* table with files into a view over their Parquet (the path_key attribute), joined to
     src_files (whose staged_path names it) for the file's columns. Used by staging and by a build alike."""
     for table in sorted(set(SOURCE_TABLES.values())):
         # (two files with the same bytes share one Parquet: each row then comes once per file, as it would unstaged)
-        paths = sorted({str(info[path_key]) for info in files
-                        if info.get(path_key) and SOURCE_TABLES[info["data_type"]] == table})
+        paths = sorted({str(getattr(info, path_key)) for info in files
+                        if getattr(info, path_key) and SOURCE_TABLES[info.data_type] == table})
         if paths:
             present = {name for (name,) in con.execute(
                 "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]).fetchall()}
@@ -452,7 +454,7 @@ def source_views(con, files: list[dict], path_key: str) -> None:
 
 
 def insert_rows(con, table: str, rows: list[tuple]) -> None:
-    """Many rows in one statement (a statement a row cost 0.3 s for a month's 150 files)."""
+    """Many rows in one statement (a statement a row is parsed and planned once for each row)."""
     for start in range(0, len(rows), 1000):
         chunk = rows[start:start + 1000]
         values = ", ".join(["(" + ", ".join("?" * len(chunk[0])) + ")"] * len(chunk))

@@ -294,7 +294,7 @@ def test_trivial_predictors_show_no_skill(eight_days, tmp_path):
         shutil.copy(eight_days[seed, "true"].with_suffix(".duckdb"), copy)
         con = duckdb.connect(str(copy))
         con.execute(TRIVIAL_PREDICTORS)
-        con.execute((ROOT / "sql" / "72_backtest_scores.sql").read_text())
+        con.execute((ROOT / "sql" / "backtest/scores.sql").read_text())
         skill = con.execute("SELECT model, side, horizon, metric, skill, verdict FROM backtest_skill "
                             "WHERE model LIKE 'trivial%'").fetchall()
         assert len({r[0] for r in skill}) == 5 and len(skill) > 100

@@ -48,7 +48,7 @@ def test_demo_build_exports_every_described_table(demo_db):
             assert meta["description"]
         # the heatmap is stored under its key (WITHOUT ROWID): one cell per model, symbol, time and bucket
         keyed = [c[1] for c in sorted(con.execute("PRAGMA table_info(heatmap_cells)"), key=lambda c: c[5]) if c[5]]
-        assert keyed == export.KEYS["heatmap_cells"] == ["model", "symbol", "ts", "price_bucket"]
+        assert keyed == export.output_tables(export.load_metadata())["heatmap_cells"]["key"] == ["model", "symbol", "ts", "price_bucket"]
         assert "WITHOUT ROWID" in con.execute("SELECT sql FROM sqlite_master WHERE name = 'heatmap_cells'").fetchone()[0]
         assert not con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'heatmap_cells' "
                                "AND sql IS NOT NULL").fetchall()   # the key is the table: no index beside it

@@ -1,4 +1,4 @@
-"""The ensemble's walk-forward fit (sql/45_calibration.sql, sql/46_model_ensemble.sql, sql/50_lifecycle.sql),
+"""The ensemble's walk-forward fit (sql/calibration/, sql/models/ensemble.sql, sql/lifecycle/positions.sql),
 issue 28, on the simulator's demo: the fitted scale applies once, every fitted term can be switched off,
 and the ensemble's levels fade at the one half-life of the churn that replaces them."""
 
@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from conftest import run_build
 
-# Scored from the third day on, when the first fit applies (sql/45_calibration.sql): every scored window is
+# Scored from the third day on, when the first fit applies (sql/calibration/): every scored window is
 # one a fit forecast out of sample, and each fit has two days or more to train on.
 FITTED_WINDOWS_ONLY = "backtest_warmup_s=259200"
 BUILDS = {
@@ -50,7 +50,7 @@ def test_the_ensemble_forecasts_what_its_fit_predicts(builds):
                                    "AND horizon = '1h' AND metric = 'calibration'").fetchall())
     realized = dict(con.execute("SELECT side, sum(realized_usd) FROM backtest_series WHERE model = 'ensemble' "
                                 "AND horizon = '1h' GROUP BY side").fetchall())
-    # the unmodelled part of the forecast (sql/70_backtest.sql): the fit's share x naive_move's volume
+    # the unmodelled part of the forecast (sql/backtest/baselines.sql): the fit's share x naive_move's volume
     unmodelled = dict(con.execute("""
         SELECT c.side, sum(f.unmodelled_share * c.move_exposure_usd)
         FROM backtest_crossed_buckets c JOIN backtest_windows w USING (symbol, horizon, origin_ts)

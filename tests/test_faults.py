@@ -88,8 +88,8 @@ def kill_at(command: list[str], line_starts: str, delay_s: float) -> list[str]:
 
 KILLS = {   # where: (what the log says then, how long after, the build's arguments)
     "staging": ("checksums of", 0.3, ["--full", "--cache", "{fresh}"]),   # (staging the demo takes a second)
-    "running the models": ("ran sql/40_pieces", 0, ["--full"]),
-    "running the models of an incremental build": ("ran sql/50_lifecycle", 0, []),   # DuckDB's file opened in place
+    "running the models": ("ran sql/models/pieces", 0, ["--full"]),
+    "running the models of an incremental build": ("ran sql/lifecycle/positions", 0, []),   # DuckDB's file opened in place
     "exporting": ("exported heatmap_cells", 0, ["--full"]),
 }
 
@@ -155,7 +155,7 @@ def test_a_full_disk_while_staging_is_not_taken_for_a_damaged_file(demo_dir, tmp
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        import build, stage
+        from liquidation_heatmap import files, stage
         files = files.discover(Path({str(demo_dir)!r}), [], None, None)
         try:
             stage.stage_files(files, Path({str(tmp_path / 'cache')!r}), 1, 512, print)

@@ -1,4 +1,4 @@
-"""The forecast (sql/71_forecast.sql): a walk-forward ridge regression of realized liquidations on the
+"""The forecast (sql/forecast/forecast.sql): a walk-forward ridge regression of realized liquidations on the
 position-free terms and the models' crossed levels, scored beside the same regression without the levels
 (forecast_without_levels, also the baseline baseline_blend), and churn_only, binance_standard without
 open-interest deltas. On the shared 4-day demo build."""

@@ -1,4 +1,4 @@
-"""The heatmap's rows (sql/64_heatmap_rows.sql) and the heatmap stored query that reads them (datasette.yaml): every
+"""The heatmap's rows (sql/outputs/heatmap_rows.sql) and the heatmap stored query that reads them (datasette.yaml): every
 leverage tier and each tier, the resolution chosen, and a range never answered with nothing."""
 
 import datetime as dt

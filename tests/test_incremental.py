@@ -157,7 +157,7 @@ def test_a_failed_or_killed_build_leaves_the_previous_duckdb_file_whole(demo_dir
     process = subprocess.Popen([sys.executable, str(project.ROOT / "build.py"), "build", "--data", str(demo_dir),
                                 "--db", str(db)], stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
-        if "ran sql/40_pieces.sql" in line:
+        if "ran sql/models/pieces.sql" in line:
             process.kill()
             break
     assert process.wait() == -signal.SIGKILL

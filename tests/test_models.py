@@ -30,7 +30,7 @@ def build_args(*params: str):
 def macros():
     con = duckdb.connect()
     pipeline.create_sources(con, build_args())
-    pipeline.run_sql_files(con, ["02_staging.sql", "10_parameters.sql", "11_liquidation_price.sql"])
+    pipeline.run_stages(con, "staging", "parameters")
     return con
 
 
@@ -111,12 +111,12 @@ def synthetic_build(oi_changes: list[float], returns: list[float], *params: str)
         ts = T0 + dt.timedelta(minutes=5 * step)
         metrics.append((ts, "BTCUSDT", oi, oi * closes[min(5 * step, len(closes) - 1)], 1.0, 1.0, 1.2, 1.0, 1))
     con.executemany("INSERT INTO src_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", metrics)
-    pipeline.run_models(con)
+    pipeline.run_stages(con, "staging", *pipeline.AFTER_STAGING)
     return con
 
 
 def scale_lookup(con, model: str, side: str):
-    """The scale of a model's alive levels on one side at time t (sql/50_lifecycle.sql, level_scale)."""
+    """The scale of a model's alive levels on one side at time t (sql/lifecycle/positions.sql, level_scale)."""
     rows = con.execute("SELECT ts, log_scale FROM level_scale WHERE model = ? AND side = ? ORDER BY ts",
                        [model, side]).fetchall()
     times = [r[0] for r in rows]
@@ -369,7 +369,7 @@ def market(bars: list[tuple], metrics: list[tuple], funding: list[tuple] = (), *
                     [(t, oi, oi * 60_000) for t, oi in metrics])
     if funding:
         con.executemany("INSERT INTO src_funding_rate VALUES (?, ?, ?, 2)", [(ms(t), h, r) for t, h, r in funding])
-    pipeline.run_models(con)
+    pipeline.run_stages(con, "staging", *pipeline.AFTER_STAGING)
     return con
 
 

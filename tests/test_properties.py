@@ -16,7 +16,7 @@ import calendar
 import datetime as dt
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from liquidation_heatmap import files, stage
+from liquidation_heatmap.source_file import SourceFile
 
 DAY_MS = 86_400_000
 MAX_ROWS = 25
@@ -231,11 +232,11 @@ def any_file(containers) -> st.SearchStrategy[BinanceFile]:
 # ---------------------------------------------------------------- staging
 
 
-def stage_in(folder: Path, paths: list[Path]) -> dict[str, dict]:
+def stage_in(folder: Path, paths: list[Path]) -> dict[str, SourceFile]:
     """Stage files found under folder/data (as a build finds them) into folder/cache: each one's record, by name."""
     data = folder / "data"
-    infos = [{**files.parse_file_name(path), "name": str(path.relative_to(data))} for path in paths]
-    return {Path(staged["name"]).name: staged
+    infos = [replace(files.parse_file_name(path), name=str(path.relative_to(data))) for path in paths]
+    return {Path(staged.name).name: staged
             for staged in stage.stage_files(infos, folder / "cache", 1, 512, lambda message: None)}
 
 
@@ -243,7 +244,7 @@ def staged_rows(staged: dict) -> tuple[list[str], list[tuple]]:
     """The columns and rows of a file's staged Parquet, in file order."""
     with duckdb.connect() as con:
         result = con.execute("SELECT * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true) "
-                             "ORDER BY file_row_number", [staged["staged_path"]])
+                             "ORDER BY file_row_number", [staged.staged_path])
         return [column[0] for column in result.description], result.fetchall()
 
 
@@ -262,9 +263,9 @@ def test_valid_files_are_staged_as_exactly_their_rows(download):
         records = stage_in(Path(tmp), [file.write(Path(tmp) / "data") for file in download])
         for file in download:
             staged = records[file.name]
-            assert (staged["status"], staged["problem"], staged["quality"]) == ("loaded", None, []), file.name
-            assert staged["has_header"] == file.header, file.name
-            assert staged["rows_read"] == staged["rows_staged"] == len(file.rows), file.name
+            assert (staged.status, staged.problem, staged.quality) == ("loaded", None, []), file.name
+            assert staged.has_header == file.header, file.name
+            assert staged.rows_read == staged.rows_staged == len(file.rows), file.name
             columns, rows = staged_rows(staged)
             assert columns == list(COLUMNS[file.data_type]), file.name
             assert bits(rows) == bits(file.expected()), file.name
@@ -359,14 +360,14 @@ def test_a_damaged_zip_is_quarantined_reported_or_staged_unchanged(original, dam
         path = original.write(Path(tmp) / "data")
         path.write_bytes(damage.apply(path.read_bytes()))
         staged = stage_in(Path(tmp), [path])[path.name]
-        event(f"{staged['status']} {staged['problem'] or ''}{' reported' if staged['quality'] else ''}")
-        if staged["status"] == "quarantined":
-            assert staged["problem"] and path.name in staged["detail"], staged
+        event(f"{staged.status} {staged.problem or ''}{' reported' if staged.quality else ''}")
+        if staged.status == "quarantined":
+            assert staged.problem and path.name in staged.detail, staged
         else:
-            assert staged["status"] == "loaded", staged
+            assert staged.status == "loaded", staged
             rows, expected = bits(staged_rows(staged)[1]), bits(original.expected())
             assert is_subsequence(rows, expected), "rows that the file does not hold were staged"
-            assert rows == expected or staged["quality"], "rows were left out, and nothing was reported"
+            assert rows == expected or staged.quality, "rows were left out, and nothing was reported"
 
 
 # ---------------------------------------------------------------- damaged plain CSVs
@@ -417,9 +418,9 @@ def test_a_cut_line_or_a_letter_in_a_number_is_reported_with_its_line(original, 
     with tempfile.TemporaryDirectory() as tmp:
         path = original.write(Path(tmp) / "data", rows)
         staged = stage_in(Path(tmp), [path])[path.name]
-        assert staged["status"] == "loaded", staged
-        unparseable = [row for row in staged["quality"] if row["problem"] == "unparseable_rows"]
+        assert staged.status == "loaded", staged
+        unparseable = [row for row in staged.quality if row["problem"] == "unparseable_rows"]
         assert [(row["line"], row["rows_affected"]) for row in unparseable] == [(original.line(index), 1)], \
-            staged["quality"]
+            staged.quality
         assert f"line {original.line(index)}" in unparseable[0]["detail"]
         assert bits(staged_rows(staged)[1]) == bits(original.expected(rows[:index] + rows[index + 1:]))

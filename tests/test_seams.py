@@ -1,6 +1,6 @@
-"""Artefacts that look like market events (issue 29): a walk-forward fit of the ensemble (sql/45_calibration.sql,
-sql/46_model_ensemble.sql) must not step its heatmap, and the warm start (positions opened before the data,
-sql/20_model_inputs.sql) must not draw as a few thin lines. Measured on the 4-day demo's heatmap, whose realized
+"""Artefacts that look like market events (issue 29): a walk-forward fit of the ensemble (sql/calibration/,
+sql/models/ensemble.sql) must not step its heatmap, and the warm start (positions opened before the data,
+sql/models/inputs.sql) must not draw as a few thin lines. Measured on the 4-day demo's heatmap, whose realized
 liquidations give the ensemble a fit every day from the third on."""
 
 import datetime as dt

@@ -2,6 +2,7 @@
 
 import re
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -9,6 +10,7 @@ import pytest
 from conftest import copy_tree, daily_file, read_zip_lines, remove, run_build, write_zip_lines
 
 from liquidation_heatmap import stage
+from liquidation_heatmap.source_file import SourceFile
 
 
 def staged_files(cache: Path) -> dict[str, float]:
@@ -105,19 +107,19 @@ def test_staged_parquet_holds_the_valid_rows_once(demo_dir, tmp_path):
     bad = lines[3].split(",")
     bad[2], bad[3] = "0", "0"                 # high and low of 0: not a price
     write_zip_lines(klines, lines[:3] + [",".join(bad)] + lines[4:] + [lines[10]])
-    info = {"path": klines, "name": klines.name, "symbol": "BTCUSDT", "data_type": "klines", "kline_interval": "1m",
-            "period": "2024-09-02"}
+    info = SourceFile(path=klines, name=klines.name, symbol="BTCUSDT", data_type="klines", kline_interval="1m",
+                      period="2024-09-02")
     metrics = daily_file(data, "metrics", "2024-09-02")   # staged in the same batch, from another src_* table
-    other = {"path": metrics, "name": metrics.name, "symbol": "BTCUSDT", "data_type": "metrics", "kline_interval": None,
-             "period": "2024-09-02"}
+    other = SourceFile(path=metrics, name=metrics.name, symbol="BTCUSDT", data_type="metrics", kline_interval=None,
+                       period="2024-09-02")
     assert stage.batches([info, other]) == [[info, other]]
     staged, staged_metrics = stage.stage_files([info, other], tmp_path / "cache", 1, 512, lambda message: None)
-    assert staged_metrics["quality"] == [] and duckdb.sql(f"SELECT count(*) FROM '{staged_metrics['staged_path']}'").fetchall()[0][0] \
-        == staged_metrics["rows_staged"] == len(read_zip_lines(metrics)) - 1   # every row but the header
-    assert staged["status"] == "loaded" and staged["rows_read"] == len(lines)   # every data row, plus the repeat
-    problems = {row["problem"]: row["rows_affected"] for row in staged["quality"]}
+    assert staged_metrics.quality == [] and duckdb.sql(f"SELECT count(*) FROM '{staged_metrics.staged_path}'").fetchall()[0][0] \
+        == staged_metrics.rows_staged == len(read_zip_lines(metrics)) - 1   # every row but the header
+    assert staged.status == "loaded" and staged.rows_read == len(lines)   # every data row, plus the repeat
+    problems = {row["problem"]: row["rows_affected"] for row in staged.quality}
     assert problems == {"invalid_price_bar": 1, "duplicate_rows": 1}
-    [rows] = duckdb.sql(f"SELECT count(*), count(DISTINCT open_time) FROM '{staged['staged_path']}'").fetchall()
+    [rows] = duckdb.sql(f"SELECT count(*), count(DISTINCT open_time) FROM '{staged.staged_path}'").fetchall()
     assert rows == (len(lines) - 2, len(lines) - 2)   # less the header and the invalid row, the repeat once
 
 
@@ -149,7 +151,7 @@ def test_a_zip_vouched_for_by_its_checksum_is_read_as_gzip_and_any_other_is_unzi
     klines = daily_file(demo_dir, "klines", "2024-09-02", interval="1m")
     staged, csv_paths = {}, []
     monkeypatch.setattr(stage, "read_file", lambda *args, read=stage.read_file: csv_paths.append(
-        (info := read(*args))["csv_path"]) or info)
+        (info := read(*args)).csv_path) or info)
     for case in ("checksum", "no checksum", "damaged"):
         folder = tmp_path / case.replace(" ", "-")
         folder.mkdir()
@@ -160,25 +162,25 @@ def test_a_zip_vouched_for_by_its_checksum_is_read_as_gzip_and_any_other_is_unzi
         if case == "damaged":
             data[len(data) // 2] ^= 0x01   # one bit in the middle of the compressed CSV
         path.write_bytes(data)
-        info = {"path": path, "name": path.name, "symbol": "BTCUSDT", "data_type": "klines", "kline_interval": "1m",
-                "period": "2024-09-02"}
+        info = SourceFile(path=path, name=path.name, symbol="BTCUSDT", data_type="klines", kline_interval="1m",
+                          period="2024-09-02")
         [staged[case]] = stage.stage_files([info], folder / "cache", 1, 512, lambda message: None)
     assert [Path(p or "").name.split(".", 1)[-1] for p in csv_paths] == ["csv.gz", "csv", ""]   # (the last not read)
-    assert staged["checksum"]["checksum"] == "ok" and staged["no checksum"]["checksum"] == "absent"
-    assert duckdb.sql(f"SELECT * FROM '{staged['checksum']['staged_path']}' EXCEPT ALL "
-                      f"SELECT * FROM '{staged['no checksum']['staged_path']}'").fetchall() == []
-    assert staged["checksum"]["rows_staged"] == staged["no checksum"]["rows_staged"] == 1440
-    assert staged["damaged"]["status"] == "quarantined" and staged["damaged"]["problem"] == "unreadable_zip"
-    assert "CRC" in staged["damaged"]["detail"] or "decompress" in staged["damaged"]["detail"]
+    assert staged["checksum"].checksum == "ok" and staged["no checksum"].checksum == "absent"
+    assert duckdb.sql(f"SELECT * FROM '{staged['checksum'].staged_path}' EXCEPT ALL "
+                      f"SELECT * FROM '{staged['no checksum'].staged_path}'").fetchall() == []
+    assert staged["checksum"].rows_staged == staged["no checksum"].rows_staged == 1440
+    assert staged["damaged"].status == "quarantined" and staged["damaged"].problem == "unreadable_zip"
+    assert "CRC" in staged["damaged"].detail or "decompress" in staged["damaged"].detail
 
 
 def test_changed_staging_sql_restages(demo_dir, tmp_path, monkeypatch):
-    info = {"path": daily_file(demo_dir, "metrics", "2024-09-01")}
-    info.update(name=info["path"].name, symbol="BTCUSDT", data_type="metrics", kline_interval=None, period="2024-09-01")
+    path = daily_file(demo_dir, "metrics", "2024-09-01")
+    info = SourceFile(path=path, name=path.name, symbol="BTCUSDT", data_type="metrics", kline_interval=None, period="2024-09-01")
     messages: list[str] = []
-    stage.stage_files([dict(info)], tmp_path, 1, 512, messages.append)
+    stage.stage_files([replace(info)], tmp_path, 1, 512, messages.append)
     monkeypatch.setattr(stage, "version", lambda: "0123456789ab")
-    stage.stage_files([dict(info)], tmp_path, 1, 512, messages.append)
+    stage.stage_files([replace(info)], tmp_path, 1, 512, messages.append)
     assert any("removed the cache of older staging SQL" in m for m in messages)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["0123456789ab"]
 

@@ -1,14 +1,14 @@
 -- Staging a batch of files (stage.py): run on a connection of its own whose src_* views read those
 -- files' rows only (each file's Parquet as read_csv wrote it, rows in file order), with the staging
--- views of sql/02_staging.sql over them. A file with rows dropped here has its Parquet written again.
+-- views of sql/staging/staging.sql over them. A file with rows dropped here has its Parquet written again.
 -- What is found here is found once per file and kept in the cache beside its Parquet, so a build never
 -- reads its raw rows again.
 
 -- Files whose keys do not strictly rise row by row: only these can hold a key twice. Binance writes
 -- its rows in key order, so this is rarely any. Each row is compared with the row scanned before it
--- (a lag in scan order, with no sort: 0.08 s over a day of 2 M trades, where a lag ordered by row took
--- 0.26 s). Scan order is file order but for a few breaks (a join may move a block of rows); at a
--- break, the row is compared with the one before it in its file, found by a join. A missing key fails.
+-- (a lag in scan order, with no sort: a lag ordered by row sorts every row of the file first). Scan
+-- order is file order but for a few breaks (a join may move a block of rows); at a break, the row is
+-- compared with the one before it in its file, found by a join. A missing key fails.
 CREATE OR REPLACE TABLE stage_unordered AS
 WITH scanned AS (
     SELECT file_id, src_rowid, order_key,
@@ -38,10 +38,10 @@ WHERE is_valid GROUP BY ALL;
 
 -- Trades priced over 100 times above or below their file's median: no market trades a day a hundredfold
 -- apart (flash crashes wick 90 %), and one such trade (a misplaced digit) would put the trade-flow
--- model's levels where nobody holds a position. (A bar's range is bounded alike: sql/02_staging.sql.)
+-- model's levels where nobody holds a position. (A bar's range is bounded alike: sql/staging/staging.sql.)
 CREATE OR REPLACE TABLE stage_far_trades AS
-WITH spread AS (   -- the files whose trades are that far apart at all (a min and a max: 0.05 s a day of 2 M trades,
-    -- where every file's median took 0.17 s)
+WITH spread AS (   -- the files whose trades are that far apart at all (a min and a max: cheaper than
+    -- every file's median)
     SELECT file_id FROM typed_trades WHERE is_valid GROUP BY file_id HAVING max(price) > 100 * min(price)
 ),
 medians AS (
@@ -65,7 +65,7 @@ QUALIFY row_number() OVER (PARTITION BY d.file_id, d.symbol, d.data_type, d.klin
                            ORDER BY d.src_rowid) > 1;
 
 -- What was read and what is staged: the staged rows' time range decides which files a build must
--- deduplicate against each other (src_files.overlapping, sql/02_staging.sql).
+-- deduplicate against each other (src_files.overlapping, sql/staging/staging.sql).
 CREATE OR REPLACE TABLE stage_stats AS
 SELECT file_id, count(*) AS rows_read, count(*) FILTER (WHERE kept) AS rows_staged,
        min(ts) FILTER (WHERE kept) AS first_ts, max(ts) FILTER (WHERE kept) AS last_ts
@@ -73,7 +73,7 @@ FROM (SELECT d.file_id, d.ts, x.src_rowid IS NULL AS kept
       FROM dq_rows d LEFT JOIN stage_dropped x ON x.file_id = d.file_id AND x.src_rowid = d.src_rowid)
 GROUP BY file_id;
 
--- Each file's data-quality rows, in data_quality's shape (sql/80_data_quality.sql adds the file name).
+-- Each file's data-quality rows, in data_quality's shape (sql/quality/data_quality.sql adds the file name).
 CREATE OR REPLACE TABLE stage_quality AS
 WITH unparseable AS (
     SELECT f.file_id, f.symbol, f.data_type, coalesce(f.kline_interval, '') AS kline_interval, min(r.line) AS line,

@@ -31,6 +31,6 @@ CREATE OR REPLACE VIEW data_coverage AS FROM coverage;
 CREATE OR REPLACE VIEW data_quality_problems AS FROM data_quality;
 
 -- The views above and in the model layers read param(); once this file is closed the build's variable
--- (sql/10_parameters.sql) is gone, so whoever opens the .duckdb file gets param() over the table.
+-- (sql/parameters/parameters.sql) is gone, so whoever opens the .duckdb file gets param() over the table.
 CREATE OR REPLACE MACRO param(parameter_name) AS
     (SELECT value FROM model_parameters WHERE name = parameter_name);

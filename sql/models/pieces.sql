@@ -1,4 +1,4 @@
--- Layer 3d: positions from openings, shared by every model. Each opening opens its volume on both
+-- Models layer: positions from openings, shared by every model. Each opening opens its volume on both
 -- sides (every contract has a long and a short) and spreads each side over the leverage tiers. The
 -- sides differ in leverage only: the side the model's signal s (-1 .. 1) says is levered gets the tier
 -- weights w(L) x L^(tilt x s), the other side w(L) x L^(-tilt x s), each renormalised to the opening's
@@ -17,7 +17,7 @@ CREATE OR REPLACE MACRO blow_through_factor(blown_through, stop_share) AS
     CASE WHEN blown_through THEN 1 / (1 - stop_share) ELSE 1 END;
 
 -- Persisted: a build opens the pieces of the openings from rebuild_from() on and keeps the earlier ones
--- (the ensemble's too: sql/46_model_ensemble.sql adds its pieces to this table).
+-- (the ensemble's too: sql/models/ensemble.sql adds its pieces to this table).
 CREATE TABLE IF NOT EXISTS pieces (
     model VARCHAR, symbol VARCHAR, created_ts TIMESTAMP, side VARCHAR, leverage INTEGER, entry_price DOUBLE,
     liquidation_price DOUBLE, volume_usd DOUBLE, side_role VARCHAR);
@@ -56,20 +56,20 @@ WHERE piece_usd > 0 AND CASE side WHEN 'long' THEN liquidation_price < reference
 
 -- When each liquidation price is first crossed: a long at LP by the first trigger bar at or after it
 -- opened whose low is at or below LP, a short by the first whose high is at or above LP. Binary descent
--- over the sparse table of bar extremes (sql/20_model_inputs.sql, trigger_ranges): from the largest run
+-- over the sparse table of bar extremes (sql/models/inputs.sql, trigger_ranges): from the largest run
 -- of bars down to one bar, skip a run whenever it stays entirely on the safe side of LP. What is left
 -- is the first crossing bar, exactly (a position past the last bar was never crossed). Pieces of
 -- different models that share (symbol, side, open time, LP) share the answer, so it is asked once;
--- the ensemble's pieces (sql/46_model_ensemble.sql) are the components' pieces reweighted, so their
+-- the ensemble's pieces (sql/models/ensemble.sql) are the components' pieces reweighted, so their
 -- crossings are among these.
 --
 -- Persisted: a crossing found at a bar that opened before rebuild_from() is kept (the bars before it are
 -- the previous build's), and so is a level never crossed that the bars from rebuild_from() on do not reach;
--- every other piece's crossing is looked for again (recrossed: what sql/50_lifecycle.sql revalues). No
+-- every other piece's crossing is looked for again (recrossed: what sql/lifecycle/positions.sql revalues). No
 -- bar before rebuild_from() crosses a recrossed piece (it was crossed later, or not at all, by the same
 -- bars in the previous build), so its descent starts at the first bar from rebuild_from() on
 -- (trigger_ranges_from) and reads only the runs from there: each of its steps hashes those runs, not
--- the whole sparse table (a day added at 30 days: 24 thousand runs a step instead of 734 thousand).
+-- the whole sparse table, which grows with all the history, not with the days added.
 CREATE TABLE IF NOT EXISTS crossings (
     symbol VARCHAR, side VARCHAR, created_ts TIMESTAMP, liquidation_price DOUBLE, consumed_bar_ts TIMESTAMP,
     consumed_ts TIMESTAMP, blown_through BOOLEAN);
@@ -118,7 +118,7 @@ crossed AS (     -- the crossing bar, and how many bars came between the opening
 SELECT c.symbol, c.side, c.created_ts, c.liquidation_price, c.consumed_bar_ts, c.consumed_ts,
        -- blown through: no bar between the opening and the crossing one reached the stop, so the
        -- crossing bar went through stop and liquidation price at once (the low/high of those bars is
-       -- that of two overlapping runs of 2^k bars in the sparse table, sql/20_model_inputs.sql)
+       -- that of two overlapping runs of 2^k bars in the sparse table, sql/models/inputs.sql)
        CASE WHEN c.bar_index IS NULL THEN NULL
             WHEN c.bars_before = 0 THEN true
             WHEN c.side = 'long' THEN least(r1.low, r2.low) > c.stop_price

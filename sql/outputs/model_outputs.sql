@@ -1,11 +1,11 @@
--- Layer 4: the models' outputs, per model and symbol: the heatmap (alive volume per time and price
+-- Outputs layer: the models' outputs, per model and symbol: the heatmap (alive volume per time and price
 -- bucket), the alive levels and liquidation map at the last time, the predicted liquidations per
--- time bucket, and a comparison of the models. Exported to SQLite by sql/90_outputs.sql's rules.
+-- time bucket, and a comparison of the models. Exported to SQLite by sql/outputs/published.sql's rules.
 
 -- Each position's place on the time grid: the first grid time at or after it opened and the first
 -- at or after it was consumed (it is alive at grid times in between: opened <= t < consumed). The grid
 -- is every whole time bucket the trigger bars cover (time_grid), so that is the next bucket end within
--- the grid's span (by arithmetic: an ASOF join of a million positions took 3 s at 30 days).
+-- the grid's span (by arithmetic: an ASOF join would sort every position against the grid).
 CREATE OR REPLACE MACRO grid_end_at_or_after(ts) AS
     time_bucket(to_seconds(param('time_bucket_s')::BIGINT), ts)
     + CASE WHEN ts = time_bucket(to_seconds(param('time_bucket_s')::BIGINT), ts) THEN INTERVAL 0 SECOND
@@ -18,7 +18,7 @@ SELECT p.*, greatest(grid_end_at_or_after(p.created_ts), s.first_end_ts) AS firs
 FROM positions p JOIN span s USING (symbol)
 WHERE grid_end_at_or_after(p.created_ts) <= s.last_end_ts;
 
--- The scale of alive levels (sql/50_lifecycle.sql) at every time of the grid, per model and side.
+-- The scale of alive levels (sql/lifecycle/positions.sql) at every time of the grid, per model and side.
 CREATE OR REPLACE TABLE grid_scale AS
 SELECT m.model, g.symbol, m.side, g.end_ts, coalesce(s.log_scale, 0) AS log_scale
 FROM time_grid g JOIN (SELECT DISTINCT model, symbol, side FROM level_scale) m USING (symbol)
@@ -27,16 +27,16 @@ ASOF LEFT JOIN level_scale s ON s.model = m.model AND s.symbol = g.symbol AND s.
 -- Alive volume at the end of every time bucket: +volume where a position starts being alive,
 -- -volume where it is consumed, summed along time per level (the running sum after each change holds
 -- until the next change), times the open-interest scale. The running sums are taken over the sparse
--- changes and only then spread over the grid: a running sum over the dense grid cost 2.4 s at 30 days.
--- A build computes the buckets that end at or after rebuild_from() (sql/00_macros.sql: the volume alive
+-- changes and only then spread over the grid: a running sum over the dense grid sorts every cell.
+-- A build computes the buckets that end at or after rebuild_from() (sql/sources/macros.sql: the volume alive
 -- at a bucket's end reads the data up to that end, inclusive), and the heatmap (persisted) keeps the
 -- earlier ones summed over leverage: alive_cells is the build's own TEMP table, never written to the
--- file (as a persisted table, checkpointing its 134 thousand new rows a day cost a day added 0.1 s of
--- its commit at 30 days, and inserting them 0.04 s). What was alive before comes in as one change per
--- level at the last kept grid time: the sum of the positions alive then, which is what the running sum
--- of every earlier change adds up to. Only the positions opened or consumed after that time are placed
--- on the grid, and the window runs over their changes alone (over every position's changes, a day added
--- spent 0.87 s here at 30 days on a busy machine, 3.9 s at a year; now 0.06 s at 30 days).
+-- file (as a persisted table, its new rows would be written and checkpointed at every commit, and no
+-- later build reads them). What was alive before comes in as one change per level at the last kept
+-- grid time: the sum of the positions alive then, which is what the running sum of every earlier
+-- change adds up to. Only the positions opened or consumed after that time are placed on the grid,
+-- and the window runs over their changes alone (over every position's changes, a day added would
+-- sort all the history again: its cost would grow with the data, not with the day).
 CREATE OR REPLACE MACRO first_bucket_rebuilt() AS rebuild_from() - to_seconds(param('time_bucket_s')::BIGINT);
 CREATE OR REPLACE TEMP TABLE alive_cells AS
 WITH kept AS (      -- each symbol's last kept grid time, the end of the bucket before rebuild_from(); NULL where its
@@ -122,7 +122,7 @@ FROM time_grid g GROUP BY g.symbol;
 -- At the last time the grid needs no arithmetic: the last end is a grid time, so position_grid's first grid
 -- time at or after t is at or before it exactly when t is. Opened by then is created_ts <= end_ts, consumed
 -- by then is consumed_ts <= end_ts, and alive then is the rest: the two statements below read positions
--- with these conditions instead of position_grid (0.07 s less each in a day added at 30 days).
+-- with these conditions instead of position_grid, and skip its joins with the grid.
 
 -- Alive levels at the last time, by model, side, leverage and price bucket.
 CREATE OR REPLACE TABLE levels AS
@@ -141,7 +141,7 @@ GROUP BY ALL ORDER BY model, symbol, side, leverage, price_bucket;
 -- at or after rebuild_from() only if it came less than a bucket before, or if its grid starts at or after
 -- rebuild_from() (position_grid clamps to the grid's first end). The first filter says so with constants
 -- (the latest first grid end over all symbols), so that DuckDB applies it as it reads positions, before
--- position_grid's joins (0.04 -> 0.01 s in a day added at 30 days).
+-- position_grid's joins (which would otherwise place every position on the grid first).
 SET VARIABLE grid_latest_first_end = (SELECT max(first_end) FROM (
     SELECT min(end_ts) AS first_end FROM time_grid GROUP BY symbol));
 CREATE TABLE IF NOT EXISTS predicted_liquidations (

@@ -1,4 +1,4 @@
--- Layer 3b: Binance's liquidation price (USD-M, isolated margin, one-way mode).
+-- Parameters layer: Binance's liquidation price (USD-M, isolated margin, one-way mode).
 -- A position is liquidated when wallet balance + unrealised PnL = maintenance margin, where the
 -- maintenance margin is notional x MMR - cum (cum: the bracket's "maintenance amount"). With
 -- quantity Q = notional / EP, entry EP, leverage L and isolated wallet balance Q x EP / L:

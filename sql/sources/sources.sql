@@ -1,7 +1,7 @@
--- Layer 1: sources. One table per Binance file type, with the columns exactly as Binance writes
+-- Sources layer. One table per Binance file type, with the columns exactly as Binance writes
 -- them. stage.py reads each file once with DuckDB's read_csv into these tables, on a
 -- connection of its own, and writes the valid rows, one per key, to Parquet in the cache
--- (sql/staging/one_file.sql). Rows that do not parse are not lost: DuckDB's reject tables are copied
+-- (sql/staging/files.sql). Rows that do not parse are not lost: DuckDB's reject tables are copied
 -- into src_rejects, with file and line, and reported in the file's stage_quality rows. A build then
 -- reads the cached Parquet: build.py turns each table with staged files into a view over them.
 -- Every row carries file_id, pointing into src_files, which says which symbol, type and interval
@@ -26,9 +26,9 @@ CREATE TABLE src_files (
     rows_read      BIGINT,            -- rows parsed, before invalid rows and repeated keys were left out
     rows_staged    BIGINT,            -- rows in its Parquet
     first_ts       TIMESTAMP,         -- the staged rows' time range: files of one series whose ranges
-    last_ts        TIMESTAMP,         -- meet are deduplicated against each other (sql/02_staging.sql)
-    overlapping    BOOLEAN,           -- its range meets another loaded file's of its series (set in sql/02_staging.sql)
-    inside_window  BOOLEAN            -- all its rows lie inside --start/--end (set in sql/02_staging.sql)
+    last_ts        TIMESTAMP,         -- meet are deduplicated against each other (sql/staging/staging.sql)
+    overlapping    BOOLEAN,           -- its range meets another loaded file's of its series (set in sql/staging/staging.sql)
+    inside_window  BOOLEAN            -- all its rows lie inside --start/--end (set in sql/staging/staging.sql)
 );
 
 -- What staging found wrong in each file (unparseable rows, invalid values, keys repeated within the
@@ -152,5 +152,5 @@ CREATE TABLE src_liquidations_aggregated (
 -- The time window asked for with --start/--end (NULL: no bound). build.py fills one row.
 CREATE TABLE build_window (start_ts TIMESTAMP, end_ts TIMESTAMP);
 
--- Model parameters given on the command line (--param NAME=VALUE, --params FILE); see 10_parameters.sql.
+-- Model parameters given on the command line (--param NAME=VALUE; a whole file: --parameters FILE); see parameters/parameters.sql.
 CREATE TABLE parameter_overrides (name VARCHAR PRIMARY KEY, value DOUBLE NOT NULL);

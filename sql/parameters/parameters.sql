@@ -1,5 +1,5 @@
--- Layer 3a: model parameters, as data. Each comes from a CSV under sql/seeds/ that the user can
--- replace (build.py --brackets, --leverage-tiers, --params) or override one by one (--param NAME=VALUE);
+-- Parameters layer: model parameters, as data. Each comes from a CSV under sql/seeds/ that the user can
+-- replace (build.py --maintenance-brackets, --leverage-tiers, --parameters) or override one by one (--param NAME=VALUE);
 -- build.py puts the file names in DuckDB variables and the overrides in parameter_overrides.
 
 -- Binance's maintenance margin brackets: the bracket is chosen by the individual
@@ -22,8 +22,8 @@ FROM read_csv(getvariable('model_parameters_file'), header = true, auto_detect =
 LEFT JOIN parameter_overrides o USING (name);
 
 -- A parameter's value, as a constant: DuckDB folds it into each query when it plans it. (Read from the
--- table with a subquery, every use was a join of every row against it: at 30 days the heatmap's
--- positions went through three nested-loop joins for time_bucket_s alone.) sql/90_outputs.sql defines
+-- table with a subquery, every use is a join of every row against it: the heatmap's positions would
+-- go through three nested-loop joins for time_bucket_s alone.) sql/outputs/published.sql defines
 -- it again over the table for users of the .duckdb file, where the build's variable is gone.
 SET VARIABLE model_parameter_values = (SELECT map(list(name), list(value)) FROM model_parameters);
 CREATE OR REPLACE MACRO param(parameter_name) AS getvariable('model_parameter_values')[parameter_name];
@@ -42,7 +42,7 @@ SELECT CASE
     WHEN (SELECT value FROM model_parameters WHERE name = 'price_bucket_usd') <= 0
       OR (SELECT value FROM model_parameters WHERE name = 'time_bucket_s') < 60
         THEN error('price_bucket_usd must be > 0 and time_bucket_s >= 60')
-    -- (an incremental build recomputes from a UTC day on: sql/00_macros.sql, rebuild_from)
+    -- (an incremental build recomputes from a UTC day on: sql/sources/macros.sql, rebuild_from)
     WHEN 86400 % param('time_bucket_s')::BIGINT <> 0 OR 86400 % param('trade_flow_bucket_s')::BIGINT <> 0
         THEN error('time_bucket_s and trade_flow_bucket_s must divide a day (86400 s), e.g. 300, 900 or 3600; got '
                    || param('time_bucket_s') || ' and ' || param('trade_flow_bucket_s'))

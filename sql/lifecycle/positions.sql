@@ -1,4 +1,4 @@
--- Layer 3g: the level lifecycle, shared by every model. A piece (sql/40_pieces.sql) stays alive until
+-- Lifecycle layer: the level lifecycle, shared by every model. A piece (sql/models/pieces.sql) stays alive until
 -- consumed (the first trigger bar after it opened whose range crosses its exact liquidation price:
 -- those positions are taken as liquidated), fades with age (churn), and shrinks when open interest
 -- falls by more than the model's own liquidations explain. Set-based throughout.
@@ -17,8 +17,8 @@
 -- time. The rate is one for every model and time (fade_half_life_h), the churn's: what fades is what the
 -- open-interest models reopen (oi_steps.churn_usd), so their alive volume, and the ensemble's made of
 -- their pieces, keeps its ratio to open interest (the ensemble's half-life is not fitted:
--- sql/45_calibration.sql says why). The ensemble's levels are also multiplied by its overall scale
--- (ensemble_scale: phased in from one fit to the next, never stepped; sql/46_model_ensemble.sql).
+-- sql/calibration/ says why). The ensemble's levels are also multiplied by its overall scale
+-- (ensemble_scale: phased in from one fit to the next, never stepped; sql/models/ensemble.sql).
 -- Persisted: a build computes the steps from rebuild_from() on, carrying in what the last kept step left
 -- (log_shrink: the running sum of the shrinks; alive_weighed: of what opened less what was consumed).
 CREATE TABLE IF NOT EXISTS level_scale (
@@ -86,8 +86,8 @@ FROM shrunk s ASOF LEFT JOIN ensemble_scale e ON e.symbol = s.symbol AND s.ts >=
 -- that alive(t) = scale_free_volume * exp(log_scale(t)) for a model and side; a consumed piece is
 -- valued with the scale before the step that consumed it (its shrink is netted of the consumption).
 -- volume_usd is what the piece is worth when it opens: the ensemble's pieces hold its fit's shape, and are
--- worth that times its scale then (ensemble_scale: log_scale - log_shrink; sql/46_model_ensemble.sql).
--- Persisted: only the pieces whose crossing was looked for in this build (recrossed, sql/40_pieces.sql:
+-- worth that times its scale then (ensemble_scale: log_scale - log_shrink; sql/models/ensemble.sql).
+-- Persisted: only the pieces whose crossing was looked for in this build (recrossed, sql/models/pieces.sql:
 -- the new ones, and those its bars may cross) are valued again; the others' fate and values are kept.
 CREATE TABLE IF NOT EXISTS positions (
     model VARCHAR, symbol VARCHAR, created_ts TIMESTAMP, side VARCHAR, leverage INTEGER, entry_price DOUBLE,

@@ -1,14 +1,14 @@
 -- Model ensemble: a weighted mix of the three models' pieces, in which a weight is a share of the
 -- ensemble's volume. The models open very different amounts (trade_flow, from every large taker trade,
 -- opens several times what the open-interest models do), so each model's pieces are first rescaled to
--- the models' mean opened volume on the first day (ensemble_base, sql/45_calibration.sql); then weight
+-- the models' mean opened volume on the first day (ensemble_base, sql/calibration/); then weight
 -- 0.2 means 20 % of the ensemble's volume (defaults 0.5 / 0.3 / 0.2, this project's seed plan; they
 -- renormalise over the models with data: no aggTrades -> no trade_flow).
--- Where realized liquidations exist the mix is fitted walk-forward (sql/45_calibration.sql). A fit's
+-- Where realized liquidations exist the mix is fitted walk-forward (sql/calibration/). A fit's
 -- weights a_model x s_role x q_tier are split into its overall scale S (fitted / default volume of its
 -- training windows) and a shape (the weights / S). The ensemble's pieces carry the shape of the fit in force
 -- when they open (the defaults, 1, before the first fit), and its scale L(t) (a log, ensemble_scale) applies to
--- every alive level at t, through sql/50_lifecycle.sql, so levels opened under different fits stay comparable:
+-- every alive level at t, through sql/lifecycle/positions.sql, so levels opened under different fits stay comparable:
 -- a piece opened at c under fit k is worth shape_k x exp(L(c)) then (its position's volume_usd) and
 -- shape_k x exp(L(t)) at t. (Issue 28: the lifecycle divided the scale at the opening out of pieces opened at
 -- the shape, so the ensemble's levels were 1 / S too large: on three months of real BTCUSDT its 1-hour
@@ -31,14 +31,14 @@
 --   * before the first fit, from the first window of realized data on, L moves from 0 (the defaults) towards
 --     ln R(t), where R(t) is the least-squares scale of the unfitted ensemble's crossed volume on the
 --     realized volume of the windows ended by t (the scale the first fit starts from, its ridge's centre:
---     sql/45_calibration.sql; on real BTCUSDT, R at the first fit was 0.041 and the fit's S 0.036), in a line
+--     sql/calibration/; on real BTCUSDT, R at the first fit was 0.041 and the fit's S 0.036), in a line
 --     that the first fit's ramp continues: the change is spread over the warm-up, which is not scored, and the
 --     first fit's day. Nothing can spread it further without reading the future or leaving more scored windows
 --     short of their fit: that is all the time there is.
 -- Nothing here reads realized data from after the time it is used at: a fit is used from its refit date
 -- on, R(t) reads the windows ended by t, and the first fit's date is known from the first window on. So the
 -- ensemble's backtest stays a forecast, and a build with a day added keeps every earlier scale.
--- The ensemble's levels fade at fade_half_life_h, as every model's (sql/45_calibration.sql says why the
+-- The ensemble's levels fade at fade_half_life_h, as every model's (sql/calibration/ says why the
 -- half-life is not fitted). The lifecycle is linear in volume, so the ensemble's heatmap, levels and
 -- predictions are that mix of the models' pieces.
 
@@ -121,7 +121,7 @@ SELECT *,
 FROM ramps;
 
 -- L(t) at every open-interest step of the symbols with realized liquidations (the steps the lifecycle
--- values levels at: sql/50_lifecycle.sql), from their first window on; 0 (the defaults) where there is none.
+-- values levels at: sql/lifecycle/positions.sql), from their first window on; 0 (the defaults) where there is none.
 CREATE OR REPLACE TABLE ensemble_scale AS
 SELECT s.symbol, s.ts AS from_ts,
        CASE WHEN f.fit_id IS NOT NULL
@@ -151,12 +151,12 @@ ASOF LEFT JOIN calibration_fits f ON f.symbol = p.symbol AND p.created_ts >= f.a
 LEFT JOIN ensemble_fit_scale s ON s.fit_id = f.fit_id
 LEFT JOIN ensemble_weights w ON w.fit_id = f.fit_id AND w.model = p.model AND w.side_role = p.side_role
     AND w.leverage = p.leverage
-WHERE p.model <> 'ensemble' AND p.created_ts >= rebuild_from()   -- (the earlier ones are kept: sql/40_pieces.sql)
+WHERE p.model <> 'ensemble' AND p.created_ts >= rebuild_from()   -- (the earlier ones are kept: sql/models/pieces.sql)
 ) WHERE volume_usd > 0;
 
 -- What every model assumes over time: the default stop-loss share and unmodelled share, and the
 -- ensemble's fitted ones from each refit on (the stop-loss share, which sets how much a blown-through
--- level liquidates, and the unmodelled part, which only the ensemble forecasts, in sql/70_backtest.sql).
+-- level liquidates, and the unmodelled part, which only the ensemble forecasts, in sql/backtest/baselines.sql).
 -- (The fade's half-life is one for every model and time: fade_half_life_h.)
 CREATE OR REPLACE TABLE fit_schedule AS
 SELECT DISTINCT model, symbol, '-infinity'::TIMESTAMP AS from_ts,

@@ -1,12 +1,12 @@
--- Layer 2: staging. Typed, UTC, deduplicated views over the sources, with Binance's names turned
+-- Staging layer. Typed, UTC, deduplicated views over the sources, with Binance's names turned
 -- into the domain's (open_interest, funding_rate, taker_side ...). Two steps per file type:
 --   typed_*  every row, with its symbol and UTC time, a key and a hash of its values;
 --   stg_*    one row per key (the first file wins), limited to --start/--end, with rows that
 --            cannot be right (zero or negative prices, open interest or quantities) left out.
--- The same views serve twice. While a file is staged (stage.py, sql/staging/one_file.sql), they
+-- The same views serve twice. While a file is staged (stage.py, sql/staging/files.sql), they
 -- hold that file alone: its invalid rows and repeated keys are counted and left out of its Parquet.
 -- In a build they read the staged Parquet, where only keys repeated across files remain to drop.
--- Nothing is dropped silently: data_quality (sql/80_data_quality.sql) reports every row left out.
+-- Nothing is dropped silently: data_quality (sql/quality/data_quality.sql) reports every row left out.
 
 -- Each file's period as times: a daily file holds its day, a monthly file its month, each up to and
 -- including the next period's first instant (metrics were labelled at the end of each 5 minutes until
@@ -37,7 +37,7 @@ CREATE OR REPLACE MACRO in_build_window(ts) AS
     AND ts < coalesce((SELECT end_ts FROM build_window), 'infinity'::TIMESTAMP);
 
 -- The series (open interest, funding, bars) are tables, not views: up to ten statements of the layers
--- after this read each (a read of the Parquet cost 0.05-0.1 s at 30 days, and a year is 365 files of
+-- after this read each (as views, each would decode the Parquet again, and a year is 365 files of
 -- a type). Persisted: a build deletes a series' rows from rebuild_from() on and adds them again, read
 -- from the files that hold any (the filter on file_last_ts skips the others whole; a file whose range
 -- is unknown is read); the rows before are the previous build's, from files unchanged since (build.py
@@ -155,7 +155,7 @@ FROM src_trades t JOIN file_periods f USING (file_id);
 -- in a build, each file being unique in itself once staged. A file without a range (not staged)
 -- counts as meeting every other. The typed views below carry this mark: a filter on a column of
 -- src_files reaches the Parquet scan, which then skips the other files whole, where a
--- `file_id IN (subquery)` reads every trade first (0.02 s against 0.4 s a query at 30 days).
+-- `file_id IN (subquery)` reads every trade first and only then filters.
 UPDATE src_files SET
     overlapping = file_id IN (
         SELECT a.file_id
@@ -220,7 +220,7 @@ QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity, volum
 
 -- The period of each aggregated export, per symbol: the most common step between its consecutive times
 -- (the shortest of equally common ones), e.g. 4 h for an export with one row per 4 hours. Its rows say
--- nothing finer: a backtest window must hold whole periods (sql/25_backtest_windows.sql leaves out a
+-- nothing finer: a backtest window must hold whole periods (sql/backtest/windows.sql leaves out a
 -- horizon that does not, and build.py refuses a --horizons that does not before anything is staged,
 -- from this view over the files themselves). Binance's liquidationSnapshot files and forceOrder
 -- recordings hold single events: they have no period. symbol is NULL where the export has no symbol

@@ -1,4 +1,4 @@
--- Layer 3c: what every model reads. Open-interest steps with their entry price, the volume they open
+-- Models layer: what every model reads. Open-interest steps with their entry price, the volume they open
 -- (a rise, plus the churn that reopens what fades) and the signals of which side is levered; the
 -- positions opened before the data (the warm start); the open-interest falls that shrink alive levels;
 -- and the trigger bars with a sparse table of their extremes (what consumes levels).
@@ -9,7 +9,7 @@
 -- klines against 5-minute open interest), the close of the last bar that had closed by ts. (Taking
 -- the bar that merely *opened* before ts would price the 10:05 step with the whole 10:00-11:00 hour.)
 -- DuckDB plans small-looking ASOF joins as nested loops, and estimates the inputs below at 0 rows:
--- on 30 days that took seconds instead of 0.15 s (same results). Always use the ASOF operator.
+-- a nested loop compares every row with every row (same results). Always use the ASOF operator.
 SET asof_loop_join_threshold = 0;
 CREATE OR REPLACE TABLE oi_steps AS
 WITH oi AS (
@@ -47,10 +47,10 @@ SELECT p.symbol, p.ts, p.previous_ts, p.open_interest, p.previous_open_interest,
            AS noise_threshold_usd,
        -- Churn: positions close at a constant rate whatever open interest does (one trader closes, another
        -- opens; Binance's daily volume is several times its open interest). Alive levels fade at that rate
-       -- (sql/50_lifecycle.sql) and, open interest being what it is, as much is reopened at this step's
+       -- (sql/lifecycle/positions.sql) and, open interest being what it is, as much is reopened at this step's
        -- price: previous open interest x (1 - 2^(-step / half-life)). One half-life for both: the
        -- lifecycle fades every model's levels, the ensemble's included, at fade_half_life_h (it is not
-       -- fitted: sql/45_calibration.sql), so what is reopened is what faded.
+       -- fitted: sql/calibration/), so what is reopened is what faded.
        p.previous_open_interest * coalesce(p.step_price, c.close)
            * (1 - exp(-ln(2) * epoch(p.ts - p.previous_ts) / (3600 * param('fade_half_life_h')))) AS churn_usd,
        -- Account long/short ratio r = longs / shorts -> long share r / (1 + r); 50/50 without it.
@@ -72,7 +72,7 @@ WHERE p.previous_ts IS NOT NULL AND coalesce(p.step_price, c.close) IS NOT NULL)
 -- interest already there is taken as positions opened at entry prices spread lognormally around the
 -- first price (warm_start_share of it; prior_entry_spread). Without it the models start empty and a small
 -- move crosses nothing. Positions whose liquidation price is already on the wrong side of the first price
--- cannot still be open: sql/40_pieces.sql drops them (survivorship), so the prior holds less than the
+-- cannot still be open: sql/models/pieces.sql drops them (survivorship), so the prior holds less than the
 -- first open interest. Every model starts from the same prior.
 -- The spread is drawn as the density it is, not as a few points: entries every 1/8 of a price bucket
 -- (at the first price; 9 to 2000 of them) over +-3.5 standard deviations, each weighted by the normal
@@ -99,7 +99,7 @@ WHERE param('warm_start_share') > 0;
 
 -- Open-interest falls: the share of open interest closed in each step, where the fall is more than
 -- noise. Which part of it the models' alive levels lose depends on what they say was liquidated in
--- the same step (sql/50_lifecycle.sql nets that out), so the scale itself is per model and side.
+-- the same step (sql/lifecycle/positions.sql nets that out), so the scale itself is per model and side.
 -- log_fall_scale is what every fall since the first step left of a level (the gross scale, before any
 -- netting), elapsed_s the time since the first step: the lifecycle and the fit both value levels with them.
 CREATE OR REPLACE TABLE oi_falls AS
@@ -128,7 +128,7 @@ FROM bars WINDOW w AS (PARTITION BY symbol ORDER BY ts);
 -- The lowest low and highest high of every run of 2^k trigger bars from each bar on (a sparse table,
 -- k = 0 .. log2(bars)); a run that would pass the symbol's last bar stops there. With it the first bar
 -- after a position opened that crosses its exact liquidation price is found in log2(bars) lookups
--- (sql/40_pieces.sql), instead of scanning bars. range_key packs (k, symbol, bar) into one integer so
+-- (sql/models/pieces.sql), instead of scanning bars. range_key packs (k, symbol, bar) into one integer so
 -- each lookup is a single-column hash join; range_level, range_symbol and range_bar unpack it.
 -- top_range_level is the largest k: runs of 2^k bars cover the longest symbol's bars.
 CREATE OR REPLACE MACRO range_key(k, symbol_id, bar_index) AS
@@ -149,9 +149,8 @@ WHERE range_symbol(t.range_key) = f.symbol_id
   AND range_bar(t.range_key) + (1::BIGINT << range_level(t.range_key)) - 1 >= f.first_bar;
 -- The runs are built by doubling: the run of 2^(k+1) bars from bar i is the run of 2^k bars from i
 -- followed by the run of 2^k bars from i + 2^k, so level k + 1 at i takes the lower low and the higher
--- high of level k at i and at i + 2^k: one hash join per level. (It replaced a sliding window of 2^k
--- rows for each level k: on 29 days of 1-minute bars that took 1.06 s of a full build, this 0.18 s, and
--- 0.29 s of a day added, this 0.07 s; on a year of bars alone, 15 s and 7.6 s against 2.9 s and 0.6 s.)
+-- high of level k at i and at i + 2^k: one hash join per level. (A sliding window of 2^k rows for each
+-- level k would sort every bar again for each level, where a hash join needs no order.)
 -- Where i + 2^k is past the last bar, the run from i stops at the last bar already, and the join finds
 -- nothing: least and greatest skip the NULL, and level k + 1 at i is level k at i, as the run's end says.
 -- A new row of level k + 1 (from first_bar - 2^(k+1) + 1 on) reads level k from the same bar on. Those
@@ -197,6 +196,6 @@ SELECT symbol, end_ts, end_ts - to_seconds(param('time_bucket_s')::BIGINT) AS st
 FROM (SELECT symbol, unnest(generate_series(first_start + to_seconds(param('time_bucket_s')::BIGINT), last_end,
                                             to_seconds(param('time_bucket_s')::BIGINT))) AS end_ts FROM span);
 -- The build runs in one transaction (build.py), and DuckDB counts no distinct values of a table created
--- in it: it took sql/60_model_outputs.sql's joins with the grid on symbol for cross products (at 30 days
--- the heatmap's window was planned for 10^11 rows, and set out 0.4 GB of buffers for 200,000: 0.6 s).
+-- in it: it takes sql/outputs/model_outputs.sql's joins with the grid on symbol for cross products (and
+-- plans the heatmap's window, and sets out its buffers, for a cross product's rows).
 ANALYZE time_grid;

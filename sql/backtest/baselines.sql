@@ -1,12 +1,12 @@
--- Layer 5a: the backtest's forecasts. A heatmap claims two things, and both are tested as forecasts:
+-- Backtest layer: the backtest's forecasts. A heatmap claims two things, and both are tested as forecasts:
 --   volume:   if price follows a path, about the alive levels it crosses are liquidated;
 --   location: liquidations happen where the levels are, more than distance from the price explains.
 -- At each forecast origin t (every multiple of the horizon h, UTC) the levels are frozen as they were
 -- at t; the realized trigger path in (t, t + h] then says which of them were crossed. Models and
 -- position-free baselines are turned into the same thing, "crossed levels" (volume per price bucket
--- that the path crossed), and scored by the same SQL (sql/72_backtest_scores.sql).
+-- that the path crossed), and scored by the same SQL (sql/backtest/scores.sql).
 
--- The windows, crossed buckets and realized volumes are in sql/25_backtest_windows.sql.
+-- The windows, crossed buckets and realized volumes are in sql/backtest/windows.sql.
 
 -- Which baselines there are; every other predictor in forecast_levels is a model.
 CREATE OR REPLACE TABLE backtest_baselines AS
@@ -21,7 +21,7 @@ SELECT * FROM (VALUES
                         || 'volume liquidated there per USD of open interest whose path crossed it, in the windows '
                         || 'before t (walk-forward, expanding)'),
     ('baseline_blend', 'the position-free terms (naive_move, breakout, recent volatility, recent realized liquidations, '
-                       || 'funding) blended by a regression fitted walk-forward (sql/71_forecast.sql): the same as '
+                       || 'funding) blended by a regression fitted walk-forward (sql/forecast/forecast.sql): the same as '
                        || 'forecast_without_levels'),
     ('shuffled', 'the ensemble''s levels from another day (half the span away, wrapping round), moved to the '
                  || 'price at t: the same shape of levels at the wrong time')
@@ -30,7 +30,7 @@ SELECT * FROM (VALUES
 -- Every predictor's crossed levels: volume per window, side and price bucket, frozen at t.
 --   models:    positions alive at t (opened at or before t, not yet consumed) whose exact liquidation
 --              price the path crossed in (t, t + h], valued at the scale of t, and whole where the
---              path blew through it (its stops failed: sql/40_pieces.sql; at the stop-loss share of
+--              path blew through it (its stops failed: sql/models/pieces.sql; at the stop-loss share of
 --              the fit in force when it opened, for the ensemble); the ensemble adds its unmodelled
 --              part, a share of open interest x the share of price crossed in each bucket;
 --   baselines: their volume per bucket times the crossed share of the bucket.
@@ -60,7 +60,7 @@ model_levels AS (
     WHERE c.created_ts <= c.origin_ts
     GROUP BY ALL
 ),
-unmodelled AS (     -- the ensemble's unmodelled part (sql/45_calibration.sql), at the share of the fit in force at t
+unmodelled AS (     -- the ensemble's unmodelled part (sql/calibration/), at the share of the fit in force at t
     SELECT 'ensemble' AS model, c.symbol, c.horizon, c.origin_ts, c.side, c.bucket_index,
            f.unmodelled_share * c.move_exposure_usd AS volume_usd
     FROM backtest_crossed_buckets c SEMI JOIN recent USING (symbol, horizon, origin_ts)

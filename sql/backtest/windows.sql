@@ -1,7 +1,7 @@
--- Layer 3e: what the backtest and the walk-forward fit are scored on. Realized liquidations; the
+-- Backtest layer: what the backtest and the walk-forward fit are scored on. Realized liquidations; the
 -- forecast windows (t, t + h] per horizon, with what the price path did in each; the price buckets the
--- path crossed; and the realized volume per window. The fit (sql/45_calibration.sql) and the
--- backtest (sql/70_backtest.sql) both read these, so both see the same windows.
+-- path crossed; and the realized volume per window. The fit (sql/calibration/) and the
+-- backtest (sql/backtest/baselines.sql) both read these, so both see the same windows.
 
 -- Realized liquidations, one row per event (or per period and side for aggregated exports).
 CREATE OR REPLACE TABLE realized_liquidations AS
@@ -9,7 +9,7 @@ SELECT symbol, ts, side, price, volume_usd, source FROM stg_realized_liquidation
 
 -- The windows of one horizon tile time: each starts on time_bucket's grid of that horizon. So the window
 -- that holds a time is found by arithmetic, and joins to it are equalities: a join on origin <= t < end
--- compared every row with every window of its symbol (75 s of a year's build at one refit a day: issue 11).
+-- compares every row with every window of its symbol: rows times windows, both growing with the days.
 CREATE OR REPLACE MACRO window_origin(horizon_s, ts) AS time_bucket(to_seconds(horizon_s), ts);
 -- A level consumed at t counts in the window (origin, origin + h] that holds t: what the levels frozen at
 -- the origin forecast. A consumption at the origin itself belongs to the window before.
@@ -34,7 +34,7 @@ bars AS (           -- the bars trigger_bars reads: mark price where present, el
     WHERE data_type = 'markPriceKlines'
        OR data_type = 'klines' AND symbol NOT IN (SELECT symbol FROM stg_kline_intervals_used WHERE data_type = 'markPriceKlines')
 ),
-exports AS (        -- the coarsest period of the symbol's exports (sql/02_staging.sql), and which file has it
+exports AS (        -- the coarsest period of the symbol's exports (sql/staging/staging.sql), and which file has it
     SELECT p.symbol, max(p.period_s) AS export_s, arg_max(f.path, p.period_s) AS export_file
     FROM liquidation_periods p JOIN src_files f USING (file_id) GROUP BY p.symbol
 )

@@ -1,7 +1,7 @@
--- Layer 4b: what the pages and stored queries read, computed once here so that every request is an
+-- Outputs layer: what the pages and stored queries read, computed once here so that every request is an
 -- indexed read of a few rows (datasette.yaml's queries): the liquidation map by leverage at every time,
--- and the models compared at every time (the heatmap's rows and grid_prices: sql/64_heatmap_rows.sql).
--- Persisted and appended like the heatmap (sql/60_model_outputs.sql): a build computes the rows of the
+-- and the models compared at every time (the heatmap's rows and grid_prices: sql/outputs/heatmap_rows.sql).
+-- Persisted and appended like the heatmap (sql/outputs/model_outputs.sql): a build computes the rows of the
 -- time buckets it rebuilt, and keeps the earlier ones.
 
 -- The liquidation map at every time, by leverage: per model, symbol, time, side and leverage tier, the

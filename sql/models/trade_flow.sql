@@ -54,6 +54,6 @@ WHERE (param('trade_flow_top_n') <= 0 OR r.size_rank <= param('trade_flow_top_n'
   -- the large trades are the head of the ranking of all trades, so a rank among them is a rank among all
   AND (param('trade_flow_portion') <= 0 OR r.size_rank <= ceil(param('trade_flow_portion') * c.trades))
 GROUP BY r.symbol, r.taker_side, time_bucket(to_seconds(param('trade_flow_bucket_s')::BIGINT), r.ts)
-UNION ALL   -- the warm start (sql/20_model_inputs.sql); trades then churn the book, and levels fade
+UNION ALL   -- the warm start (sql/models/inputs.sql); trades then churn the book, and levels fade
 SELECT 'trade_flow', symbol, created_ts, entry_price, reference_price, volume_usd, 0 FROM prior_openings
 WHERE symbol IN (SELECT symbol FROM source) AND created_ts >= rebuild_from();   -- no trades, no trade_flow

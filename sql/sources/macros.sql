@@ -1,4 +1,4 @@
--- Layer 0: helper macros shared by every layer.
+-- Sources layer: helper macros shared by every layer.
 
 -- Binance writes epoch times in milliseconds (USD-M futures) but spot switched to microseconds on
 -- 2025-01-01. A 13-digit value is ms, a 16-digit value is µs: tell them apart by size

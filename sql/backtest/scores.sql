@@ -1,5 +1,5 @@
--- Layer 5b: the backtest's scores, from forecast_levels (every predictor's crossed levels, frozen at
--- each window's start) and the realized liquidations of each window (sql/70_backtest.sql). Models and
+-- Backtest layer: the backtest's scores, from forecast_levels (every predictor's crossed levels, frozen at
+-- each window's start) and the realized liquidations of each window (sql/backtest/baselines.sql). Models and
 -- baselines go through the same SQL. Only windows after the warm-up are scored; what is fitted to
 -- realized data (the nearest_buckets profile, the precision scale) uses earlier windows only.
 

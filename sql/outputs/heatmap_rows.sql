@@ -1,8 +1,8 @@
--- Layer 4b: what the heatmap page and the heatmap stored query read, computed once here so that every
+-- Outputs layer: what the heatmap page and the heatmap stored query read, computed once here so that every
 -- request is an indexed read of a few rows (datasette.yaml's heatmap query): the heatmap as one row per
 -- time at a few resolutions, over every leverage tier and for each. Persisted and appended like the heatmap
--- (sql/60_model_outputs.sql): a build computes the rows of the time buckets it rebuilt, and keeps the earlier
--- ones. grid_prices is read by sql/65_page_outputs.sql too.
+-- (sql/outputs/model_outputs.sql): a build computes the rows of the time buckets it rebuilt, and keeps the earlier
+-- ones. grid_prices is read by sql/outputs/page_outputs.sql too.
 
 -- The trade price at every time of the grid: the bucket's bars (open, high, low, close) and the last
 -- close before its end, the "current price" of the map and the comparison.
@@ -57,8 +57,8 @@ DELETE FROM heatmap_rows_by_leverage WHERE ts >= time_bucket(to_seconds(time_buc
 -- copies of the heatmap in one aggregate, and at the base time bucket, with each tier's rows, one price bucket at
 -- a time holds half as much. Each tier's rows come at the base time bucket only, from alive_cells: a coarser
 -- bucket's row is recomputed from its start, which lies before rebuild_from(), where alive_cells holds nothing
--- (keeping every tier's cells for those rows, in whole USDT, took 49 MB more of the DuckDB file at 30 days, and
--- those cells and rows 20 s more of the layers' 37 s on one thread).
+-- (keeping every tier's cells for those rows would persist the heatmap's cells once per tier, and every build
+-- would write them and compute those rows too).
 CREATE OR REPLACE TEMP MACRO heatmap_rows_at(time_bucket_s_, price_buckets) AS TABLE
 WITH times AS (   -- the time bucket, and its first time rebuilt
     SELECT time_bucket_s_ AS time_bucket_s, time_bucket(to_seconds(time_bucket_s_), first_bucket_rebuilt()) AS rows_from

@@ -1,6 +1,6 @@
 -- Data quality and coverage: every problem found in the inputs, one row each, so that nothing is
 -- dropped or guessed silently. What is wrong within one file (unparseable rows, invalid values, keys
--- repeated in it) was found when the file was staged (stage_quality, sql/staging/one_file.sql); what
+-- repeated in it) was found when the file was staged (stage_quality, sql/staging/files.sql); what
 -- is wrong across files and in the series is found here, from the staging views.
 -- severity: 'error'   data could not be used at all (file quarantined, rows unparseable);
 --           'warning' data is missing, left out of the models, or suspicious;
@@ -43,10 +43,10 @@ other_symbols AS (  -- forceOrder recordings hold every symbol: the rows of symb
            format('{} rows of {} symbols without market data in this build left out', count(*),
                   count(DISTINCT coalesce(r.symbol, '?'))), count(*), min(r.ts), max(r.ts)
     FROM typed_realized_liquidations r JOIN files f USING (file_id)
-    -- (realized_liquidations: stg_realized_liquidations as sql/25_backtest_windows.sql wrote it, read once)
+    -- (realized_liquidations: stg_realized_liquidations as sql/backtest/windows.sql wrote it, read once)
     WHERE r.is_valid AND coalesce(r.symbol NOT IN (SELECT symbol FROM realized_liquidations), true) GROUP BY ALL
 ),
-horizons_not_scored AS (   -- backtest horizons the data cannot score, or has no window of (sql/25_backtest_windows.sql)
+horizons_not_scored AS (   -- backtest horizons the data cannot score, or has no window of (sql/backtest/windows.sql)
     SELECT symbol, data_type, kline_interval, file, NULL::BIGINT, 'horizon_not_scored', 'warning', detail, NULL::BIGINT,
            first_ts, last_ts
     FROM backtest_not_scored

@@ -1,4 +1,4 @@
--- Layer 5b: the forecast. The levels are one piece of evidence about what a window will liquidate; the
+-- Forecast layer: the forecast. The levels are one piece of evidence about what a window will liquidate; the
 -- position-free terms are others. The forecast is a walk-forward regression of each window's realized
 -- liquidation volume on both, per symbol, horizon and side, so that the levels are kept only for what
 -- they add: `forecast` uses every term, `forecast_without_levels` the position-free terms alone (it is
@@ -6,7 +6,7 @@
 -- beat, since a fixed blend of breakout and naive_move already beats each of them on real data).
 --
 -- The terms of a window (t, t + h] and side, each known at t or a function of the path, as every
--- predictor of the backtest is (a forecast conditional on the path: sql/70_backtest.sql):
+-- predictor of the backtest is (a forecast conditional on the path: sql/backtest/baselines.sql):
 --   naive_move_usd        open interest x the adverse move / price (the naive_move baseline);
 --   breakout_usd          open interest x how far the path breaks the prior 24 hours' range (breakout);
 --   volatility_usd        open interest x the prior 24 hours' range / price: how far price has been moving;
@@ -106,7 +106,7 @@ SELECT symbol, horizon, origin_ts, side, known_from, realized_usd,
 FROM forecast_inputs;
 
 -- The refits: every day from the first scored window's start (backtest_warmup_s after the first realized
--- day's: sql/25_backtest_windows.sql) to the last window's, per side: scoring starts when the first applies.
+-- day's: sql/backtest/windows.sql) to the last window's, per side: scoring starts when the first applies.
 CREATE OR REPLACE TABLE forecast_fits AS
 WITH span AS (SELECT symbol, horizon, side, min(origin_ts) FILTER (WHERE scored) AS first_ts, max(origin_ts) AS last_ts
               FROM forecast_inputs GROUP BY ALL)
@@ -245,7 +245,7 @@ LEFT JOIN (SELECT symbol, horizon, origin_ts, side, any_value(total_usd) AS tota
 LEFT JOIN levels l USING (symbol, horizon, origin_ts, side, bucket_index)
 WHERE t.volume_usd > 0;
 
--- The forecast's fits beside the ensemble's in fitted_parameters (sql/45_calibration.sql), one row per
+-- The forecast's fits beside the ensemble's in fitted_parameters (sql/calibration/), one row per
 -- refit, predictor, horizon, side and coefficient, on the fit's scale (square roots of USD; funding in
 -- basis points per 8 h): forecast_<horizon>_<side>_<term>, _intercept and _volume_scale. Each is in force
 -- for the day after its applies_from (applies_to is never empty: the pages' banner is the ensemble's).
