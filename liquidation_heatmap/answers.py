@@ -4,7 +4,7 @@ sends them as a static file server sends a file, without running the query, even
 served immutable: an answer rendered from it stays the answer until the next build writes a new file.
 
 Which views: datasette.yaml, plugins.stored_answers (a list of parameter sets per query; "*" stands for the
-empty value and each value plugins.liquidation_params allows). plugins/responses.py reads them back."""
+empty value and each value plugins.liquidation_params allows). plugins/ready_answers.py sends them."""
 
 import asyncio
 import gzip

@@ -71,7 +71,7 @@ def percent(value: float) -> str:
 
 def fit_in_words(rows: list, fitted_parameters_url: str, subject: Markup) -> Markup:
     """One fit of the ensemble (ENSEMBLE_FIT's rows) as a trader reads it; each parameter is described in
-    metadata.yml (fitted_parameters.parameter) and sql/45_calibration.sql."""
+    metadata.yml (fitted_parameters.parameter) and sql/calibration/."""
     fit, value = rows[0], {r["parameter"]: r["value"] for r in rows}
     weights = ", ".join(f"{r['parameter'].removeprefix('weight_')} {percent(r['value'])}"
                         for r in rows if r["parameter"].startswith("weight_"))

@@ -15,6 +15,8 @@ import yaml
 from conftest import ROOT, start_server
 from test_pages import browser, open_page  # noqa: F401  (the module's Chromium, and a page that records errors)
 
+from liquidation_heatmap import answers
+
 
 def get(url: str) -> tuple[int, dict, str]:
     """Status, headers (lower-case names) and text of a GET, errors included."""
@@ -138,6 +140,7 @@ def test_a_real_build_shows_its_real_source_unchanged(demo_db, tmp_path):
     shutil.copy(demo_db, real)
     with sqlite3.connect(real) as con:
         con.execute("UPDATE build_info SET value = 'Binance files' WHERE key = 'input_data'")
+    answers.store_answers(real)   # (rendered again under the new label, as that build would have)
     process, url = start_server(real)
     try:
         for path in ["/", "/liquidations", "/liquidations/open_interest", "/heatmap", "/liquidations/no_such_table"]:

@@ -10,7 +10,7 @@ query at 8 clients beside the floor (/-/versions.json, Datasette's cheapest answ
 page's chart drawn in headless Chromium, from a new browser context each time (a first visit). Each
 query twice: asked afresh (`Cache-Control: no-cache`, as for a view no one has asked for since the server
 started: the answer the build stored when there is one, answers.py, else the query runs) and asked again (the
-answer the server keeps, plugins/responses.py); and two views the build does not store, whose query runs.
+answer the server keeps, plugins/ready_answers.py); and two views the build does not store, whose query runs.
 `--setting NAME VALUE` overrides one of datasette.yaml's settings (Datasette's own --setting), to measure
 two settings back to back; `--draws 0` leaves Chromium out.
 
