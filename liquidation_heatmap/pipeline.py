@@ -48,6 +48,7 @@ def set_parameters(con, options: BuildOptions) -> None:
         if not path.is_file():
             raise BuildError(f"{name} file {path} does not exist")
         con.execute(f"SET VARIABLE {name}_file = ?", [str(path)])
+    con.execute("SET VARIABLE seeds_dir = ?", [str(SQL_DIR / "seeds")])   # (the seeds a user cannot replace)
     con.execute("SET VARIABLE backtest_horizons = ?", [options.horizons or DEFAULT_HORIZONS])
     # (given: refused where the data cannot score one; the default: those left out, said in data_quality)
     con.execute("SET VARIABLE backtest_horizons_given = ?", [options.horizons is not None])

@@ -1,6 +1,7 @@
 """The README is the five-minute read and docs/ the rest: every link between them leads somewhere, and each
 generated block is in the file its writer writes."""
 
+import csv
 import re
 from pathlib import Path
 
@@ -70,3 +71,15 @@ def test_each_benchmark_block_is_in_the_file_its_writer_writes():
     performance = (ROOT / "docs" / "performance.md").read_text()
     for start, end in blocks:
         assert re.search(f"<!-- {re.escape(start)} -->\n.+?<!-- {re.escape(end)} -->", performance, re.DOTALL), start
+
+
+def test_the_problem_kinds_in_the_docs_are_the_seed_the_build_reads():
+    """docs/data-quality.md's table of problem kinds is sql/seeds/data_quality_problems.csv, row for row (the
+    build fails on a kind the seed lacks; datasette.yaml's check of `problem` reads the same table)."""
+    with (ROOT / "sql" / "seeds" / "data_quality_problems.csv").open() as f:
+        seed = list(csv.DictReader(f))
+    table = "| problem | what it means |\n|---|---|\n" + "".join(f"| `{r['problem']}` | {r['meaning']} |\n" for r in seed)
+    block = re.search(r"<!-- problem kinds: sql/seeds/data_quality_problems.csv -->\n(.*?)<!-- end of problem kinds -->",
+                      (ROOT / "docs" / "data-quality.md").read_text(), re.DOTALL)
+    assert block and block[1] == table, "docs/data-quality.md's problem kinds differ from the seed; they should read:\n" + table
+    assert len({r["problem"] for r in seed}) == len(seed) >= 20

@@ -22,6 +22,12 @@ CREATE OR REPLACE TABLE dq_cadence AS
 SELECT symbol, data_type, kline_interval, mode(step_s) AS cadence_s
 FROM dq_series_steps WHERE step_s > 0 GROUP BY ALL;
 
+-- Every kind of problem a build can report, and what it means: the one list (sql/seeds/data_quality_problems.csv)
+-- that the stored query's check of `problem` and the docs read too.
+CREATE OR REPLACE TABLE data_quality_kinds AS
+SELECT * FROM read_csv(getvariable('seeds_dir') || '/data_quality_problems.csv', header = true, auto_detect = false,
+                       columns = {'problem': 'VARCHAR', 'meaning': 'VARCHAR'});
+
 CREATE OR REPLACE TABLE data_quality AS
 WITH
 files AS (SELECT * FROM src_files),
@@ -124,6 +130,12 @@ FROM (SELECT * FROM quarantined UNION ALL SELECT * FROM in_file
       UNION ALL SELECT * FROM duplicates UNION ALL SELECT * FROM missing_days UNION ALL SELECT * FROM gaps
       UNION ALL SELECT * FROM outliers UNION ALL SELECT * FROM other_symbols UNION ALL SELECT * FROM horizons_not_scored)
 ORDER BY CASE severity WHEN 'error' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, symbol, data_type, first_ts, file;
+
+-- A kind the list lacks fails the build: the list, the 400 rule and the docs would not know it.
+SELECT error('data_quality writes problem kinds that sql/seeds/data_quality_problems.csv does not list: '
+             || string_agg(DISTINCT problem, ', '))
+FROM data_quality WHERE problem NOT IN (SELECT problem FROM data_quality_kinds)
+HAVING count(*) > 0;
 
 -- What data there is, per symbol and file type: the health check of a build.
 CREATE OR REPLACE TABLE coverage AS
