@@ -206,9 +206,9 @@ def unpack(info: SourceFile, tmp: Path, n_columns: int | None) -> dict:
     # a data row with one damaged field is still read as a row (and reported), not skipped as a header.
     has_header = not any(field[:1].isdigit() for field in fields)
     if has_header and n_columns and len(fields) != n_columns:
-        return {**info, "problem": "unexpected_columns",
-                "detail": f"{path.name}: header has {len(fields)} columns ({first_line[:120]}), "
-                          f"a {info.data_type} file has {n_columns}"}
+        return replace(info, problem="unexpected_columns",
+                       detail=f"{path.name}: header has {len(fields)} columns ({first_line[:120]}), "
+                              f"a {info.data_type} file has {n_columns}")
     return replace(info, status="loaded", has_header=has_header, csv_path=str(csv_path))
 
 
