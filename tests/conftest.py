@@ -1,5 +1,6 @@
 """Shared fixtures: simulated Binance files and databases built from them, once per test session."""
 
+import fcntl
 import hashlib
 import io
 import os
@@ -24,17 +25,45 @@ START = "2024-09-01"
 
 
 @pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    simulate.simulate(out, days=DAYS, seed=7, start=START, trades_per_day=3000, progress=lambda *_: None)
-    return out
+def shared_dir(tmp_path_factory, worker_id) -> Path:
+    """A folder this run's test processes share: its pytest-xdist workers' common parent, or without workers
+    the run's own temporary folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+def made_once(shared: Path, name: str, make) -> Path:
+    """shared/name, made by make(folder) in the first worker to ask for it while the others wait (a kernel
+    lock on shared/name.lock), then used by all: a session's files and builds are made once per run, not once
+    per worker. A failed make leaves no mark: the next to ask tries again (and fails the same way)."""
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".made").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".made").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
-def demo_db(demo_dir, tmp_path_factory) -> Path:
-    db = tmp_path_factory.mktemp("built") / "liquidations.db"
-    assert run_build("--data", str(demo_dir), "--db", str(db)).returncode == 0
-    return db
+def demo_dir(shared_dir) -> Path:
+    return made_once(shared_dir, "demo", lambda out: simulate.simulate(
+        out, days=DAYS, seed=7, start=START, trades_per_day=3000, progress=lambda *_: None))
+
+
+def build_into(data: Path):
+    """make(folder) for made_once: build data into folder/liquidations.db, as a user runs build.py."""
+    def make(folder: Path) -> None:
+        result = run_build("--data", str(data), "--db", str(folder / "liquidations.db"))
+        assert result.returncode == 0, result.stderr
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_db(demo_dir, shared_dir) -> Path:
+    return made_once(shared_dir, "built", build_into(demo_dir)) / "liquidations.db"
 
 
 def run_build(*args: str, command: str = "build") -> subprocess.CompletedProcess:
@@ -76,9 +105,12 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def broken_dir(demo_dir, tmp_path_factory) -> Path:
+def broken_dir(demo_dir, shared_dir) -> Path:
+    return made_once(shared_dir, "broken", lambda folder: inject_problems(copy_tree(demo_dir, folder / "data"))) / "data"
+
+
+def inject_problems(root: Path) -> None:
     """The demo files with one of each problem a real download has injected."""
-    root = copy_tree(demo_dir, tmp_path_factory.mktemp("broken") / "data")
     # a missing day
     remove(daily_file(root, "metrics", "2024-09-03"))
     # a gap of one hour inside a day (rows 13:00 .. 13:55 gone)
@@ -113,15 +145,11 @@ def broken_dir(demo_dir, tmp_path_factory) -> Path:
     # the same klines day without a header row, as Binance's older files are
     path = daily_file(root, "klines", "2024-09-03", interval="1m")
     write_zip_lines(path, read_zip_lines(path)[1:])
-    return root
 
 
 @pytest.fixture(scope="session")
-def broken_db(broken_dir, tmp_path_factory) -> Path:
-    db = tmp_path_factory.mktemp("broken-built") / "liquidations.db"
-    result = run_build("--data", str(broken_dir), "--db", str(db))
-    assert result.returncode == 0, result.stderr
-    return db
+def broken_db(broken_dir, shared_dir) -> Path:
+    return made_once(shared_dir, "broken-built", build_into(broken_dir)) / "liquidations.db"
 
 
 def chromium_path() -> str | None:
@@ -133,14 +161,12 @@ def chromium_path() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def month_db(tmp_path_factory) -> Path:
+def month_db(shared_dir) -> Path:
     """The README's demo exactly: `build.py demo` with its defaults (30 days, seed 1), then a build."""
-    out = tmp_path_factory.mktemp("month")
-    pipeline.demo(DemoOptions(out=out / "raw"))
-    db = out / "liquidations.db"
-    result = run_build("--data", str(out / "raw"), "--db", str(db))
-    assert result.returncode == 0, result.stderr
-    return db
+    def make(out: Path) -> None:
+        pipeline.demo(DemoOptions(out=out / "raw"))
+        build_into(out / "raw")(out)
+    return made_once(shared_dir, "month", make) / "liquidations.db"
 
 
 def free_port() -> int:
