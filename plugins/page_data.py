@@ -30,7 +30,7 @@ SHOWN_TIME = {
 RANGE_START = """SELECT coalesce(:start, strftime('%Y-%m-%dT%H:%M:%SZ', coalesce(:end, :t), '-' || :last_hours || ' hours',
                                                   '+1 seconds'), '0')"""
 RANGED = ("heatmap", "predicted_vs_realized")
-SYMBOL = "SELECT coalesce(nullif(:symbol, ''), (SELECT min(symbol) FROM data_coverage))"
+SYMBOL = "SELECT coalesce(nullif(:symbol, ''), (SELECT symbol FROM query_defaults))"
 
 # The ensemble's fit in force at time :t (applies_to empty: in force after the data), one row per parameter,
 # with the days it was trained on; the leverage tiers in order of leverage.

@@ -110,8 +110,8 @@ async def test_a_write_is_refused_before_the_parameter_check_and_is_marked(datas
 
 
 async def test_what_an_empty_parameter_stands_for_is_what_the_queries_answer(datasette):
-    """plugins.liquidation_defaults, which the pages' controls show, is what the stored queries' SQL falls back to."""
-    defaults = CONFIG["plugins"]["liquidation_defaults"]
+    """The table query_defaults, which the pages' controls show, is what the stored queries' SQL falls back to."""
+    [defaults] = (await datasette.client.get("/liquidations/query_defaults.json?_shape=array")).json()
     for query in ("heatmap", "levels"):
         answer = (await datasette.client.get(f"/liquidations/{query}.json?_shape=array")).json()
         assert answer and {row["model"] for row in answer} == {defaults["model"]}, query

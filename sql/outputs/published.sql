@@ -21,6 +21,12 @@ SELECT path AS file, symbol, data_type, kline_interval, period, has_header, chec
        coalesce(rows_read, 0) AS rows_read
 FROM src_files ORDER BY symbol, data_type, period;
 
+-- What an empty parameter of a stored query stands for: the queries in datasette.yaml fall back to it and the chart
+-- pages' controls show it. The first symbol built; the ensemble; the 1-hour horizon where scored, else the shortest.
+CREATE OR REPLACE TABLE query_defaults AS
+SELECT (SELECT min(symbol) FROM coverage) AS symbol, 'ensemble' AS model,
+       (SELECT horizon FROM backtest_horizons ORDER BY horizon <> '1h', horizon_s LIMIT 1) AS horizon;
+
 -- SQLite names. Datasette serves a table before a stored query of the same name, and the stored
 -- queries (datasette.yaml) need the short names heatmap, levels, liquidation_map, coverage and
 -- data_quality for their pages; so those tables reach SQLite under these names. In DuckDB both work.
