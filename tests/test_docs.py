@@ -83,3 +83,10 @@ def test_the_problem_kinds_in_the_docs_are_the_seed_the_build_reads():
                       (ROOT / "docs" / "data-quality.md").read_text(), re.DOTALL)
     assert block and block[1] == table, "docs/data-quality.md's problem kinds differ from the seed; they should read:\n" + table
     assert len({r["problem"] for r in seed}) == len(seed) >= 20
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    """.ci/run installs what the tests need from Debian, then runs the README's second command as written."""
+    commands = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert len(commands) >= 2 and "pytest" in commands[1]
+    assert (ROOT / ".ci" / "run").read_text().rstrip().splitlines()[-1] == commands[1]
