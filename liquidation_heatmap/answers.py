@@ -16,7 +16,8 @@ from urllib.parse import urlencode
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent   # the project
+from .project import ROOT
+
 TABLE = "stored_answers"
 # headers the server sets itself when it sends a stored answer (its length, its encoding)
 NOT_STORED = {"content-length", "content-encoding", "vary", "x-cache"}

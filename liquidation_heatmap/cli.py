@@ -30,7 +30,7 @@ from .options import (
     default_memory_limit,
 )
 from .pipeline import build, demo
-from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, ROOT, BuildError, command_line, log, shown
+from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, HOME, BuildError, command_line, log, shown
 from .report import report
 from .serve import serve
 
@@ -122,10 +122,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", default="101,102,103", type=lambda text: [int(n) for n in text.split(",") if n],
                    help="simulator seeds to score beside the demo (comma-separated; '' for none)")
     p.add_argument("--seed-days", type=int, default=10, help="days simulated for a seed that is not built yet")
-    p.add_argument("--seeds-dir", type=Path, default=ROOT / "data" / "seeds", help="the seeds' builds: DIR/seed-N/")
+    p.add_argument("--seeds-dir", type=Path, default=HOME / "data" / "seeds", help="the seeds' builds: DIR/seed-N/")
     p.add_argument("--rebuild", action="store_true", help="simulate and build the seeds again")
-    p.add_argument("--csv", type=Path, default=ROOT / "data" / "backtest_skill.csv", help="skills CSV to write")
-    p.add_argument("--before", type=Path, default=ROOT / "data" / "backtest_skill_before.csv",
+    p.add_argument("--csv", type=Path, default=HOME / "data" / "backtest_skill.csv", help="skills CSV to write")
+    p.add_argument("--before", type=Path, default=HOME / "data" / "backtest_skill_before.csv",
                    help="skills CSV of the models before, compared in the table")
     p = add("serve", help="run Datasette on the built SQLite file (read only: served immutable)")
     p.add_argument("--db", type=Path, help=BUILT_DB_HELP)

@@ -7,16 +7,37 @@ import shlex
 import shutil
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent    # the project: sql/, templates/, plugins/, the YAML, data/
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def installed_root() -> Path:
+    """Where a regular install (pip install .) put the SQL, YAML, templates and plugins (pyproject.toml's
+    data-files, share/liquidation-heatmap under its prefix), as its own record of its files says."""
+    try:
+        recorded = distribution("liquidation-heatmap").files or []
+    except PackageNotFoundError:
+        recorded = []
+    found = [f for f in recorded if f.as_posix().endswith("share/liquidation-heatmap/metadata.yml")]
+    if not found:
+        raise SystemExit(f"error: no sql/ beside {Path(__file__).parent} and no installed copy of it: install the "
+                         "project with pip install . (or pip install -e . in its checkout)")
+    return Path(found[0].locate()).resolve().parent
+
+
+# The project's SQL, YAML, templates and plugins: the checkout's (run from it, or installed with pip install -e .),
+# else those a regular install put under its prefix.
+ROOT = CHECKOUT if (CHECKOUT / "sql" / "stages.yml").is_file() else installed_root()
+HOME = CHECKOUT if ROOT == CHECKOUT else Path.cwd()   # where data/ is: the checkout's, else the current folder's
 SQL_DIR = ROOT / "sql"
 SQL_STAGES: dict[str, list[str]] = yaml.safe_load((SQL_DIR / "stages.yml").read_text())   # stage -> files, in order
-DATA_DIR = ROOT / "data" / "raw"                 # real Binance files (what `fetch` writes)
-DEFAULT_DB = ROOT / "data" / "liquidations.db"
-DEMO_DIR = ROOT / "data" / "demo"                # the simulated demo, apart: its files in raw/, its own database
+DATA_DIR = HOME / "data" / "raw"                 # real Binance files (what `fetch` writes)
+DEFAULT_DB = HOME / "data" / "liquidations.db"
+DEMO_DIR = HOME / "data" / "demo"                # the simulated demo, apart: its files in raw/, its own database
 DATABASE_NAME = "liquidations"                   # Datasette names the database after the file's stem
 
 

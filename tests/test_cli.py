@@ -1,5 +1,6 @@
 """The command line as a new user meets it on a fresh clone: what it tells them to run works as written."""
 
+import os
 import shlex
 import shutil
 import sqlite3
@@ -70,3 +71,28 @@ def test_serve_without_a_database_on_a_fresh_clone_names_the_run_that_builds_one
     assert result.returncode == 2 and "no database at data/liquidations.db" in result.stderr, result.stderr
     [command] = advised(result.stderr)
     assert command[1:] == ["build.py"]   # the default run: data/raw's files, or the demo (see the test above)
+
+
+def test_a_regular_install_runs_from_any_folder_with_its_own_sql(tmp_path):
+    """pip install . (not -e): the package, and the SQL, YAML, templates and plugins as its data files under the
+    prefix; the installed command then simulates and builds in an empty folder, reading none of the checkout."""
+    prefix, work = tmp_path / "prefix", tmp_path / "work"
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix),
+                                str(ROOT)], capture_output=True, text=True, timeout=600, check=False)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    site = next(prefix.glob("lib/python3*/site-packages"))
+    share = prefix / "share" / "liquidation-heatmap"
+    assert (share / "sql" / "stages.yml").is_file() and (share / "datasette.yaml").is_file()
+    assert (share / "templates" / "pages" / "heatmap.html").is_file() and (share / "plugins" / "read_only.py").is_file()
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}   # (its package first, before the checkout's editable one)
+    command = [str(prefix / "bin" / "liquidation-heatmap")]
+    for words in (["demo", "--days", "1", "--trades-per-day", "500"],
+                  ["build", "--data", "data/demo/raw", "--db", "data/demo/liquidations.db"]):
+        result = subprocess.run(command + words, cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+    with sqlite3.connect(work / "data" / "demo" / "liquidations.db") as con:
+        assert con.execute("SELECT count(*) FROM stored_answers").fetchone()[0] > 0   # its plugins and YAML, rendered
+    probe = subprocess.run([sys.executable, "-c", "from liquidation_heatmap import project; print(project.ROOT)"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True)
+    assert Path(probe.stdout.strip()) == share.resolve()

@@ -71,8 +71,8 @@ def test_report_writes_the_readme_blocks(month_db, seeds, tmp_path, monkeypatch,
     doc = tmp_path / "docs" / "backtest.md"   # where `report --readme` writes, under the ROOT set below
     doc.parent.mkdir()
     shutil.copy(BACKTEST_DOC, doc)
-    for module in (cli, report):   # the file written, and --before's default, tmp_path/data/..., which is missing
-        monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "ROOT", tmp_path)   # the file written
+    monkeypatch.setattr(cli, "HOME", tmp_path)      # and --before's default, tmp_path/data/..., which is missing
     text = doc.read_text()
     text = report.README_BLOCKS["backtest report"].sub(lambda m: m[1] + "stale" + m[2], text)
     doc.write_text(report.README_BLOCKS["skill before and after"].sub(lambda m: m[1] + "stale" + m[2], text))
