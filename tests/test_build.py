@@ -15,6 +15,7 @@ from conftest import DAYS, ROOT, START, daily_file, read_zip_lines, run_build, w
 
 import build
 from liquidation_heatmap import cli, export, files, pipeline, serve, simulate
+from liquidation_heatmap.source_file import SourceFile
 
 
 def rows(db: Path, sql: str, *params) -> list[tuple]:
@@ -24,12 +25,11 @@ def rows(db: Path, sql: str, *params) -> list[tuple]:
 
 def test_parse_file_name_reads_binance_names():
     vision = Path("data/futures/um/daily/markPriceKlines/BTCUSDT/1m/BTCUSDT-1m-2024-09-01.zip")
-    assert files.parse_file_name(vision) == {
-        "path": vision, "symbol": "BTCUSDT", "data_type": "markPriceKlines", "kline_interval": "1m",
-        "period": "2024-09-01"}
-    assert files.parse_file_name(Path("flat/ETHUSDT-1h-2024-09.csv"))["data_type"] == "klines"
-    assert files.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip"))["data_type"] == "metrics"
-    assert files.parse_file_name(Path("x/BTCUSDT-fundingRate-2024-09.zip"))["period"] == "2024-09"
+    assert files.parse_file_name(vision) == SourceFile(
+        path=vision, symbol="BTCUSDT", data_type="markPriceKlines", kline_interval="1m", period="2024-09-01")
+    assert files.parse_file_name(Path("flat/ETHUSDT-1h-2024-09.csv")).data_type == "klines"
+    assert files.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip")).data_type == "metrics"
+    assert files.parse_file_name(Path("x/BTCUSDT-fundingRate-2024-09.zip")).period == "2024-09"
     assert files.parse_file_name(Path("x/BTCUSDT-metrics-2024-09-01.zip.CHECKSUM")) is None
     assert files.parse_file_name(Path("x/BTCUSDT-bookDepth-2024-09-01.zip")) is None
     assert files.parse_file_name(Path("x/notes.csv")) is None
@@ -298,8 +298,8 @@ def test_help_names_every_default_and_serve_listens_on_loopback_unless_told(demo
     assert "(default: 30)" in helps["demo"].stdout and "(default: 1h,4h,24h)" in helps["build"].stdout
     assert "(default: 4)" in helps["fetch"].stdout and "(default: 101,102,103)" in helps["report"].stdout
     assert "(default: None)" not in "".join(result.stdout for result in helps.values())
-    serve = run_build("--help", command="serve").stdout
-    assert "--host HOST" in serve and "(default: 127.0.0.1)" in serve and "(default: 8001)" in serve
+    served = run_build("--help", command="serve").stdout
+    assert "--host HOST" in served and "(default: 127.0.0.1)" in served and "(default: 8001)" in served
     command = serve.serve_command(demo_db, 8001)
     assert command[command.index("--host") + 1] == "127.0.0.1" and "-i" in command   # immutable: read only
     assert serve.serve_command(demo_db, 8001, "0.0.0.0")[command.index("--host") + 1] == "0.0.0.0"

@@ -77,7 +77,8 @@ def test_a_regular_install_runs_from_any_folder_with_its_own_sql(tmp_path):
     """pip install . (not -e): the package, and the SQL, YAML, templates and plugins as its data files under the
     prefix; the installed command then simulates and builds in an empty folder, reading none of the checkout."""
     prefix, work = tmp_path / "prefix", tmp_path / "work"
-    installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix),
+    # (--ignore-installed: pip would otherwise first uninstall the checkout's editable install the tests run in)
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--prefix", str(prefix),
                                 str(ROOT)], capture_output=True, text=True, timeout=600, check=False)
     assert installed.returncode == 0, installed.stderr[-2000:]
     site = next(prefix.glob("lib/python3*/site-packages"))

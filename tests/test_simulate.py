@@ -18,7 +18,7 @@ from liquidation_heatmap import simulate
 DAYS, TRADES = 3, 3000
 DATES = ["2024-09-01", "2024-09-02", "2024-09-03"]
 UM = "data/futures/um"
-ROOT = Path(simulate.__file__).parent
+ROOT = Path(simulate.__file__).parent.parent   # the checkout
 # The walk-forward fit's candidate stop-loss shares (sql/calibration/ stop_candidates) and the
 # models' default (sql/seeds/model_parameters.csv stop_loss_share)
 FIT_STOP_SHARES = (0.0, 0.5, 0.8, 0.95)
