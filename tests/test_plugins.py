@@ -14,7 +14,7 @@ from datasette.tracer import capture_traces
 
 CONFIG = yaml.safe_load((ROOT / "datasette.yaml").read_text())
 BAD = "/liquidations/heatmap{}?bucket_usd=130"   # a 400 of the parameter check, as .json, .csv or a page
-STORED = "/liquidations/heatmap.json?_json=alive_kusd&last=24h&model=trade_flow"   # (datasette.yaml, stored_answers)
+STORED = "/liquidations/heatmap.json?_json=alive_kusd&model=trade_flow"   # (datasette.yaml, stored_answers)
 
 
 def served(db, config=CONFIG) -> Datasette:
