@@ -324,11 +324,12 @@ def load_paths(url: str) -> list[str]:
 
 def client_cycle(url: str, paths: list[str], first: int, until: float, headers: dict) -> list[tuple]:
     """One client on its own keep-alive connection: GETs of `paths` in turn, from the `first`, until the clock
-    (time.monotonic) reads `until`: (path, seconds, error or None) each. An error is any answer but a 200 with a
-    body, or none (the connection is then opened anew)."""
+    (time.monotonic) reads `until` and every path was asked once (on a slow machine a short run would leave some
+    unasked): (path, seconds, error or None) each. An error is any answer but a 200 with a body, or none (the
+    connection is then opened anew)."""
     host, done, i = url.split("//")[1], [], first
     connection = http.client.HTTPConnection(host, timeout=60)
-    while time.monotonic() < until:
+    while time.monotonic() < until or i - first < len(paths):
         path, i = paths[i % len(paths)], i + 1
         began, error = time.perf_counter(), None
         try:
