@@ -24,6 +24,13 @@ NOT_STORED = {"content-length", "content-encoding", "vary", "x-cache"}
 CONCURRENT = 4   # answers rendered at once (Datasette runs their SQL in its threads)
 
 
+def request_key(path: str, pairs) -> str:
+    """A request as stored answers are keyed: its parameters sorted, the empty ones left out (to a stored query an
+    empty parameter is one left out). The build writes keys with it and plugins/ready_answers.py looks them up."""
+    kept = sorted((name, value) for name, value in pairs if value != "")
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
 def config() -> dict:
     return yaml.safe_load((ROOT / "datasette.yaml").read_text())
 
@@ -52,10 +59,8 @@ def requests(con: sqlite3.Connection, settings: dict, database: str = "liquidati
                 else:
                     choices.append([[(name, str(v)) for v in (value if isinstance(value, list) else [value])]])
             for combination in itertools.product(*choices):
-                pairs = sorted(pair for item in combination
-                               for pair in (item if isinstance(item, list) else [item]) if pair[1] != "")
-                path = f"/{database}/{query}.json"
-                found.append(f"{path}?{urlencode(pairs)}" if pairs else path)
+                found.append(request_key(f"/{database}/{query}.json", [
+                    pair for item in combination for pair in (item if isinstance(item, list) else [item])]))
     return list(dict.fromkeys(found))
 
 

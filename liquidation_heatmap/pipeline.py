@@ -28,10 +28,6 @@ from .options import DEFAULT_HORIZONS, BuildOptions, DemoOptions
 from .project import SQL_DIR, SQL_STAGES, BuildError, log
 from .source_file import SourceFile
 
-STAGES = SQL_STAGES
-
-
-
 
 def run_sql_files(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
     for name in names:
@@ -80,7 +76,7 @@ def write_build_info(con, options: BuildOptions, files: list[SourceFile], key: s
 def create_sources(con, options: BuildOptions) -> None:
     """The empty source tables, the --start/--end window and the model parameters. (The time from which to
     recompute, sql/sources/macros.sql's rebuild_from, is everything until set_rebuild_from says otherwise.)"""
-    run_sql_files(con, STAGES["sources"])
+    run_sql_files(con, SQL_STAGES["sources"])
     con.execute("INSERT INTO build_window VALUES (?, ?)",
                 [options.start, options.end + dt.timedelta(days=1) if options.end else None])
     set_parameters(con, options)
@@ -93,13 +89,13 @@ def set_rebuild_from(con, since: str) -> None:
 def run_stages(con, *stages: str) -> None:
     """The named stages of sql/stages.yml, in order, each file timed (the build prints where its time goes)."""
     for stage_name in stages:
-        for name in STAGES[stage_name]:
+        for name in SQL_STAGES[stage_name]:
             began = time.perf_counter()
             run_sql_files(con, [name])
             log(f"ran sql/{name} ({time.perf_counter() - began:.1f} s)")
 
 
-AFTER_STAGING = [name for name in STAGES if name not in ("sources", "staging")]   # the models and what follows
+AFTER_STAGING = [name for name in SQL_STAGES if name not in ("sources", "staging")]   # the models and what follows
 
 
 def configure(con, memory_limit: str, spill_dir: Path) -> None:
@@ -143,7 +139,7 @@ def check_arguments(options: BuildOptions) -> None:
     with duckdb.connect() as con:
         create_sources(con, options)
         try:
-            run_sql_files(con, STAGES["parameters"][:1])
+            run_sql_files(con, SQL_STAGES["parameters"][:1])
         except duckdb.Error as error:
             raise BuildError(str(error).removeprefix("Invalid Input Error: ")) from None
 

@@ -21,9 +21,11 @@ import os
 import sqlite3
 import weakref
 from collections import OrderedDict
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from datasette.plugins import pm
+
+from liquidation_heatmap.answers import request_key  # (how the build keyed them)
 
 CACHE_BYTES = 64 * 2**20     # a 30-day heatmap's answer is 145 KB compressed
 CACHE_LARGEST = 4 * 2**20
@@ -57,9 +59,9 @@ def stored(datasette, scope, gzipped: bool) -> tuple[dict, bytes] | None:
         _stored[where] = con if found else con.close()
     if (con := _stored[where]) is None:
         return None
-    pairs = sorted((k, v) for k, v in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True) if v)
+    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
     row = con.execute("SELECT headers, body_gzip FROM stored_answers WHERE request = ?",
-                      [f"{path}?{urlencode(pairs)}" if pairs else path]).fetchone()
+                      [request_key(path, pairs)]).fetchone()
     if row is None:
         return None
     body = row[1] if gzipped else gzip.decompress(row[1])
