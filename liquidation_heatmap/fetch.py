@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .archives import checksum_status, sha256
 from .project import BuildError, log
-from .stage import KLINE_TYPES, checksum_status, sha256
+from .stage import KLINE_TYPES
 
 if TYPE_CHECKING:   # (options.py reads FETCH_TYPES from here)
     from .options import FetchOptions

@@ -10,7 +10,7 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
-from . import stage
+from . import archives
 from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, BuildError, command_line, shown
 from .source_file import SourceFile
 from .stage import KLINE_TYPES, SOURCE_TABLES
@@ -94,7 +94,7 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
     for zip_first in (sorted(same, key=lambda info: info.path.suffix != ".zip") for same in found.values()):
         files.append(zip_first[0])
         for copy in zip_first[1:]:  # X.zip and X.csv side by side (an unzipped download): the zip is read
-            same = stage.same_as_zip(copy.path, zip_first[0].path)
+            same = archives.same_as_zip(copy.path, zip_first[0].path)
             files.append(replace(copy, status="skipped", problem="unzipped_copy" if same else "csv_differs_from_zip",
                                  detail=f"not read: {zip_first[0].name} beside it is read, "
                                  + ("and holds the same CSV" if same else "and the CSV inside it differs from this one")))

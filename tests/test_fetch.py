@@ -15,8 +15,8 @@ import pytest
 from conftest import run_build
 
 import build
+from liquidation_heatmap import archives, files, simulate
 from liquidation_heatmap import fetch as fetching
-from liquidation_heatmap import files, simulate, stage
 
 START, END = "2024-09-01", "2024-09-04"
 REQUESTED, PRESENT = 17, 13
@@ -143,7 +143,7 @@ def test_files_already_there_are_skipped_and_unverified_ones_fetched_again(serve
     local.write_bytes(local.read_bytes()[:-10])
     third = serve()
     assert fetch(third, tmp_path, "--types", "metrics") == 0
-    assert third.count(METRICS_DAY2) == 1 and stage.checksum_status(local) == "ok"
+    assert third.count(METRICS_DAY2) == 1 and archives.checksum_status(local) == "ok"
     assert "1 fetched, 2 skipped (already there), 1 missing (404)" in capsys.readouterr().err
 
 
@@ -176,7 +176,7 @@ def test_a_server_error_is_retried_with_backoff(serve, tmp_path, capsys):
     server.faults = {METRICS_DAY2: ["503"], f"{FUNDING}.CHECKSUM": ["503", "503"]}
     assert fetch(server, tmp_path) == 0
     assert server.count(METRICS_DAY2) == 2 and server.count(f"{FUNDING}.CHECKSUM") == 3
-    assert stage.checksum_status(tmp_path / METRICS_DAY2) == stage.checksum_status(tmp_path / FUNDING) == "ok"
+    assert archives.checksum_status(tmp_path / METRICS_DAY2) == archives.checksum_status(tmp_path / FUNDING) == "ok"
     assert f"{PRESENT} fetched" in capsys.readouterr().err
 
 

@@ -24,7 +24,7 @@ import duckdb
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from liquidation_heatmap import files, stage
+from liquidation_heatmap import archives, files, stage
 from liquidation_heatmap.source_file import SourceFile
 
 DAY_MS = 86_400_000
@@ -106,7 +106,7 @@ class BinanceFile:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED if self.stored else zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(path.stem + ".csv", self.csv_text(rows))
         if self.container == "zip+CHECKSUM":
-            path.with_name(path.name + ".CHECKSUM").write_text(f"{stage.sha256(path)}  {path.name}\n")
+            path.with_name(path.name + ".CHECKSUM").write_text(f"{archives.sha256(path)}  {path.name}\n")
         return path
 
     def line(self, index: int) -> int:
