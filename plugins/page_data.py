@@ -12,12 +12,10 @@ from markupsafe import Markup
 TIME_NAMES = ("at", "start", "end")
 # The page's times as the stored queries read them (a bad one: NULL)
 TIMES = "SELECT " + ", ".join(f"strftime('%Y-%m-%dT%H:%M:%SZ', nullif(:{name}, ''))" for name in TIME_NAMES)
-BUCKET_S = "(SELECT CAST(value AS INTEGER) FROM model_parameters WHERE name = 'time_bucket_s')"
 # The time a page shows, picked as its stored query picks it (datasette.yaml), for the model and symbol shown: a map
-# and the comparison are taken at the end (as_of) of the last time bucket ending at or before `at`; the heatmap's
-# and the backtest's range ends at their last row at or before `end`. Empty: the latest.
-AS_OF = f"""SELECT strftime('%Y-%m-%dT%H:%M:%SZ', max(ts), '+' || {BUCKET_S} || ' seconds') FROM {{}}
-    AND ts <= coalesce(strftime('%Y-%m-%dT%H:%M:%SZ', nullif(:at, ''), '-' || {BUCKET_S} || ' seconds'), '9')"""
+# and the comparison are taken at the last as_of (a time bucket's end) at or before `at`; the heatmap's and the
+# backtest's range ends at their last row at or before `end`. Empty: the latest.
+AS_OF = "SELECT max(as_of) FROM {} AND as_of <= coalesce(:at, '9')"
 LAST_ROW = "SELECT max(ts) FROM {} AND ts <= coalesce(:end, '9')"
 SHOWN_TIME = {
     "heatmap": LAST_ROW.format("heatmap_rows WHERE model = :model AND symbol = :symbol"),

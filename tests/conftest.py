@@ -1,5 +1,6 @@
 """Shared fixtures: simulated Binance files and databases built from them, once per test session."""
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -14,6 +15,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import coverage
 import pytest
 
 from liquidation_heatmap import pipeline, serve, simulate
@@ -47,10 +49,30 @@ def made_once(shared: Path, name: str, make) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def untraced():
+    """Coverage paused: for the simulated markets the fixtures make. The simulator is plain Python, minute by
+    minute, and tracing it doubles its time; its own tests (test_simulate.py) measure its coverage."""
+    measuring = coverage.Coverage.current()
+    if measuring:
+        measuring.stop()
+    try:
+        yield
+    finally:
+        if measuring:
+            measuring.start()
+
+
+def simulated(out: Path, **settings) -> Path:
+    """simulate.simulate(out, **settings) untraced and quiet: a fixture's market."""
+    with untraced():
+        simulate.simulate(out, progress=lambda *_: None, **settings)
+    return out
+
+
 @pytest.fixture(scope="session")
 def demo_dir(shared_dir) -> Path:
-    return made_once(shared_dir, "demo", lambda out: simulate.simulate(
-        out, days=DAYS, seed=7, start=START, trades_per_day=3000, progress=lambda *_: None))
+    return made_once(shared_dir, "demo", lambda out: simulated(out, days=DAYS, seed=7, start=START, trades_per_day=3000))
 
 
 def build_into(data: Path):
@@ -66,10 +88,12 @@ def demo_db(demo_dir, shared_dir) -> Path:
     return made_once(shared_dir, "built", build_into(demo_dir)) / "liquidations.db"
 
 
-def run_build(*args: str, command: str = "build") -> subprocess.CompletedProcess:
-    """build.py as a user runs it, in its own process."""
+def run_build(*args: str, command: str = "build", traced: bool = True) -> subprocess.CompletedProcess:
+    """build.py as a user runs it, in its own process; traced=False: without coverage measuring it (a fixture's
+    simulated market: see untraced)."""
+    env = None if traced else {name: value for name, value in os.environ.items() if name != "COVERAGE_PROCESS_CONFIG"}
     return subprocess.run([sys.executable, str(ROOT / "build.py"), command, *args],
-                          capture_output=True, text=True, timeout=600, check=False)
+                          capture_output=True, text=True, timeout=600, check=False, env=env)
 
 
 def daily_file(root: Path, data_type: str, day: str, symbol: str = "BTCUSDT", interval: str | None = None) -> Path:
@@ -164,7 +188,8 @@ def chromium_path() -> str | None:
 def month_db(shared_dir) -> Path:
     """The README's demo exactly: `build.py demo` with its defaults (30 days, seed 1), then a build."""
     def make(out: Path) -> None:
-        pipeline.demo(DemoOptions(out=out / "raw"))
+        with untraced():
+            pipeline.demo(DemoOptions(out=out / "raw"))
         build_into(out / "raw")(out)
     return made_once(shared_dir, "month", make) / "liquidations.db"
 

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import ROOT, START, daily_file, read_zip_lines, remove, run_build, write_zip_lines
-
-from liquidation_heatmap import simulate
+from conftest import ROOT, START, daily_file, read_zip_lines, remove, run_build, simulated, write_zip_lines
 
 SAMPLES = ROOT / "tests" / "samples"
 
@@ -74,7 +72,7 @@ def eight_days(tmp_path_factory):
     builds = {}
     for seed in (7, 8):
         data = tmp_path_factory.mktemp(f"seed{seed}")
-        simulate.simulate(data, days=8, seed=seed, start=START, trades_per_day=2000, progress=lambda *_: None)
+        simulated(data, days=8, seed=seed, start=START, trades_per_day=2000)
         mix = json.loads((data / "simulator" / "params.json").read_text())["leverage_mix"]
         total = sum(mix.values())  # written rounded: renormalise
         tiers = {"true": "\n".join(f"{lev},{weight / total!r},100000" for lev, weight in mix.items()), **wrong,

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-from conftest import DAYS, ROOT, START, daily_file, read_zip_lines, run_build, write_zip_lines
+from conftest import DAYS, ROOT, START, daily_file, read_zip_lines, run_build, simulated, write_zip_lines
 
 import build
 from liquidation_heatmap import cli, export, files, pipeline, serve, simulate
@@ -253,8 +253,7 @@ def test_real_binance_trades_parse(tmp_path):
 def test_several_symbols_build_at_once(demo_dir, tmp_path):
     data = tmp_path / "two"
     shutil.copytree(demo_dir, data)
-    simulate.simulate(data, days=2, seed=3, symbol="ETHUSDT", start=START, trades_per_day=1000,
-                      progress=lambda *_: None)
+    simulated(data, days=2, seed=3, symbol="ETHUSDT", start=START, trades_per_day=1000)
     db = tmp_path / "two.db"
     assert run_build("--data", str(data), "--db", str(db)).returncode == 0
     assert rows(db, "SELECT DISTINCT symbol FROM data_coverage ORDER BY 1") == [("BTCUSDT",), ("ETHUSDT",)]

@@ -12,10 +12,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import run_build
+from conftest import run_build, simulated
 
 import build
-from liquidation_heatmap import archives, files, simulate
+from liquidation_heatmap import archives, files
 from liquidation_heatmap import fetch as fetching
 
 START, END = "2024-09-01", "2024-09-04"
@@ -30,8 +30,7 @@ FETCHED_TYPES = ("metrics", "fundingRate", "klines", "markPriceKlines", "aggTrad
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mirror")
-    simulate.simulate(root, days=3, seed=5, trades_per_day=1000, progress=lambda *_: None)
-    return root
+    return simulated(root, days=3, seed=5, trades_per_day=1000)
 
 
 class MirrorHandler(http.server.BaseHTTPRequestHandler):

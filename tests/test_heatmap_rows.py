@@ -1,6 +1,7 @@
 """The heatmap's rows (sql/outputs/heatmap_rows.sql) and the heatmap stored query that reads them (datasette.yaml): every
 leverage tier and each tier, the resolution chosen, and a range never answered with nothing."""
 
+import asyncio
 import datetime as dt
 import json
 import sqlite3
@@ -21,11 +22,18 @@ def sql(db: Path, query: str, *params) -> list[tuple]:
         return con.execute(query, params).fetchall()
 
 
+SERVED: dict[tuple, Datasette] = {}
+
+
 async def heatmap(db: Path, **params) -> list[dict]:
-    """The heatmap stored query's rows, asked of the Datasette `build.py serve` runs, in process."""
-    ds = Datasette(immutables=[str(db)], metadata=export.load_metadata(), plugins_dir=str(ROOT / "plugins"),
-                   config=yaml.safe_load((ROOT / "datasette.yaml").read_text()), template_dir=str(ROOT / "templates"))
-    response = await ds.client.get("/liquidations/heatmap.json", params={**params, "_shape": "array"})
+    """The heatmap stored query's rows, asked of the Datasette `build.py serve` runs, in process: one per database
+    and event loop (a test's), as a server is one for its requests (each start counts the rows of every table)."""
+    key = (db, asyncio.get_running_loop())   # (the loop itself, not its id, which a later loop may reuse)
+    if key not in SERVED:
+        SERVED[key] = Datasette(immutables=[str(db)], metadata=export.load_metadata(), plugins_dir=str(ROOT / "plugins"),
+                                config=yaml.safe_load((ROOT / "datasette.yaml").read_text()),
+                                template_dir=str(ROOT / "templates"))
+    response = await SERVED[key].client.get("/liquidations/heatmap.json", params={**params, "_shape": "array"})
     assert response.status_code == 200, response.text[:500]
     return response.json()
 

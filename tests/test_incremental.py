@@ -19,6 +19,23 @@ import build
 from liquidation_heatmap import export, incremental, pipeline, project
 
 LAST_DAY = str(dt.date.fromisoformat(START) + dt.timedelta(days=DAYS - 1))
+EARLIER = str(dt.date.fromisoformat(LAST_DAY) - dt.timedelta(days=1))
+
+
+@pytest.fixture(scope="module")
+def all_but_the_last_day(demo_dir, tmp_path_factory) -> Path:
+    """The demo's days but the last, built (a full build): its folder (the SQLite and DuckDB files, the cache),
+    which the tests that add the last day copy."""
+    db = tmp_path_factory.mktemp("earlier") / "liquidations.db"
+    first = run_build("--data", str(demo_dir), "--db", str(db), "--end", EARLIER)
+    assert first.returncode == 0, first.stderr
+    assert recomputed_from(first.stderr) == "a full build"
+    return db.parent
+
+
+def copy_of_build(folder: Path, tmp_path: Path) -> Path:
+    """A copy of a built folder, as if it had been built here: its SQLite file's path."""
+    return copy_tree(folder, tmp_path / "build") / "liquidations.db"
 
 
 def tables(db: Path) -> dict[str, list[tuple]]:
@@ -59,11 +76,8 @@ def recomputed_from(stderr: str) -> str:
     return match[1] if match else "a full build" if "a full build" in stderr else stderr[-2000:]
 
 
-def test_adding_a_day_gives_what_a_full_build_gives(demo_dir, demo_db, tmp_path):
-    db = tmp_path / "liquidations.db"
-    first = run_build("--data", str(demo_dir), "--db", str(db), "--end", str(dt.date.fromisoformat(LAST_DAY) - dt.timedelta(days=1)))
-    assert first.returncode == 0, first.stderr
-    assert recomputed_from(first.stderr) == "a full build"
+def test_adding_a_day_gives_what_a_full_build_gives(demo_dir, demo_db, all_but_the_last_day, tmp_path):
+    db = copy_of_build(all_but_the_last_day, tmp_path)
     heatmap_rows = tables(db)["heatmap_cells"]
     added = run_build("--data", str(demo_dir), "--db", str(db))
     assert added.returncode == 0, added.stderr
@@ -77,12 +91,11 @@ def test_adding_a_day_gives_what_a_full_build_gives(demo_dir, demo_db, tmp_path)
     assert_same_tables(db, demo_db)      # demo_db: the full build of every day
 
 
-def test_an_incremental_export_of_more_rows_than_it_reads_first_streams_them(demo_dir, demo_db, tmp_path, monkeypatch):
+def test_an_incremental_export_of_more_rows_than_it_reads_first_streams_them(demo_dir, demo_db, all_but_the_last_day,
+                                                                             tmp_path, monkeypatch):
     """An incremental build reads its output rows from DuckDB first and commits beside the writing of
     SQLite, up to PREFETCH_ROWS; past that it streams them and commits after, as a full build does."""
-    db = tmp_path / "liquidations.db"
-    earlier = str(dt.date.fromisoformat(LAST_DAY) - dt.timedelta(days=1))
-    assert run_build("--data", str(demo_dir), "--db", str(db), "--end", earlier).returncode == 0
+    db = copy_of_build(all_but_the_last_day, tmp_path)
     read_first, real = [], export.prefetch
     monkeypatch.setattr(export, "prefetch", lambda con, plans: read_first.append(real(con, plans)) or read_first[-1])
     monkeypatch.setattr(export, "PREFETCH_ROWS", 100)
@@ -109,9 +122,8 @@ def test_a_changed_day_in_the_middle_is_recomputed_from_that_day(demo_dir, tmp_p
     assert_same_tables(db, full)
 
 
-def test_nothing_changed_recomputes_nothing_and_other_options_recompute_everything(demo_dir, tmp_path):
-    db = tmp_path / "liquidations.db"
-    assert run_build("--data", str(demo_dir), "--db", str(db)).returncode == 0
+def test_nothing_changed_recomputes_nothing_and_other_options_recompute_everything(demo_dir, demo_db, tmp_path):
+    db = copy_of_build(demo_db.parent, tmp_path)   # demo_db: a full build of demo_dir
     before = tables(db)
     again = run_build("--data", str(demo_dir), "--db", str(db))
     assert recomputed_from(again.stderr) == "infinity"
@@ -136,13 +148,12 @@ def duckdb_contents(duck: Path) -> dict:
                 for name in names}
 
 
-def test_a_failed_or_killed_build_leaves_the_previous_duckdb_file_whole(demo_dir, demo_db, tmp_path, monkeypatch):
+def test_a_failed_or_killed_build_leaves_the_previous_duckdb_file_whole(demo_dir, demo_db, all_but_the_last_day, tmp_path,
+                                                                        monkeypatch):
     """An incremental build writes the previous build's DuckDB file in place, in one transaction (no copy
     of it): a build that fails, is killed or finds the file open elsewhere leaves that file as it was, and
     the next build still adds to it what a full build gives."""
-    db = tmp_path / "liquidations.db"
-    earlier = str(dt.date.fromisoformat(LAST_DAY) - dt.timedelta(days=1))
-    assert run_build("--data", str(demo_dir), "--db", str(db), "--end", earlier).returncode == 0
+    db = copy_of_build(all_but_the_last_day, tmp_path)
     before = duckdb_contents(db.with_suffix(".duckdb"))
     assert before["heatmap"][0] > 0 and before["build_info"][0] > 0
 

@@ -49,7 +49,7 @@ def seeds(month_db, tmp_path_factory) -> Path:
         folder = out / f"seed-{n}"
         for command, args in (("demo", ["--out", str(folder / "raw"), "--days", "10", "--seed", str(n)]),
                               ("build", ["--data", str(folder / "raw"), "--db", str(folder / "liquidations.db")])):
-            assert run_build(*args, command=command).returncode == 0, (n, command)
+            assert run_build(*args, command=command, traced=command == "build").returncode == 0, (n, command)
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(seed, (101, 102, 103)))
     result = run_build("--db", str(month_db), "--seeds-dir", str(out), "--csv", str(out / "skill.csv"), command="report")
