@@ -40,8 +40,9 @@ KLINE_TYPES = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKli
 SOURCE_TABLES = {"metrics": "src_metrics", "fundingRate": "src_funding_rate", "aggTrades": "src_agg_trades",
                  "trades": "src_trades", "liquidationSnapshot": "src_liquidation_snapshot",
                  "forceOrder": "src_force_orders", "liquidationsAggregated": "src_liquidations_aggregated",
+                 "recordingGaps": "src_recording_gaps",
                  **{kind: "src_klines" for kind in KLINE_TYPES}}
-BY_NAME = ("forceOrder", "liquidationsAggregated")  # their columns vary: read by header name, as text
+BY_NAME = ("forceOrder", "liquidationsAggregated", "recordingGaps")  # their columns vary: read by header name, as text
 LOADED_STATS = ("rows_read", "rows_staged", "first_ts", "last_ts")
 QUALITY_COLUMNS = ("symbol", "data_type", "kline_interval", "line", "problem", "severity", "detail", "rows_affected",
                    "first_ts::VARCHAR", "last_ts::VARCHAR")

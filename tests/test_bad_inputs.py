@@ -290,6 +290,11 @@ OTHER_COMMANDS = {
                      "argument --port: '99999' is no TCP port (1-65535)"),
     "no database to serve": ("serve --db of a file not built", "error saying how to build it",
                              ["serve", "--db", "{tmp}/nope.db"], "build it first with"),
+    "not a stream URL": ("record --url of an http:// address", "error naming it, nothing written",
+                         ["record", "--url", "http://127.0.0.1:9/ws", "--out", "{tmp}/recorded"],
+                         "--url http://127.0.0.1:9/ws"),
+    "no such duration": ("record --renew-after 0", "usage error naming it", ["record", "--renew-after", "0"],
+                         "argument --renew-after: '0' is no duration"),
 }
 
 
