@@ -110,17 +110,21 @@ class Recorder:
     async def renew(self, old: Link) -> tuple[Link, float]:
         """Open the new connection before closing the old: both are read for a moment (whatever both carry is
         written once), so a renewal leaves no gap. If the new one cannot be opened, the old one is kept and the
-        renewal tried again after the backoff delay."""
+        renewal tried again after the backoff delay; if the old one drops first, that is a drop like any other
+        (the main loop finds it ended, and the time until a new one opens is a gap)."""
         try:
-            new = await self.open()
+            new = await self.open_unless(old.reader)
         except (OSError, TimeoutError, InvalidHandshake) as error:
             wait = self.backoff()
             log(f"record: renewal: cannot open a new connection to {self.options.url}: {error}; keeping the current "
                 f"one, trying again in {wait:.1f} s")
             return old, time.monotonic() + wait
+        if new is None:   # stopped, or the old one dropped, while the new one was opening
+            return old, time.monotonic()
         await self.wait_stop(min(2.0, self.options.renew_after / 2))   # (read both: nothing in flight is lost)
         await self.close(old)
         self.counts["renewals"] += 1
+        self.delay = 0.0
         log(f"record: renewed the connection after {time.monotonic() - old.opened:,.0f} s (the new one opened "
             "before the old one closed: no gap)")
         return new, time.monotonic() + self.options.renew_after
@@ -147,6 +151,17 @@ class Recorder:
         self.recording.save_state(self.connected_until, None)
         return link
 
+    async def open_unless(self, *first: asyncio.Future) -> Link | None:
+        """open(), unless a stop, or any of `first`, comes before it has opened (None then: the try is abandoned)."""
+        opening, stopping = asyncio.create_task(self.open()), asyncio.create_task(self.stop.wait())
+        await asyncio.wait({opening, stopping, *first}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if opening.done():
+            return opening.result()
+        opening.cancel()
+        await asyncio.wait({opening})
+        return None
+
     async def connect(self) -> Link | None:
         """Open a connection, backing off between tries, until one opens (None: stopped first). The time the
         stream was not received before it opened is written as a gap."""
@@ -156,7 +171,9 @@ class Recorder:
                 if self.stop.is_set():
                     break
             try:
-                link = await self.open()
+                link = await self.open_unless()
+                if link is None:
+                    break
             except (OSError, TimeoutError, InvalidHandshake) as error:
                 self.pause = self.backoff()
                 log(f"record: cannot connect to {self.options.url}: {error}; next try in {self.pause:.1f} s")

@@ -142,9 +142,10 @@ class Recording:
                 continue
             whole = [line for line in path.read_text(errors="replace").splitlines()[1:] if line]
             since = gap_start(path, whole, cut, self.read_state())
-            what = "gap row" if path.name == GAPS_FILE else "liquidation"
+            what, lost = ("gap", "this gap stands for it, up to this start") if path.name == GAPS_FILE else (
+                "liquidation", "that liquidation is lost")
             reason = (f"repaired {path.name}: its last line, a {what} cut short by a recorder stopped mid-write, "
-                      f"was dropped ({cut!r}): that {what} is lost")
+                      f"was dropped ({cut!r}): {lost}")
             self.gap(since, started, reason)
             repaired.append(reason)
         return repaired
