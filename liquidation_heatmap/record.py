@@ -214,10 +214,14 @@ class Recorder:
         except ConnectionClosed as error:
             return str(error)
         except OSError as error:   # (the recording's: the disk is full, the folder gone)
-            self.fatal = f"cannot write in {shown(self.options.out)}: {error}"
-            self.stop.set()
-            return self.fatal
+            return self.give_up(error)
         return f"the server closed it ({link.ws.close_code} {link.ws.close_reason or ''})".replace(" )", ")")
+
+    def give_up(self, error: OSError) -> str:
+        """A file the recorder cannot write: it stops (exit status 2, naming it) rather than record nothing."""
+        self.fatal = f"cannot write in {shown(self.options.out)}: {error}"
+        self.stop.set()
+        return self.fatal
 
     async def keep_alive(self, link: Link) -> None:
         """Ping every --heartbeat seconds (Binance answers a ping with a pong): a pong proves the connection
@@ -234,7 +238,11 @@ class Recorder:
             except ConnectionClosed:
                 return
             self.connected_until = now()
-            self.recording.save_state(self.connected_until, None)
+            try:
+                self.recording.save_state(self.connected_until, None)
+            except OSError as error:
+                self.give_up(error)
+                return
 
     # ------------------------------------------------------------ events
 
@@ -302,15 +310,19 @@ def record(options: RecordOptions) -> None:
         for repaired in recording.repair(started):
             log(f"record: {repaired}; written as a gap")
         state = recording.read_state()
-        since = state.get("connected_until") or (iso(last) if (last := recording.last_event()) else None)
-        if since:   # the time since the last run was last connected (or its last event): a gap, once connected
-            recorder.down_since = dt.datetime.fromisoformat(since)
-            recorder.down_reason = "recorder not running" + (f" (and before it stopped, {state['disconnected']})"
-                                                             if state.get("disconnected") else "")
+        try:   # the time since the last run was last connected (or its last event): a gap, once connected
+            recorder.down_since = dt.datetime.fromisoformat(state["connected_until"]) if state.get(
+                "connected_until") else recording.last_event()
+        except ValueError:
+            recorder.down_since = recording.last_event()
+        recorder.down_reason = "recorder not running" + (f" (and before it stopped, {state['disconnected']})"
+                                                         if state.get("disconnected") else "")
         log(f"record: recording {', '.join(options.symbol) or 'every symbol'}'s liquidations from {options.url} "
             f"into {shown(options.out)} (renewing the connection every {options.renew_after:g} s)")
         asyncio.run(recorder.run())
         if recorder.fatal:
             raise BuildError(recorder.fatal)
+    except OSError as error:   # (a gap or the state that could not be written)
+        raise BuildError(f"cannot write in {shown(options.out)}: {error}") from None
     finally:
         os.close(fd)

@@ -197,6 +197,7 @@ def test_every_event_pushed_while_connected_is_written_once_and_every_other_lies
     # renewed before the server's forced close, each time opening the new connection before closing the old
     assert server.aged_out == 0 and server.most_at_once == 2 and server.opened >= 4
     assert stderr.count("renewed the connection") >= 2 and "reconnecting" in stderr
+    assert "HTTP 503; next try in" in stderr   # (refused while the stream was down: tried again after a backoff)
 
 
 def test_a_recorder_killed_and_started_again_loses_and_repeats_nothing_and_its_folder_builds(tmp_path, demo_dir):
