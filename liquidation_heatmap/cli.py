@@ -7,6 +7,7 @@ turns arguments into the typed options of options.py and calls the module that d
     python build.py fetch --symbol BTCUSDT --start D --end D [--types T,..] [--data DIR] [--base-url URL]
     python build.py report [--db DB] [--readme]
     python build.py serve [--db data/liquidations.db] [--port 8001]
+    python build.py record [--out data/recorded] [--symbol S] [--url URL] [--renew-after 23h]
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from .options import (
     BuildOptions,
     DemoOptions,
     FetchOptions,
+    RecordOptions,
     ReportOptions,
     ServeOptions,
     default_memory_limit,
 )
 from .pipeline import build, demo
 from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, HOME, BuildError, command_line, log, shown
+from .record import FORCE_ORDER_URL, duration, record
 from .report import report
 from .serve import serve
 
@@ -59,6 +62,13 @@ class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         empty = action.default in (None, [], False) or action.default is argparse.SUPPRESS
         return action.help if empty or "default" in (action.help or "") else super()._get_help_string(action)
+
+
+def seconds(text: str) -> float:
+    try:
+        return duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def port(text: str) -> int:
@@ -132,12 +142,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, "
                    "so other machines can reach it)")
     p.add_argument("--port", type=port, default=8001, help="port to listen on")
+    p = add("record", help="record Binance's realized liquidations (the forceOrder stream) into daily CSV files, "
+            "until stopped")
+    p.add_argument("--out", type=Path, default=HOME / "data" / "recorded",
+                   help="folder of the daily forceOrder-YYYY-MM-DD.csv files and the gaps (what `build --liquidations` reads)")
+    p.add_argument("--symbol", action="append", default=[], type=str.upper, help="only this symbol (repeatable; "
+                   "default: every symbol)")
+    p.add_argument("--url", default=FORCE_ORDER_URL, help="the all-market forceOrder stream, or a server with its messages")
+    p.add_argument("--renew-after", type=seconds, default="23h", help="open a new connection (before closing the old) "
+                   "this often: Binance closes every connection after 24 hours")
+    p.add_argument("--heartbeat", type=seconds, default="10s", help="ping this often; no pong within three "
+                   "heartbeats is a dropped connection; the state file learns the recorder is connected")
+    p.add_argument("--retry-delay", type=seconds, default="1s", help="first backoff after a failed connect, doubled "
+                   "each failure (with jitter)")
+    p.add_argument("--max-retry-delay", type=seconds, default="60s", help="the backoff's cap")
     return parser.parse_args(argv)
 
 
 DESCRIPTION = "Liquidation Heatmap: Binance USD-M futures files -> DuckDB SQL models -> SQLite -> Datasette."
 COMMANDS = {"demo": (demo_command, DemoOptions), "build": (build, BuildOptions), "fetch": (fetch, FetchOptions),
-            "report": (report, ReportOptions), "serve": (serve, ServeOptions), None: (default_run, None)}
+            "report": (report, ReportOptions), "serve": (serve, ServeOptions), "record": (record, RecordOptions),
+            None: (default_run, None)}
 
 
 def options(args: argparse.Namespace):

@@ -23,9 +23,10 @@ FILE_NAME = re.compile(
 
 
 # Realized liquidations that are not Binance files, known by their header: a recorded forceOrder
-# stream, and aggregated exports with one row per period.
+# stream, and aggregated exports with one row per period; and the gaps of a recording (`build.py record`).
 LIQUIDATION_HEADERS = {"forceOrder": {"timestamp", "symbol", "side", "avg_price", "filled_qty", "usd_value"},
-                       "liquidationsAggregated": {"time", "long_usd", "short_usd"}}
+                       "liquidationsAggregated": {"time", "long_usd", "short_usd"},
+                       "recordingGaps": {"from_ts", "to_ts", "reason"}}
 
 
 # Files of realized liquidations, which the backtest scores against.
@@ -81,7 +82,8 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
              for p in ([q for q in sorted(path.rglob("*")) if q.suffix in (".csv", ".zip")] if path.is_dir() else [path])]
     if unknown := [str(p) for p in given if p.is_file() and not recognise(p) or not p.exists()]:
         raise BuildError(f"--liquidations {unknown[0]}: not a liquidationSnapshot, forceOrder (timestamp,symbol,side,"
-                         "avg_price,filled_qty,usd_value) or aggregated (time,long_usd,short_usd) file")
+                         "avg_price,filled_qty,usd_value), aggregated (time,long_usd,short_usd) or recording gaps "
+                         "(from_ts,to_ts,reason) file")
     found: dict[tuple, list[SourceFile]] = {}
     for path in sorted(data_dir.rglob("*")) + [p for p in given if p.is_file()]:
         info = recognise(path) if path.is_file() else None

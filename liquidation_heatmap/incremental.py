@@ -21,6 +21,10 @@ PERSISTED = sorted({name for path in SQL_DIR.rglob("*.sql")
                     for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", path.read_text())})
 
 
+# Files no model reads, only data_quality (rebuilt whole by every build): one that changed recomputes nothing.
+UNMODELLED_TYPES = ("recordingGaps",)
+
+
 def build_key(options: BuildOptions) -> str:
     """What a build's results depend on besides its files: the SQL and seeds, the code, the options. A
     build whose key differs from the previous build's recomputes everything."""
@@ -43,7 +47,8 @@ def previous_build(duck_path: Path, key: str) -> tuple[dict, list] | None:
             tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
             if info.get("build_key") != key or not tables >= set(PERSISTED):
                 return None
-            return info, con.execute("SELECT path, sha256, status, period, first_ts::VARCHAR FROM src_files").fetchall()
+            return info, con.execute("SELECT path, sha256, status, period, first_ts::VARCHAR FROM src_files "
+                                     f"WHERE data_type NOT IN {UNMODELLED_TYPES!r}").fetchall()
     except duckdb.Error:
         return None
 
@@ -63,7 +68,8 @@ def rebuild_from(previous: tuple[dict, list], files: list[SourceFile], end: dt.d
     nothing after t), so what lies before that day is what the previous build computed."""
     previous_info, previous_files = previous
     before = {(path, digest, status): (period, first) for path, digest, status, period, first in previous_files}
-    now = {(info.name, info.sha256, info.status): (info.period, info.first_ts) for info in files}
+    now = {(info.name, info.sha256, info.status): (info.period, info.first_ts) for info in files
+           if info.data_type not in UNMODELLED_TYPES}
     starts = [period_start(*(before | now)[key]) for key in before.keys() ^ now.keys()]
     ends = {previous_info["end"], str(end or "")}
     if len(ends) > 1:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fetch import FETCH_TYPES, VISION_URL
-from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, ROOT
+from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, HOME, ROOT
+from .record import FORCE_ORDER_URL
 
 DEFAULT_HORIZONS = "1h,4h,24h"   # the backtest's horizons unless --horizons says otherwise
 
@@ -80,3 +81,14 @@ class ServeOptions:
     db: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8001
+
+
+@dataclass
+class RecordOptions:
+    out: Path = HOME / "data" / "recorded"
+    symbol: list[str] = field(default_factory=list)     # empty: every symbol
+    url: str = FORCE_ORDER_URL
+    renew_after: float = 23 * 3600                      # seconds: before Binance closes a connection at 24 hours
+    heartbeat: float = 10.0                             # seconds between pings (and state file writes)
+    retry_delay: float = 1.0                            # the first backoff, seconds, doubled at each failure
+    max_retry_delay: float = 60.0

@@ -94,6 +94,12 @@ IN_DATA = {
                       "other_symbols", "forceOrder-recording.csv", None, "2 rows of 1 symbols"),
     "bad liquidation side": ("a liquidation with side X", "row left out (warning), with its line",
                              "invalid_liquidation", f"BTCUSDT-liquidationSnapshot-{DAY[0]}.zip", 6, "1 rows"),
+    "cut last line": ("a forceOrder recording whose last line a killed recorder cut short (`2024-09-03T10:0`)",
+                      "that line left out (error), with its line; the file's other rows are kept",
+                      "unparseable_rows", "forceOrder-cut.csv", 4, "2024-09-03T10:0"),
+    "cut last value": ("a forceOrder recording whose last line, without its line end, ends in a usd_value cut short",
+                       "that line left out (error), with its line; the file's other rows are kept",
+                       "unparseable_rows", "forceOrder-cut-value.csv", 3, "cut short"),
     "binary garbage": ("bytes that are not a CSV in a Binance-named file", "file quarantined (error)",
                        "unexpected_columns", f"BTCUSDT-trades-{DAY[0]}.csv", None, "header has"),
 }
@@ -158,6 +164,13 @@ def messy(demo_dir, tmp_path_factory) -> tuple[Path, Path, str]:
         "timestamp,symbol,side,avg_price,filled_qty,usd_value\n"
         f"{DAY[1]}T10:00:00,ETHUSDT,SELL,2500,1,2500\n{DAY[1]}T10:01:00,ETHUSDT,BUY,2501,2,5002\n"
         f"{DAY[1]}T10:02:00,BTCUSDT,SELL,58000,0.1,5800\n")
+    # recordings a recorder killed mid-write left: the last line cut, without its line end
+    (root / "liquidations" / "forceOrder-cut.csv").write_text(
+        "timestamp,symbol,side,avg_price,filled_qty,usd_value\n"
+        f"{DAY[2]}T10:00:00,BTCUSDT,SELL,57000,0.2,11400\n{DAY[2]}T10:01:00,BTCUSDT,BUY,57100,0.1,5710\n{DAY[2]}T10:0")
+    (root / "liquidations" / "forceOrder-cut-value.csv").write_text(
+        "timestamp,symbol,side,avg_price,filled_qty,usd_value\n"
+        f"{DAY[2]}T11:00:00,BTCUSDT,SELL,57200,0.5,28600\n{DAY[2]}T11:01:00,BTCUSDT,SELL,57300,0.3,171")
     db = root.parent / "liquidations.db"
     result = run_build("--data", str(root), "--db", str(db))
     assert result.returncode == 0, result.stderr
@@ -196,6 +209,10 @@ def test_nothing_bad_reaches_the_models(messy):
                    "AND TIMESTAMP '2024-09-02 00:19:00'") == (2,)   # 00:08 and 00:19: the 5-minute bars are out
         assert one("SELECT count(DISTINCT symbol) FROM stg_open_interest") == (1,)
         assert one("SELECT count(*) FROM src_files WHERE status = 'skipped'") == (2,)
+        # the cut recordings' whole lines are kept, their cut ones not
+        assert con.execute("SELECT ts::VARCHAR, volume_usd FROM realized_liquidations WHERE source = 'forceOrder' "
+                           "ORDER BY ts").fetchall() == [(f"{DAY[1]} 10:02:00", 5800), (f"{DAY[2]} 10:00:00", 11400),
+                                                         (f"{DAY[2]} 10:01:00", 5710), (f"{DAY[2]} 11:00:00", 28600)]
     assert "skipped " in stderr and "quarantined " in stderr
 
 
@@ -273,6 +290,11 @@ OTHER_COMMANDS = {
                      "argument --port: '99999' is no TCP port (1-65535)"),
     "no database to serve": ("serve --db of a file not built", "error saying how to build it",
                              ["serve", "--db", "{tmp}/nope.db"], "build it first with"),
+    "not a stream URL": ("record --url of an http:// address", "error naming it, nothing written",
+                         ["record", "--url", "http://127.0.0.1:9/ws", "--out", "{tmp}/recorded"],
+                         "--url http://127.0.0.1:9/ws"),
+    "no such duration": ("record --renew-after 0", "usage error naming it", ["record", "--renew-after", "0"],
+                         "argument --renew-after: '0' is no duration"),
 }
 
 

@@ -38,10 +38,13 @@ quarantined AS (   -- and skipped: a CSV beside its zip (an unzipped download), 
            detail, NULL::BIGINT AS rows_affected, NULL::TIMESTAMP AS first_ts, NULL::TIMESTAMP AS last_ts
     FROM files WHERE status IN ('quarantined', 'skipped')
 ),
-in_file AS (        -- found when each file was staged
+in_file AS (        -- found when each file was staged (of a recording's gaps, those that meet --start/--end)
     SELECT coalesce(q.symbol, f.symbol), q.data_type, q.kline_interval, f.path, q.line, q.problem, q.severity, q.detail,
            q.rows_affected, q.first_ts, q.last_ts
     FROM stage_quality q JOIN files f USING (file_id)
+    WHERE q.problem <> 'recording_gap' OR q.first_ts IS NULL
+       OR coalesce(q.last_ts >= (SELECT start_ts FROM build_window), true)
+          AND coalesce(q.first_ts < (SELECT end_ts FROM build_window), true)
 ),
 other_symbols AS (  -- forceOrder recordings hold every symbol: the rows of symbols not built are left out
     -- (and an aggregated export without a symbol column, when the build holds several symbols)

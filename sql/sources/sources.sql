@@ -149,6 +149,15 @@ CREATE TABLE src_liquidations_aggregated (
     file_id   INTEGER
 );
 
+-- The gaps of a forceOrder recording (`build.py record` writes forceOrder-gaps.csv beside its daily files): the
+-- times the stream was not received, when nothing was recorded, and why. Read as text, by header name.
+CREATE TABLE src_recording_gaps (
+    from_ts  VARCHAR,  -- ISO-8601, UTC
+    to_ts    VARCHAR,
+    reason   VARCHAR,  -- e.g. "connection dropped: ...", "recorder not running"
+    file_id  INTEGER
+);
+
 -- The time window asked for with --start/--end (NULL: no bound). build.py fills one row.
 CREATE TABLE build_window (start_ts TIMESTAMP, end_ts TIMESTAMP);
 

@@ -108,9 +108,13 @@ invalid AS (
                           WHEN 'forceOrder' THEN 'invalid_liquidation'
                           WHEN 'liquidationsAggregated' THEN 'invalid_liquidation'
                           WHEN 'aggTrades' THEN 'non_positive_trade' WHEN 'trades' THEN 'non_positive_trade'
+                          WHEN 'recordingGaps' THEN 'recording_gap'
                           ELSE 'invalid_price_bar' END,
-           'warning', format('{} rows with zero, negative, missing, not finite (nan, inf) or inconsistent values left '
-                             'out of the models; first at line {}', n, line),
+           'warning', CASE WHEN data_type = 'recordingGaps'
+                           THEN format('{} gaps whose times cannot be read, or that end before they start: nothing '
+                                       'was recorded for a time unknown; first at line {}', n, line)
+                           ELSE format('{} rows with zero, negative, missing, not finite (nan, inf) or inconsistent '
+                                       'values left out of the models; first at line {}', n, line) END,
            n, first_ts, last_ts
     FROM left_out WHERE mismatch IS NULL
 ),
@@ -129,6 +133,21 @@ mismatched AS (     -- the file's name says one thing and its rows another (a wr
            n, first_ts, last_ts
     FROM left_out WHERE mismatch IS NOT NULL
 ),
+recorded_gaps AS (  -- the gaps of a forceOrder recording, each with its line (past the header)
+    SELECT g.*, g.src_rowid + 1 + f.has_header::INT AS guess, epoch(g.to_ts - g.from_ts) AS seconds
+    FROM typed_recording_gaps g JOIN src_files f USING (file_id) WHERE g.is_valid
+),
+recording_gaps AS ( -- one row each, so that no score rests on a hole unsaid: the stream replays nothing
+    SELECT file_id, '*', 'forceOrder', '', guess + (SELECT count(DISTINCT r.line) FROM src_rejects r
+               WHERE r.file_id = g.file_id AND r.line <= g.guess + (SELECT count(DISTINCT q.line) FROM src_rejects q
+                                                                    WHERE q.file_id = g.file_id AND q.line <= g.guess)),
+           'recording_gap', 'warning',
+           format('a gap in the recording from {} to {} ({}): {}', from_ts, to_ts,
+                  CASE WHEN seconds < 120 THEN round(seconds, 1) || ' s' WHEN seconds < 7200 THEN round(seconds / 60, 1)
+                       || ' min' ELSE round(seconds / 3600, 1) || ' h' END, reason),
+           NULL::BIGINT, from_ts, to_ts
+    FROM recorded_gaps g
+),
 repeated AS (
     -- The same key twice in one file is a fault of that file (Binance repeats rows across files, not
     -- within one): one of each is used, the first.
@@ -140,4 +159,4 @@ repeated AS (
     FROM stage_repeated_keys GROUP BY ALL
 )
 SELECT * FROM unparseable UNION ALL SELECT * FROM invalid UNION ALL SELECT * FROM mismatched
-UNION ALL SELECT * FROM repeated;
+UNION ALL SELECT * FROM repeated UNION ALL SELECT * FROM recording_gaps;

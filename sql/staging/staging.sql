@@ -218,6 +218,14 @@ WHERE is_valid AND volume_usd > 0 AND in_build_window(ts)
   AND symbol IN (SELECT symbol FROM src_files WHERE data_type NOT IN ('forceOrder', 'liquidationsAggregated'))
 QUALIFY row_number() OVER (PARTITION BY symbol, ts, side, price, quantity, volume_usd, source ORDER BY file_id) = 1;
 
+-- The gaps of forceOrder recordings: times nothing was recorded, which data_quality reports (a realized
+-- volume of 0 there says nothing). A gap whose times cannot be read, or that ends before it starts, is invalid.
+CREATE OR REPLACE VIEW typed_recording_gaps AS
+SELECT '*' AS symbol, parse_time(g.from_ts) AS from_ts, parse_time(g.to_ts) AS to_ts, g.reason,
+       parse_time(g.from_ts) <= parse_time(g.to_ts) AS is_valid, hash(g.from_ts, g.to_ts, g.reason) AS row_hash,
+       g.file_id, g.rowid AS src_rowid
+FROM src_recording_gaps g;
+
 -- The period of each aggregated export, per symbol: the most common step between its consecutive times
 -- (the shortest of equally common ones), e.g. 4 h for an export with one row per 4 hours. Its rows say
 -- nothing finer: a backtest window must hold whole periods (sql/backtest/windows.sql leaves out a
@@ -255,7 +263,10 @@ UNION ALL SELECT symbol, data_type, '', ts, hash(trade_id), trade_id, row_hash, 
 FROM typed_trades
 UNION ALL SELECT r.symbol, r.source, '', r.ts, hash(r.ts, r.side, r.price, r.quantity), NULL::BIGINT, r.row_hash,
                  r.is_valid, r.mismatch, NULL, f.overlapping, r.file_id, r.src_rowid
-FROM typed_realized_liquidations r JOIN src_files f USING (file_id);
+FROM typed_realized_liquidations r JOIN src_files f USING (file_id)
+UNION ALL SELECT g.symbol, 'recordingGaps', '', g.from_ts, g.row_hash, NULL::BIGINT, g.row_hash, g.is_valid, NULL, NULL,
+                 f.overlapping, g.file_id, g.src_rowid
+FROM typed_recording_gaps g JOIN src_files f USING (file_id);
 
 -- What each symbol's models read, where the files offer a choice: the kline intervals used, whether
 -- mark-price bars exist (then they trigger liquidations), and aggTrades or trades. A choice holds for a
