@@ -107,11 +107,12 @@ class RestClient:
                 if error.code not in (429, 418):
                     raise RestError(f"{url}: HTTP {error.code} {said}", error.code) from error
                 # 429: over the limit; 418: banned for ignoring 429s. Both say for how long.
-                wait_s = float(error.headers.get("Retry-After") or self.delay_s * 2 ** attempt)
+                said_wait = (error.headers.get("Retry-After") or "").strip()   # seconds (Binance never sends a date)
+                wait_s = float(said_wait) if said_wait.replace(".", "", 1).isdigit() else self.delay_s * 2 ** attempt
                 if wait_s > MAX_RETRY_AFTER_S or attempt == self.tries:
                     raise RestError(f"{url}: HTTP {error.code} from Binance ({said}), Retry-After {wait_s:.0f} s "
                                     f"after {attempt} tries: stopped; run again later", error.code) from error
-                log(f"HTTP {error.code} (request weight over Binance's limit): waiting {wait_s:.1f} s as it asks, {url}")
+                log(f"HTTP {error.code} from Binance (too many requests): waiting {wait_s:.1f} s as it asks, {url}")
                 time.sleep(wait_s)
             except (OSError, http.client.HTTPException) as error:
                 raise RestError(f"{url}: {error or type(error).__name__} (after {self.tries} tries)") from error

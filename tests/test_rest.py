@@ -103,7 +103,7 @@ class BinanceHandler(http.server.BaseHTTPRequestHandler):
         server = self.server
         with server.lock:
             window = int(time.time() // rest.WEIGHT_WINDOW_S)
-            server.used = (server.used if server.window == window else server.extra_weight) + weight
+            server.used = (server.used if server.window == window else 0) + server.extra_weight + weight
             server.window, server.extra_weight = window, 0
             server.max_used = max(server.max_used, server.used)
             used = server.used
@@ -271,3 +271,13 @@ def test_a_ban_stops_with_the_url_and_the_weight_is_kept_under_the_budget(binanc
     window = int(time.time())
     client.get("/fapi/v1/klines", 10, symbol="BTCUSDT", interval="1m", startTime=DAY_MS, endTime=NOW_MS, limit=100)
     assert int(time.time()) > window and "2301 of Binance's 2400 request weight used" in capsys.readouterr().err
+
+
+def test_wrong_arguments_and_a_server_that_is_not_there_fail_naming_them(tmp_path, capsys):
+    out = ["--symbol", "BTCUSDT", "--data", str(tmp_path)]
+    assert build.main(["fetch", *out]) == 2 and "--start and --end are needed (or --today" in capsys.readouterr().err
+    assert build.main(["fetch", "--today", "--end", DAY, *out]) == 2 and "--end does not go with --today" in (
+        capsys.readouterr().err)
+    assert build.main(["fetch", "--today", *out, "--rest-url", "http://127.0.0.1:9", "--retries", "2",
+                       "--retry-delay", "0.01"]) == 2
+    assert "http://127.0.0.1:9/fapi/v1/time" in capsys.readouterr().err and not list(tmp_path.iterdir())
