@@ -5,6 +5,7 @@ turns arguments into the typed options of options.py and calls the module that d
     python build.py demo  [--out DIR] [--days 30] [--seed 1] [--symbol BTCUSDT] [--trades-per-day N]
     python build.py build [--data DIR] [--db data/liquidations.db] [--symbol S] [--start D] [--end D]
     python build.py fetch --symbol BTCUSDT --start D --end D [--types T,..] [--data DIR] [--base-url URL]
+    python build.py fetch --symbol BTCUSDT --today [--start D] [--rest-url URL]
     python build.py report [--db DB] [--readme]
     python build.py serve [--db data/liquidations.db] [--port 8001]
     python build.py record [--out data/recorded] [--symbol S] [--url URL] [--renew-after 23h]
@@ -35,6 +36,7 @@ from .pipeline import build, demo
 from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, HOME, BuildError, command_line, log, shown
 from .record import FORCE_ORDER_URL, duration, record
 from .report import report
+from .rest import REST_URL, fetch_today
 from .serve import serve
 
 
@@ -55,6 +57,11 @@ def demo_command(args: DemoOptions) -> None:
     """`build.py demo`: the files, then the command that builds them."""
     demo(args)
     print(f"\nBuild them:  {demo_build_command(args.out)}")
+
+
+def fetch_command(args: FetchOptions) -> None:
+    """`build.py fetch`: Binance's files of past days, or with --today the days it has not published yet."""
+    (fetch_today if args.today else fetch)(args)
 
 
 class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
@@ -117,8 +124,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="recompute everything (default: only what new, changed or removed files change)")
     p = add("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
     p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
-    p.add_argument("--start", type=date, required=True, help="first day (YYYY-MM-DD, UTC)")
-    p.add_argument("--end", type=date, required=True, help="last day, inclusive (its month for fundingRate)")
+    p.add_argument("--start", type=date, help="first day (YYYY-MM-DD, UTC); required but with --today, where it "
+                   "defaults to today")
+    p.add_argument("--end", type=date, help="last day, inclusive (its month for fundingRate); required, but not with --today "
+                   "(which ends now)")
     p.add_argument("--types", default=",".join(FETCH_TYPES), help="comma-separated Binance types")
     p.add_argument("--interval", default="1m", help="kline interval of klines and markPriceKlines")
     p.add_argument("--data", type=Path, default=DATA_DIR, help="folder to write (what `build --data` reads)")
@@ -126,6 +135,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=4, help="parallel downloads")
     p.add_argument("--retries", type=int, default=4, help="tries per request on timeouts, dropped connections, 5xx")
     p.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled each try")
+    p.add_argument("--today", action="store_true",
+                   help="the days Binance has not published yet: today so far (or from --start) from its REST API, "
+                   "into NAME.partial.csv files that the build reads and reports as partial until `fetch` gets "
+                   "Binance's own file; run again to add what is new")
+    p.add_argument("--rest-url", default=REST_URL, help="Binance's USD-M futures REST API (--today), or a server "
+                   "answering like it")
     p = add("report", help="print the backtest's scores and skill as a Markdown table")
     p.add_argument("--db", type=Path, help=BUILT_DB_HELP)
     p.add_argument("--readme", action="store_true", help="also write both tables into their blocks in docs/backtest.md")
@@ -160,7 +175,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 DESCRIPTION = "Liquidation Heatmap: Binance USD-M futures files -> DuckDB SQL models -> SQLite -> Datasette."
-COMMANDS = {"demo": (demo_command, DemoOptions), "build": (build, BuildOptions), "fetch": (fetch, FetchOptions),
+COMMANDS = {"demo": (demo_command, DemoOptions), "build": (build, BuildOptions), "fetch": (fetch_command, FetchOptions),
             "report": (report, ReportOptions), "serve": (serve, ServeOptions), "record": (record, RecordOptions),
             None: (default_run, None)}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .archives import checksum_status, sha256
+from .files import partial_path
 from .project import BuildError, log
 from .stage import KLINE_TYPES
 
@@ -88,6 +89,7 @@ def read_url(url: str) -> str:
 def fetch_file(url: str, dest: Path, tries: int, delay_s: float) -> tuple[str, str, int]:
     """Fetch one zip and its CHECKSUM into dest: (outcome as in SUMMARY_LABELS, detail, bytes received)."""
     if dest.exists() and checksum_status(dest) == "ok":
+        partial_path(dest).unlink(missing_ok=True)   # what `fetch --today` wrote for the period: the zip replaces it
         return "skipped", "", 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     part, got = dest.with_name(dest.name + ".part"), 0
@@ -98,6 +100,7 @@ def fetch_file(url: str, dest: Path, tries: int, delay_s: float) -> tuple[str, s
             if checksum.lower().split()[:1] == [sha256(part)]:
                 dest.with_name(dest.name + ".CHECKSUM").write_text(checksum)
                 os.replace(part, dest)
+                partial_path(dest).unlink(missing_ok=True)
                 return "fetched", "", got
             if attempt == 1:
                 part.unlink()
@@ -117,6 +120,8 @@ def fetch_types(options: FetchOptions) -> list[str]:
     if not types or set(types) - set(FETCH_TYPES):
         unknown = ", ".join(sorted(set(types) - set(FETCH_TYPES))) or "none given"
         raise BuildError(f"--types {options.types!r}: unknown type ({unknown}); choose from {','.join(FETCH_TYPES)}")
+    if options.start is None or options.end is None:
+        raise BuildError("--start and --end are needed (or --today: from --start, by default today, up to now)")
     if options.end < options.start:
         raise BuildError(f"--end {options.end} is before --start {options.start}")
     if bad := [symbol for symbol in options.symbol if not re.fullmatch(r"[A-Z0-9]+", symbol)]:

@@ -18,8 +18,17 @@ from .stage import KLINE_TYPES, SOURCE_TABLES
 # Binance names every file SYMBOL-TYPE-PERIOD, or SYMBOL-INTERVAL-PERIOD for the kline types, whose
 # type is then the name of a parent folder.
 FILE_NAME = re.compile(
-    r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>[A-Za-z]+|\d+[smhdwM])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.(?P<ext>zip|csv)$"
+    r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>[A-Za-z]+|\d+[smhdwM])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)"
+    r"(?P<partial>\.partial(?=\.csv$))?\.(?P<ext>zip|csv)$"
 )
+
+# What `fetch --today` writes beside the zip Binance will publish (NAME.zip -> NAME.partial.csv): the day so far,
+# from Binance's REST API. It is read until Binance's own file (NAME.zip or NAME.csv) is beside it.
+PARTIAL_SUFFIX = ".partial.csv"
+
+
+def partial_path(vision_path: Path) -> Path:
+    return vision_path.with_name(vision_path.name.removesuffix(".zip") + PARTIAL_SUFFIX)
 
 
 # Realized liquidations that are not Binance files, known by their header: a recorded forceOrder
@@ -91,11 +100,16 @@ def discover(data_dir: Path, symbols: list[str], start, end, liquidations: list[
                 not info.period or period_overlaps(info.period, start, end)):
             # how files are named in every report
             info.name = str(path.relative_to(data_dir) if path.is_relative_to(data_dir) else path)
-            found.setdefault((path.parent.resolve(), path.stem), []).append(info)
+            found.setdefault((path.parent.resolve(), path.stem.removesuffix(".partial")), []).append(info)
     files = []
-    for zip_first in (sorted(same, key=lambda info: info.path.suffix != ".zip") for same in found.values()):
+    for zip_first in (sorted(same, key=lambda info: (info.path.suffix != ".zip", info.path.name.endswith(PARTIAL_SUFFIX)))
+                      for same in found.values()):
         files.append(zip_first[0])
         for copy in zip_first[1:]:  # X.zip and X.csv side by side (an unzipped download): the zip is read
+            if copy.path.name.endswith(PARTIAL_SUFFIX):   # Binance's file for the day is there: it replaces the partial
+                files.append(replace(copy, status="skipped", problem="partial_replaced", detail=f"not read: "
+                                     f"{zip_first[0].name}, Binance's file of the same period, is read instead"))
+                continue
             same = archives.same_as_zip(copy.path, zip_first[0].path)
             files.append(replace(copy, status="skipped", problem="unzipped_copy" if same else "csv_differs_from_zip",
                                  detail=f"not read: {zip_first[0].name} beside it is read, "

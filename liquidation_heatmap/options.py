@@ -12,6 +12,7 @@ from pathlib import Path
 from .fetch import FETCH_TYPES, VISION_URL
 from .project import DATA_DIR, DEFAULT_DB, DEMO_DIR, HOME, ROOT
 from .record import FORCE_ORDER_URL
+from .rest import REST_URL
 
 DEFAULT_HORIZONS = "1h,4h,24h"   # the backtest's horizons unless --horizons says otherwise
 
@@ -53,8 +54,8 @@ class BuildOptions:
 @dataclass
 class FetchOptions:
     symbol: list[str]
-    start: dt.date
-    end: dt.date
+    start: dt.date | None = None                      # None: --today's day (required without --today)
+    end: dt.date | None = None
     types: str = ",".join(FETCH_TYPES)                # comma-separated Binance types
     interval: str = "1m"
     data: Path = DATA_DIR
@@ -62,6 +63,8 @@ class FetchOptions:
     jobs: int = 4
     retries: int = 4
     retry_delay: float = 1.0
+    today: bool = False                               # from Binance's REST API up to now, into .partial.csv files
+    rest_url: str = REST_URL
 
 
 @dataclass

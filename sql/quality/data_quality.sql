@@ -33,10 +33,18 @@ WITH
 files AS (SELECT * FROM src_files),
 quarantined AS (   -- and skipped: a CSV beside its zip (an unzipped download), which the zip stands for
     SELECT symbol, data_type, kline_interval, path AS file, NULL::BIGINT AS line, problem,
-           CASE problem WHEN 'unzipped_copy' THEN 'info' WHEN 'csv_differs_from_zip' THEN 'warning' ELSE 'error' END
+           CASE problem WHEN 'unzipped_copy' THEN 'info' WHEN 'partial_replaced' THEN 'info'
+                        WHEN 'csv_differs_from_zip' THEN 'warning' ELSE 'error' END
                AS severity,
            detail, NULL::BIGINT AS rows_affected, NULL::TIMESTAMP AS first_ts, NULL::TIMESTAMP AS last_ts
     FROM files WHERE status IN ('quarantined', 'skipped')
+),
+partial_days AS (   -- days so far from Binance's REST API (`fetch --today`, NAME.partial.csv), read until its file comes
+    SELECT symbol, data_type, kline_interval, path, NULL::BIGINT, 'partial_day', 'info',
+           format('{} {} {} so far, from Binance''s REST API up to {}: incomplete until `fetch` gets Binance''s file '
+                  'for it, which replaces this one', symbol, data_type, period, strftime(last_ts, '%Y-%m-%d %H:%M:%S')),
+           rows_staged, first_ts, last_ts
+    FROM files WHERE status = 'loaded' AND path LIKE '%.partial.csv'
 ),
 in_file AS (        -- found when each file was staged (of a recording's gaps, those that meet --start/--end)
     SELECT coalesce(q.symbol, f.symbol), q.data_type, q.kline_interval, f.path, q.line, q.problem, q.severity, q.detail,
@@ -129,7 +137,7 @@ outliers AS (
 )
 SELECT symbol, data_type, nullif(kline_interval, '') AS kline_interval, file, line, problem, severity, detail, rows_affected,
        first_ts, last_ts
-FROM (SELECT * FROM quarantined UNION ALL SELECT * FROM in_file
+FROM (SELECT * FROM quarantined UNION ALL SELECT * FROM partial_days UNION ALL SELECT * FROM in_file
       UNION ALL SELECT * FROM duplicates UNION ALL SELECT * FROM missing_days UNION ALL SELECT * FROM gaps
       UNION ALL SELECT * FROM outliers UNION ALL SELECT * FROM other_symbols UNION ALL SELECT * FROM horizons_not_scored)
 ORDER BY CASE severity WHEN 'error' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, symbol, data_type, first_ts, file;
