@@ -30,13 +30,18 @@ def inspect_file(db_path: Path) -> Path:
     """What `datasette inspect` writes, counted from the file itself just now (so it cannot be stale), without
     hashing the whole file: the build's id stands for the hash, which Datasette only shows."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as con:
-        names = [name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        counts = {name: {"count": con.execute(f"SELECT count(*) FROM [{name}]").fetchone()[0]} for name in names}
+        counts = {name: {"count": count} for name, count in row_counts(con).items()}
     data = {db_path.stem: {"hash": sqlite_build_id(db_path) or "", "size": db_path.stat().st_size,
                            "file": str(db_path), "tables": counts}}
     path = inspect_path(db_path)
     path.write_text(json.dumps(data))
     return path
+
+
+def row_counts(con: sqlite3.Connection) -> dict[str, int]:
+    """Every table's exact row count (plugins/fresh_database.py counts a new build's with it too)."""
+    names = [name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {name: con.execute(f"SELECT count(*) FROM [{name}]").fetchone()[0] for name in names}
 
 
 def inspect_path(db_path: Path) -> Path:

@@ -4,6 +4,8 @@ their files were registered, which is the order the folder lists them in: so onl
 and each layer's file gives a `wrap(datasette, app)`.
 
 Outermost first, and why there:
+- fresh_database: a request reads the builds in place when it began, to its end, whatever the layers below it do
+  (a newer build may be put in place meanwhile); the answers ready_answers keeps are those of the request's build.
 - ready_answers: an answer kept or stored is sent before anything below runs: no parameter check, no SQL, no
   compression (the kept body is the compressed one; the stored one is compressed by the build).
 - compression: everything below is compressed, 400s and the data source's mark included.
@@ -16,7 +18,8 @@ from datasette import hookimpl
 from datasette.plugins import pm
 
 # (Datasette registers each file of plugins/ under its file name)
-OUTERMOST_FIRST = ("ready_answers.py", "compression.py", "data_source.py", "read_only.py", "liquidation_params.py")
+OUTERMOST_FIRST = ("fresh_database.py", "ready_answers.py", "compression.py", "data_source.py", "read_only.py",
+                   "liquidation_params.py")
 
 
 @hookimpl

@@ -4,7 +4,8 @@ everywhere, since its dates and prices look like the market's: on every HTML pag
 the database and table pages, the footers), in an `x-data-source` header on every answer, and as a "data_source"
 key first in every JSON object a simulated database answers. A build of real files changes nothing here.
 
-build_info is read once, when the server starts: `build.py serve` serves the file immutable."""
+build_info is read once for each build: `build.py serve` serves the file immutable, and a newer build put in its
+place (plugins/fresh_database.py) is another Database object, read when a request first reads it."""
 
 import weakref
 
@@ -18,35 +19,43 @@ BANNER = ("Simulated data: every number on this site comes from files simulated 
           "the models. The dates and prices look real; they are not the market's.")
 HEADER = b"x-data-source"
 
-_simulated = weakref.WeakKeyDictionary()   # Datasette -> the names of its databases built from simulated files
+_simulated = weakref.WeakKeyDictionary()   # Database (one build) -> whether it was built from simulated files
 
 
 async def simulated_databases(datasette) -> set[str]:
+    """The names of the databases the running request reads that were built from simulated files; a build read for
+    the first time that was is attributed so in Datasette's metadata."""
     names = set()
     for name, db in datasette.databases.items():
-        if await db.table_exists("build_info"):
-            rows = (await db.execute("SELECT value FROM build_info WHERE key = 'input_data'")).rows
-            if rows and str(rows[0][0]).startswith("simulated"):
-                names.add(name)
+        if db not in _simulated:
+            rows = (await db.execute("SELECT value FROM build_info WHERE key = 'input_data'")).rows if (
+                await db.table_exists("build_info")) else []
+            _simulated[db] = bool(rows and str(rows[0][0]).startswith("simulated"))
+            if _simulated[db]:
+                await attribute(datasette, name)
+        if _simulated[db]:
+            names.add(name)
     return names
+
+
+async def attribute(datasette, name: str) -> None:
+    """Datasette's metadata of database `name`, its tables and the instance: simulated, no source to link to."""
+    for key, value in SIMULATED_ATTRIBUTION.items():
+        await datasette.set_database_metadata(name, key, value)
+    for table in await datasette.databases[name].table_names():
+        described = await datasette.get_resource_metadata(name, table)
+        for key, value in SIMULATED_ATTRIBUTION.items():
+            if key in described:
+                await datasette.set_resource_metadata(name, table, key, value)
+    for key, value in SIMULATED_ATTRIBUTION.items():
+        await datasette.set_instance_metadata(key, value)
 
 
 @hookimpl
 def startup(datasette):
     async def flag():
         # (after Datasette has loaded metadata.yml into its internal database: these entries replace its own)
-        names = _simulated[datasette] = await simulated_databases(datasette)
-        for name in names:
-            for key, value in SIMULATED_ATTRIBUTION.items():
-                await datasette.set_database_metadata(name, key, value)
-            for table in await datasette.databases[name].table_names():
-                described = await datasette.get_resource_metadata(name, table)
-                for key, value in SIMULATED_ATTRIBUTION.items():
-                    if key in described:
-                        await datasette.set_resource_metadata(name, table, key, value)
-        if names:
-            for key, value in SIMULATED_ATTRIBUTION.items():
-                await datasette.set_instance_metadata(key, value)
+        await simulated_databases(datasette)
     return flag
 
 
@@ -54,7 +63,8 @@ def startup(datasette):
 # plugins' template variables, and they show the banner too.
 @hookimpl
 def prepare_jinja2_environment(env, datasette):
-    env.globals["data_simulated"] = lambda: BANNER if _simulated.get(datasette) else ""
+    env.globals["data_simulated"] = lambda: BANNER if any(_simulated.get(db) for db in datasette.databases.values()) \
+        else ""
     # the chart pages' own note (templates/_chart_page.html): the banner of every page says it now
     env.globals["simulated_note"] = lambda: ""
 
@@ -73,8 +83,7 @@ def wrap(datasette, app):
     """Every answer of `app` marked (plugins/asgi_stack.py places it: inside compression, which then compresses the
     marked body, and outside the parameter check, whose 400s are marked too)."""
     async def answer(scope, receive, send):
-        names = _simulated.get(datasette)
-        if scope["type"] != "http" or not names:
+        if scope["type"] != "http" or not (names := await simulated_databases(datasette)):
             return await app(scope, receive, send)
         database = scope["path"].split("/")[1].split(".")[0]
         held = []   # a JSON answer's start, until its body is rewritten (its length changes)

@@ -1,6 +1,9 @@
 """Answers sent without running the query: kept in memory after a first run, or stored in the database by the build.
-Both rest on one fact: a database served immutable (`build.py serve` serves it so) cannot change while the server
-runs, so a GET of it, or of a page that reads only it (the index, templates/pages/), always gets the same answer.
+Both rest on one fact: a build served immutable (`build.py serve` serves it so) cannot change, so a GET of it, or of
+a page that reads only it (the index, templates/pages/), always gets the same answer. A newer build is put in place
+as another Database object, and a request reads one build to its end (plugins/fresh_database.py): the answers kept
+are those of the builds in place, dropped at the first request that reads newer ones, and a stored answer is read
+from the request's own build.
 This is the outermost layer (plugins/asgi_stack.py): an answer found here is sent as it is, with no parameter
 check, no compression and no SQL.
 
@@ -17,8 +20,6 @@ sorted and the empty ones left out, as the build wrote them."""
 
 import gzip
 import json
-import os
-import sqlite3
 import weakref
 from collections import OrderedDict
 from urllib.parse import parse_qsl
@@ -32,8 +33,14 @@ CACHE_LARGEST = 4 * 2**20
 
 
 class Kept(OrderedDict):
-    """(path, query string, gzip?) -> (start message, body), least recently used first, CACHE_BYTES in all."""
+    """(path, query string, gzip?) -> (start message, body), least recently used first, CACHE_BYTES in all, of the
+    builds `builds` (plugins/fresh_database.py builds())."""
     size = 0
+    builds = None
+
+    def renew(self, builds: tuple) -> None:
+        self.clear()
+        self.size, self.builds = 0, builds
 
     def keep(self, key, start, body: bytes) -> None:
         if key in self:   # (asked afresh: the new answer replaces the old)
@@ -43,7 +50,7 @@ class Kept(OrderedDict):
             self.size -= len(self.popitem(last=False)[1][1])
 
 
-_stored = {}   # (database file, inode, mtime) -> a read-only connection, or None when it has no stored answers
+_stored = weakref.WeakKeyDictionary()   # Database (one build) -> a connection to it, or None: no stored answers
 
 
 def stored(datasette, scope, gzipped: bool) -> tuple[dict, bytes] | None:
@@ -52,12 +59,11 @@ def stored(datasette, scope, gzipped: bool) -> tuple[dict, bytes] | None:
     database = datasette.databases.get(path.split("/")[1])
     if database is None or database.is_mutable or not database.path or not path.endswith(".json"):
         return None
-    file = os.stat(database.path)   # (a new build is a new file at the same path: its own answers)
-    if (where := (database.path, file.st_ino, file.st_mtime_ns)) not in _stored:
-        con = sqlite3.connect(f"file:{database.path}?immutable=1", uri=True, check_same_thread=False)
+    if database not in _stored:
+        con = database.connect()   # (to the request's own build, and closed with it: plugins/fresh_database.py)
         found = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'stored_answers'").fetchone()
-        _stored[where] = con if found else con.close()
-    if (con := _stored[where]) is None:
+        _stored[database] = con if found else None
+    if (con := _stored[database]) is None:
         return None
     pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
     row = con.execute("SELECT headers, body_gzip FROM stored_answers WHERE request = ?",
@@ -77,14 +83,18 @@ _kept = weakref.WeakKeyDictionary()   # one per Datasette, which builds its app 
 def wrap(datasette, app):
     answers = _kept.setdefault(datasette, Kept())
     immutable = pm.get_plugin("read_only.py").immutable   # (what cannot change while the server runs: the same rule)
+    following = pm.get_plugin("fresh_database.py")
 
     async def answer(scope, receive, send):
         headers = dict(scope.get("headers", ()))
         if (scope["type"] != "http" or scope["method"] != "GET" or b"cookie" in headers or b"authorization" in headers
                 or not immutable(datasette, scope)):
             return await app(scope, receive, send)
+        builds = following.builds(datasette)
+        if builds != answers.builds and builds == following.builds(datasette, newest=True):
+            answers.renew(builds)   # (a request of an older build, still running, neither reads nor keeps)
         key = (scope["path"], scope["query_string"], b"gzip" in headers.get(b"accept-encoding", b""))
-        if key in answers and b"no-cache" not in headers.get(b"cache-control", b""):
+        if builds == answers.builds and key in answers and b"no-cache" not in headers.get(b"cache-control", b""):
             answers.move_to_end(key)
             start, body = answers[key]
             await send({**start, "headers": [*start["headers"], (b"x-cache", b"hit")]})
@@ -98,7 +108,7 @@ def wrap(datasette, app):
             sent.append(message)
             await send(message)
         await app(scope, receive, keep)
-        if (len(sent) == 2 and sent[0].get("status") == 200 and not sent[1].get("more_body")
+        if (builds == answers.builds and len(sent) == 2 and sent[0].get("status") == 200 and not sent[1].get("more_body")
                 and not any(name.lower() == b"set-cookie" for name, _ in sent[0].get("headers", ()))
                 and len(body := sent[1].get("body", b"")) <= CACHE_LARGEST):
             answers.keep(key, sent[0], body)

@@ -48,7 +48,8 @@ def test_one_plugin_orders_the_layers_and_each_layer_is_a_file_of_its_own():
     # The tests below show what each other order would change, but one: compression outside ready_answers sends the
     # same answers (asgi-gzip compresses the messages it is sent in place, so the kept body is the compressed one
     # either way, and it passes an answer already compressed as it is), by a hidden dependence. Hence the order here.
-    assert stack == ("ready_answers.py", "compression.py", "data_source.py", "read_only.py", "liquidation_params.py")
+    assert stack == ("fresh_database.py", "ready_answers.py", "compression.py", "data_source.py", "read_only.py",
+                     "liquidation_params.py")
     ours = [p for p in pm.get_plugins() if str(getattr(p, "__file__", "")).startswith(str(ROOT / "plugins"))]
     assert [p.__name__ for p in ours if hasattr(p, "asgi_wrapper")] == ["asgi_stack.py"]   # no second order to race
     assert sorted(p.__name__ for p in ours if hasattr(p, "wrap")) == sorted(stack)
