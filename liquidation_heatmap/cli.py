@@ -9,6 +9,7 @@ turns arguments into the typed options of options.py and calls the module that d
     python build.py report [--db DB] [--readme]
     python build.py serve [--db data/liquidations.db] [--port 8001]
     python build.py record [--out data/recorded] [--symbol S] [--url URL] [--renew-after 23h]
+    python build.py follow --symbol BTCUSDT [--data DIR] [--db DB] [--every 5] [--liquidations data/recorded]
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from pathlib import Path
 
 from .fetch import FETCH_TYPES, VISION_URL, fetch
 from .files import demo_build_command, has_binance_files
+from .follow import follow
 from .options import (
     DEFAULT_HORIZONS,
     BuildOptions,
     DemoOptions,
     FetchOptions,
+    FollowOptions,
     RecordOptions,
     ReportOptions,
     ServeOptions,
@@ -171,13 +174,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--retry-delay", type=seconds, default="1s", help="first backoff after a failed connect, doubled "
                    "each failure (with jitter)")
     p.add_argument("--max-retry-delay", type=seconds, default="60s", help="the backoff's cap")
+    p = add("follow", help="every few minutes: fetch what is new (Binance's files of the last days, today so far from "
+            "its REST API) and build it incrementally, until stopped; a running `serve` shows each new build")
+    p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
+    p.add_argument("--data", type=Path, default=DATA_DIR, help="folder of the files, fetched and built")
+    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file to write (and `serve`)")
+    p.add_argument("--every", dest="every_min", type=float, default=5.0, help="minutes from one cycle's start to the next's")
+    p.add_argument("--days-back", type=int, default=2, help="days before today whose Binance files are asked for "
+                   "again until they come (they appear hours after a day ends, at no set hour)")
+    p.add_argument("--start", type=date, help="the build's first day (default: every file under --data)")
+    p.add_argument("--liquidations", type=Path, action="append", default=[],
+                   help="realized liquidations to score against, e.g. `record`'s folder (repeatable)")
+    p.add_argument("--base-url", default=VISION_URL, help="Binance's public data site, or a mirror of it")
+    p.add_argument("--rest-url", default=REST_URL, help="Binance's USD-M futures REST API, or a server answering like it")
+    p.add_argument("--interval", default="1m", help="kline interval of klines and markPriceKlines")
+    p.add_argument("--retries", type=int, default=4, help="tries per request on timeouts, dropped connections, 5xx")
+    p.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled each try")
+    p.add_argument("--memory-limit", default=default_memory_limit(), help="DuckDB's memory limit for each build")
+    p.add_argument("--cycles", type=int, default=0, help="stop after this many cycles (0: never)")
     return parser.parse_args(argv)
 
 
 DESCRIPTION = "Liquidation Heatmap: Binance USD-M futures files -> DuckDB SQL models -> SQLite -> Datasette."
 COMMANDS = {"demo": (demo_command, DemoOptions), "build": (build, BuildOptions), "fetch": (fetch_command, FetchOptions),
             "report": (report, ReportOptions), "serve": (serve, ServeOptions), "record": (record, RecordOptions),
-            None: (default_run, None)}
+            "follow": (follow, FollowOptions), None: (default_run, None)}
 
 
 def options(args: argparse.Namespace):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 
+from .files import PARTIAL_SUFFIX
 from .options import BuildOptions
 from .project import SQL_DIR, BuildError
 from .source_file import SourceFile
@@ -47,7 +48,7 @@ def previous_build(duck_path: Path, key: str) -> tuple[dict, list] | None:
             tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
             if info.get("build_key") != key or not tables >= set(PERSISTED):
                 return None
-            return info, con.execute("SELECT path, sha256, status, period, first_ts::VARCHAR FROM src_files "
+            return info, con.execute("SELECT path, sha256, status, period, first_ts::VARCHAR, last_ts::VARCHAR FROM src_files "
                                      f"WHERE data_type NOT IN {UNMODELLED_TYPES!r}").fetchall()
     except duckdb.Error:
         return None
@@ -65,12 +66,19 @@ def rebuild_from(previous: tuple[dict, list], files: list[SourceFile], end: dt.d
     """The UTC day from which the SQL recomputes: the first day any new, changed or removed file holds,
     or the day after the earlier --end if it moved ('infinity' when nothing did; '-infinity', everything,
     when such a file has no time at all). Everything the SQL computes is causal (a row at time t reads
-    nothing after t), so what lies before that day is what the previous build computed."""
+    nothing after t), so what lies before that day is what the previous build computed.
+
+    A partial file of `fetch --today` (rest.py) is only ever extended, so a new version of one holds the
+    previous version's rows and then new ones: it changes nothing before the previous version's last row (a
+    month's funding rates so far would otherwise recompute the month at every new rate)."""
     previous_info, previous_files = previous
-    before = {(path, digest, status): (period, first) for path, digest, status, period, first in previous_files}
+    before = {(path, digest, status): (period, first) for path, digest, status, period, first, _ in previous_files}
     now = {(info.name, info.sha256, info.status): (info.period, info.first_ts) for info in files
            if info.data_type not in UNMODELLED_TYPES}
-    starts = [period_start(*(before | now)[key]) for key in before.keys() ^ now.keys()]
+    extended = {path: dt.datetime.fromisoformat(last) for path, _, status, _, _, last in previous_files
+                if path.endswith(PARTIAL_SUFFIX) and status == "loaded" and last
+                and any(key[0] == path and key[2] == "loaded" for key in now.keys() - before.keys())}
+    starts = [extended.get(key[0]) or period_start(*(before | now)[key]) for key in before.keys() ^ now.keys()]
     ends = {previous_info["end"], str(end or "")}
     if len(ends) > 1:
         starts.append(dt.datetime.fromisoformat(min(ends - {""})) + dt.timedelta(days=1))

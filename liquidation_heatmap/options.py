@@ -95,3 +95,21 @@ class RecordOptions:
     heartbeat: float = 10.0                             # seconds between pings (and state file writes)
     retry_delay: float = 1.0                            # the first backoff, seconds, doubled at each failure
     max_retry_delay: float = 60.0
+
+
+@dataclass
+class FollowOptions:
+    symbol: list[str]
+    data: Path = DATA_DIR
+    db: Path = DEFAULT_DB
+    every_min: float = 5.0                            # minutes from the start of a cycle to the start of the next
+    days_back: int = 2                                # the days before today whose Binance files are asked for again
+    start: dt.date | None = None                      # the build's first day (None: every file under data)
+    liquidations: list[Path] = field(default_factory=list)   # e.g. `record`'s folder
+    base_url: str = VISION_URL
+    rest_url: str = REST_URL
+    interval: str = "1m"
+    retries: int = 4
+    retry_delay: float = 1.0
+    memory_limit: str = field(default_factory=default_memory_limit)
+    cycles: int = 0                                   # 0: for ever
