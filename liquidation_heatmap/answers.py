@@ -88,13 +88,18 @@ async def render(db_path: Path, wanted: list[str], database: str) -> list[tuple]
     return rendered
 
 
+def drop_answers(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as con:
+        con.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    con.close()
+
+
 def store_answers(db_path: Path, database: str = "liquidations") -> int:
     """Render the stored answers of the SQLite file at db_path (being built, not yet served) and write them into
     it, replacing those of a previous build (an incremental build starts from a copy). Returns how many."""
+    drop_answers(db_path)   # (first: the server rendering them would send the previous build's)
     con = sqlite3.connect(db_path)
     try:
-        with con:   # (first: the server rendering them would send the previous build's)
-            con.execute(f"DROP TABLE IF EXISTS {TABLE}")
         wanted = requests(con, config(), database)
         rendered = asyncio.run(render(db_path, wanted, database))
         with con:

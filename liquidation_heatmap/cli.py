@@ -125,6 +125,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="files staged in parallel (the default is one per core)")
     p.add_argument("--full", action="store_true",
                    help="recompute everything (default: only what new, changed or removed files change)")
+    p.add_argument("--no-stored-answers", dest="stored_answers", action="store_false",
+                   help="leave out the stored answers (the views pages ask for first, rendered by Datasette at the end "
+                   "of a build, a few seconds): for a database only scored or queried, never served")
     p = add("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
     p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
     p.add_argument("--start", type=date, help="first day (YYYY-MM-DD, UTC); required but with --today, where it "

@@ -36,7 +36,8 @@ SQLITE_TYPES = {"BIGINT": int, "INTEGER": int, "HUGEINT": int, "UBIGINT": int, "
 PREFETCH_ROWS = 500_000
 
 
-def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None, commit) -> None:
+def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None, commit,
+                  stored_answers: bool = True) -> None:
     """Write the output tables to a new SQLite file, then swap it in: a failed build leaves the old one.
     With `since` (an incremental build, whose previous SQLite file matches its previous DuckDB file), the
     new file starts as a copy of the previous one: the appended tables (appended_from) keep their rows before `since` and
@@ -59,7 +60,10 @@ def export_sqlite(con, tables: dict[str, dict], db_path: Path, since: str | None
             for plan in plans:
                 write_table(con, db, plan)
             db.close()   # (no VACUUM: a new file has no free pages, and it rewrites the whole file)
-            log(f"stored {answers.store_answers(tmp_path, DATABASE_NAME)} answers (the views pages ask for first)")
+            if stored_answers:
+                log(f"stored {answers.store_answers(tmp_path, DATABASE_NAME)} answers (the views pages ask for first)")
+            else:   # (an incremental build's copy may hold the previous build's: never served stale)
+                answers.drop_answers(tmp_path)
             with tmp_path.open("rb+") as written:
                 os.fsync(written.fileno())   # on disk before it replaces the old file
             committed.result() if prefetched else commit()

@@ -49,6 +49,7 @@ class BuildOptions:
     cache: Path | None = None                         # None: cache/ beside db
     jobs: int = os.cpu_count() or 1
     full: bool = False
+    stored_answers: bool = True                       # False: a database scored or queried, never served
 
 
 @dataclass

@@ -279,7 +279,7 @@ def build_locked(options: BuildOptions, db_path: Path, cache: Path) -> Path:
                 summarize(con)
                 # (still inside: the export's queries may spill too; a year of the demo's trades sorts 24 M cells)
                 appends = previous and since != "-infinity" and sqlite_build_id(db_path) == previous[0].get("build_id")
-                export_sqlite(con, tables, db_path, since if appends else None, con.commit)
+                export_sqlite(con, tables, db_path, since if appends else None, con.commit, options.stored_answers)
                 con.close()
             if not previous:
                 os.replace(duck_tmp, duck_path)

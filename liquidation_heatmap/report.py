@@ -64,7 +64,7 @@ def seed_db(options: ReportOptions, seed: int) -> Path:
     if options.rebuild or not (folder / "liquidations.db").exists():
         shutil.rmtree(folder / "raw", ignore_errors=True)
         demo(DemoOptions(out=folder / "raw", days=options.seed_days, seed=seed))
-        build(BuildOptions(data=folder / "raw", db=folder / "liquidations.db"))
+        build(BuildOptions(data=folder / "raw", db=folder / "liquidations.db", stored_answers=False))   # (scored, not served)
     return folder / "liquidations.db"
 
 

@@ -80,7 +80,7 @@ def eight_days(tmp_path_factory):
         for name, tier_rows in tiers.items():
             (data / f"{name}.csv").write_text(f"leverage,weight,typical_notional_usd\n{tier_rows}\n")
             builds[seed, name] = ("--data", str(data), "--db", str(data / name / "liquidations.db"),
-                                  "--leverage-tiers", str(data / f"{name}.csv"))
+                                  "--leverage-tiers", str(data / f"{name}.csv"), "--no-stored-answers")  # (scored, not served)
     with ThreadPoolExecutor(2) as pool:   # eight builds, two at a time
         for result in pool.map(lambda args: run_build(*args), builds.values()):
             assert result.returncode == 0, result.stderr
@@ -493,7 +493,7 @@ def test_every_forecast_is_the_same_from_inputs_cut_at_its_start(eight_days, tmp
     for folder in (full_data, cut_data):
         shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.db", "*.duckdb", "cache", "true", "default",
                                                                       "all_*"))
-    options = ("--leverage-tiers", str(source / "true.csv"))
+    options = ("--leverage-tiers", str(source / "true.csv"), "--no-stored-answers")
     cut_db = tmp_path / "cut_db" / "liquidations.db"    # (a build locks its --db folder: one folder each)
     if mode == "priced":
         full_db = eight_days[7, "true"]

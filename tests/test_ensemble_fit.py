@@ -28,7 +28,7 @@ def builds(demo_dir, tmp_path_factory) -> dict[str, duckdb.DuckDBPyConnection]:
     def build(name: str) -> Path:
         db = out / name / "liquidations.db"
         params = [word for param in (FITTED_WINDOWS_ONLY, *BUILDS[name]) for word in ("--param", param)]
-        result = run_build("--data", str(demo_dir), "--db", str(db), *params)
+        result = run_build("--data", str(demo_dir), "--db", str(db), *params, "--no-stored-answers")
         assert result.returncode == 0, result.stderr
         return db.with_suffix(".duckdb")
 

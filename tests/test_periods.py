@@ -47,7 +47,7 @@ def coarse_export(demo_dir, tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_an_explicit_horizon_finer_than_the_export_is_refused_before_anything_is_written(coarse_export, tmp_path):
     data, export, _ = coarse_export
     db = tmp_path / "out" / "liquidations.db"
-    result = run_build("--data", str(data), "--liquidations", str(export), "--db", str(db), "--horizons", "1h,4h,24h")
+    result = run_build("--data", str(data), "--liquidations", str(export), "--db", str(db), "--horizons", "1h,4h,24h", "--no-stored-answers")
     assert result.returncode == 2, result.stderr
     assert "--horizons 1h is finer than the 4h period of liquidations-4h.csv" in result.stderr
     assert "Traceback" not in result.stderr
@@ -55,14 +55,14 @@ def test_an_explicit_horizon_finer_than_the_export_is_refused_before_anything_is
     assert not db.exists() and not db.with_suffix(".duckdb").exists()
     assert not list((tmp_path / "out").rglob("*.parquet"))
     # nor is a horizon that is not a whole number of periods (6 hours: one and a half)
-    result = run_build("--data", str(data), "--liquidations", str(export), "--db", str(db), "--horizons", "6h")
+    result = run_build("--data", str(data), "--liquidations", str(export), "--db", str(db), "--horizons", "6h", "--no-stored-answers")
     assert result.returncode == 2 and "--horizons 6h is not a whole number of the 4h period" in result.stderr
 
 
 def test_default_horizons_finer_than_the_export_are_left_out_and_said(coarse_export, tmp_path):
     data, export, volumes = coarse_export
     db = tmp_path / "liquidations.db"
-    result = run_build("--data", str(data), "--liquidations", str(export), "--db", str(db))
+    result = run_build("--data", str(data), "--liquidations", str(export), "--db", str(db), "--no-stored-answers")
     assert result.returncode == 0, result.stderr
     assert "backtest horizon 1h is finer than the 4h period of liquidations-4h.csv" in result.stderr
     assert "backtest horizons scored: 4h, 24h" in result.stderr
@@ -126,7 +126,7 @@ def four_hour_data(demo_dir, tmp_path_factory) -> Path:
 
 def test_four_hour_bars_are_scored_at_the_horizons_they_allow(four_hour_data, tmp_path):
     db = tmp_path / "liquidations.db"
-    result = run_build("--data", str(four_hour_data), "--db", str(db))
+    result = run_build("--data", str(four_hour_data), "--db", str(db), "--no-stored-answers")
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT kline_interval, cadence_s FROM data_coverage WHERE data_type = 'klines'") == [("4h", 14400)]
     assert rows(db, "SELECT DISTINCT horizon FROM backtest_scores ORDER BY horizon_s") == [("4h",), ("24h",)]
@@ -140,7 +140,7 @@ def test_four_hour_bars_are_scored_at_the_horizons_they_allow(four_hour_data, tm
                     "FROM data_quality_problems WHERE problem = 'horizon_not_scored'") == [("klines", "4h", 1)]
     assert "backtest horizons scored: 4h, 24h" in result.stderr
     # given explicitly, the same horizon is refused at once, naming the bars
-    result = run_build("--data", str(four_hour_data), "--db", str(tmp_path / "x" / "liquidations.db"), "--horizons", "1h")
+    result = run_build("--data", str(four_hour_data), "--db", str(tmp_path / "x" / "liquidations.db"), "--horizons", "1h", "--no-stored-answers")
     assert result.returncode == 2 and "--horizons 1h is finer than the 4h bars of BTCUSDT (klines)" in result.stderr
 
 
@@ -154,7 +154,7 @@ def test_a_backtest_with_nothing_to_score_says_why(demo_dir, tmp_path):
     export.write_text("time,long_usd,short_usd\n" + "".join(
         f"{t},{volumes[t, 'long']},{volumes[t, 'short']}\n" for t in sorted({t for t, _ in volumes}) if t < 1725235200000))
     db = tmp_path / "liquidations.db"
-    result = run_build("--data", str(data), "--liquidations", str(export), "--db", str(db))
+    result = run_build("--data", str(data), "--liquidations", str(export), "--db", str(db), "--no-stored-answers")
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT count(*) FROM backtest_scores") == [(0,)]
     details = [d for (d,) in rows(db, "SELECT detail FROM data_quality_problems WHERE problem = 'horizon_not_scored' "

@@ -48,7 +48,8 @@ def seeds(month_db, tmp_path_factory) -> Path:
     def seed(n: int) -> None:   # what `report` does for a seed it lacks, done for the three at once beforehand
         folder = out / f"seed-{n}"
         for command, args in (("demo", ["--out", str(folder / "raw"), "--days", "10", "--seed", str(n)]),
-                              ("build", ["--data", str(folder / "raw"), "--db", str(folder / "liquidations.db")])):
+                              ("build", ["--data", str(folder / "raw"), "--db", str(folder / "liquidations.db"),
+                                         "--no-stored-answers"])):
             assert run_build(*args, command=command, traced=command == "build").returncode == 0, (n, command)
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(seed, (101, 102, 103)))

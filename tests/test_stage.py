@@ -43,8 +43,11 @@ def test_a_file_is_staged_once_restaged_when_changed_and_dropped_when_gone(demo_
     outputs = {name: table(db, f"SELECT * FROM {name} ORDER BY 1, 2, 3") for name in ("open_interest", "heatmap_cells")}
 
     # unchanged: nothing is read again, and the outputs are the same
-    second = run_build("--data", str(data), "--db", str(db))
+    answers = "SELECT count(*) FROM sqlite_master WHERE name = 'stored_answers'"
+    assert table(db, answers) == [(1,)]
+    second = run_build("--data", str(data), "--db", str(db), "--no-stored-answers")
     assert second.returncode == 0 and to_stage(second.stderr) == (n_files, 0)
+    assert table(db, answers) == [(0,)]   # (the previous build's, in the copy it started from, dropped: never stale)
     assert staged_files(cache) == staged
     assert {name: table(db, f"SELECT * FROM {name} ORDER BY 1, 2, 3") for name in outputs} == outputs
 
@@ -55,7 +58,7 @@ def test_a_file_is_staged_once_restaged_when_changed_and_dropped_when_gone(demo_
     fields[2] = str(float(fields[2]) * 1.5)
     lines[5] = ",".join(fields)
     write_zip_lines(metrics, lines)
-    changed = run_build("--data", str(data), "--db", str(db))
+    changed = run_build("--data", str(data), "--db", str(db), "--no-stored-answers")
     assert changed.returncode == 0 and to_stage(changed.stderr) == (n_files - 1, 1)
     assert "removed 1 staged files from the cache" in changed.stderr   # the earlier bytes' copy
     assert len(staged_files(cache)) == n_files
@@ -64,7 +67,7 @@ def test_a_file_is_staged_once_restaged_when_changed_and_dropped_when_gone(demo_
 
     # a removed file drops out of the build, and its staged copy out of the cache
     remove(daily_file(data, "metrics", "2024-09-03"))
-    gone = run_build("--data", str(data), "--db", str(db))
+    gone = run_build("--data", str(data), "--db", str(db), "--no-stored-answers")
     assert gone.returncode == 0 and to_stage(gone.stderr) == (n_files - 1, 0)
     assert len(staged_files(cache)) == n_files - 1 and not any("2024-09-03" in name and "metrics" in name
                                                                for name in staged_files(cache))
