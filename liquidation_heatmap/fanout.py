@@ -26,7 +26,7 @@ from pathlib import Path
 from .files import discover, no_data_advice
 from .merge import merge_databases
 from .options import BuildOptions, FetchOptions
-from .pipeline import locked, memory_limit_mb, writable
+from .pipeline import check_arguments, locked, memory_limit_mb, writable
 from .project import BuildError, log, shown
 from .rest import RestClient
 
@@ -220,6 +220,8 @@ def fan_out(options: BuildOptions) -> Path:
     if options.workers is not None and options.workers < 1:
         raise BuildError(f"--workers {options.workers}: at least one")
     symbols = symbol_list(options.symbols, lambda: symbols_with_files(options))
+    # a bad option fails here, once, not in every task after the cluster has started
+    check_arguments(dataclasses.replace(options, symbols=None, symbol=symbols))
     db = Path(options.db)
     began = time.perf_counter()
     with locked([writable(db.parent)]):   # (a second fan-out, or a plain build, into the same --db waits its turn)

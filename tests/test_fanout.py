@@ -141,6 +141,20 @@ def test_one_datasette_serves_every_symbol(fanned):
             process.wait(timeout=10)
 
 
+def test_a_running_cluster_by_its_address(market, tmp_path):
+    """--scheduler: the tasks go to a cluster started apart (here a scheduler and a worker on loopback, as
+    `dask scheduler` and `dask worker` start them), and its worker runs the build."""
+    need_cluster()
+    import distributed
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster:
+        result = run_build("--symbols", DAMAGED, "--scheduler", cluster.scheduler_address, "--data", str(market),
+                           "--db", str(tmp_path / "liquidations.db"))
+        workers = set(cluster.scheduler_info["workers"])
+    assert result.returncode == 2 and f"1 symbols on the cluster at {cluster.scheduler_address} (1 workers)" in result.stderr
+    task, = json.loads((tmp_path / "symbols" / "fanout.json").read_text())["symbols"]
+    assert task["worker"] in workers and "none of the 11 files" in task["error"]
+
+
 def test_without_the_extra_the_symbols_go_one_after_another(market, tmp_path):
     """With distributed hidden from the build (a package of that name that fails to import, first on the path), a
     fan-out says how to go wider, builds one after another in this process's child, and still reports the failure."""
@@ -173,6 +187,10 @@ def test_symbol_and_symbols_together_are_refused(market, tmp_path, capsys):
     assert build.main(["build", "--symbol", "AAAUSDT", "--symbols", "all", "--data", str(market),
                        "--db", str(tmp_path / "x.db")]) == 2
     assert "give --symbol or --symbols, not both" in capsys.readouterr().err
+    # a bad option fails once, before any task
+    assert build.main(["build", "--symbols", "all", "--param", "nonsense", "--data", str(market),
+                       "--db", str(tmp_path / "x.db")]) == 2
+    assert "--param nonsense: expected NAME=NUMBER" in capsys.readouterr().err and not (tmp_path / "symbols").exists()
 
 
 class Binance(http.server.ThreadingHTTPServer):
