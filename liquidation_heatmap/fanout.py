@@ -224,7 +224,7 @@ def fan_out(options: BuildOptions) -> Path:
     check_arguments(dataclasses.replace(options, symbols=None, symbol=symbols))
     db = Path(options.db)
     began = time.perf_counter()
-    with locked([writable(db.parent)]):   # (a second fan-out, or a plain build, into the same --db waits its turn)
+    with locked([writable(db.parent)]):   # (a second fan-out, or a plain build, into the same --db fails at once)
         results = sorted(run_tasks(dataclasses.replace(options, symbols=None), symbols), key=lambda r: r["symbol"])
         failed = [r for r in results if not r["ok"]]
         # a failed symbol's previous build, if any, is merged: as a failed build leaves the database it had

@@ -73,14 +73,16 @@ def main(argv: list[str], machine) -> None:
         return statistics.median(run[which][key] for run in runs)
     print(f"{args.symbols} symbols x {args.days} days ({args.trades_per_day:,} aggTrades a day), --memory-limit "
           f"{args.memory_limit}; {machine()}; {dt.date.today()}" + (f"; medians of {args.runs} runs" if args.runs > 1 else ""))
-    rows = [("", "one after another", f"local cluster, {args.workers} workers", "ratio")]
+    rows = [("", "one after another", f"local cluster, {args.workers} workers", "cluster / one after another")]
     for key, what, unit in (("wall_s", "the whole run (builds, merge, stored answers)", "s"),
                             ("builds_s", "the builds' seconds added up", "s"),
                             ("slowest_s", "the slowest build", "s"), ("peak_gib", "the largest peak of one build", "GiB")):
         serial, cluster = median(0, key), median(1, key)
         digits = 2 if unit == "GiB" else 1
-        rows.append((what, f"{serial:.{digits}f} {unit}", f"{cluster:.{digits}f} {unit}",
-                     f"{serial / cluster:.2f}x faster" if key == "wall_s" else f"{cluster / serial:.2f}x"))
+        rows.append((what, f"{serial:.{digits}f} {unit}", f"{cluster:.{digits}f} {unit}", f"{cluster / serial:.2f}x"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(f"{cell:{width}}" for cell, width in zip(row, widths)))
+    speedup = median(0, "wall_s") / median(1, "wall_s")
+    print(f"the local cluster's speed-up over one after another: {speedup:.2f}x "
+          f"({'faster' if speedup > 1 else 'slower'})")
