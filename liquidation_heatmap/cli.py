@@ -4,6 +4,7 @@ turns arguments into the typed options of options.py and calls the module that d
     python build.py                  simulate demo data if data/raw has none, build, say how to serve
     python build.py demo  [--out DIR] [--days 30] [--seed 1] [--symbol BTCUSDT] [--trades-per-day N]
     python build.py build [--data DIR] [--db data/liquidations.db] [--symbol S] [--start D] [--end D]
+    python build.py build --symbols all|A,B|@FILE [--workers N | --scheduler ADDRESS] [...]
     python build.py fetch --symbol BTCUSDT --start D --end D [--types T,..] [--data DIR] [--base-url URL]
     python build.py fetch --symbol BTCUSDT --today [--start D] [--rest-url URL]
     python build.py report [--db DB] [--readme]
@@ -21,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from .fanout import fan_out, fetch_symbols
 from .fetch import FETCH_TYPES, VISION_URL, fetch
 from .files import demo_build_command, has_binance_files
 from .follow import follow
@@ -64,7 +66,16 @@ def demo_command(args: DemoOptions) -> None:
 
 def fetch_command(args: FetchOptions) -> None:
     """`build.py fetch`: Binance's files of past days, or with --today the days it has not published yet."""
+    if args.symbols:
+        args.symbol = list(dict.fromkeys([*args.symbol, *fetch_symbols(args)]))
+    if not args.symbol:
+        raise BuildError("fetch needs --symbol SYMBOL (repeatable) or --symbols all|A,B|@FILE")
     (fetch_today if args.today else fetch)(args)
+
+
+def build_command(args: BuildOptions) -> None:
+    """`build.py build`: one build, or with --symbols one per symbol, merged (fanout.py)."""
+    fan_out(args) if args.symbols else build(args)
 
 
 class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
@@ -128,8 +139,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-stored-answers", dest="stored_answers", action="store_false",
                    help="leave out the stored answers (the views pages ask for first, rendered by Datasette at the end "
                    "of a build, a few seconds): for a database only scored or queried, never served")
+    p.add_argument("--symbols", metavar="all|A,B|@FILE", help="a build per symbol, as tasks of a Dask cluster "
+                   "(pip install -e '.[cluster]'; without it one after another), each into DB_FOLDER/symbols/SYMBOL/, "
+                   "then all merged into --db: 'all' (every symbol with files under --data), a comma list, or a file "
+                   "of one a line; --memory-limit is shared by the local cluster's builds")
+    p.add_argument("--workers", type=int, help="--symbols: the local cluster's workers, each building one symbol at a "
+                   "time (default: one per core; 1: one after another)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="--symbols: a running Dask cluster's scheduler (e.g. "
+                   "tcp://10.0.0.5:8786) instead of a local one; its workers must see --data and --db at the same paths")
     p = add("fetch", help="download Binance files with their CHECKSUMs into the Vision layout")
-    p.add_argument("--symbol", action="append", required=True, type=str.upper, help="e.g. BTCUSDT (repeatable)")
+    p.add_argument("--symbol", action="append", default=[], type=str.upper, help="e.g. BTCUSDT (repeatable)")
+    p.add_argument("--symbols", metavar="all|A,B|@FILE", help="symbols as `build --symbols` takes them; 'all': every "
+                   "USD-M perpetual Binance trades now (its exchangeInfo, from --rest-url)")
     p.add_argument("--start", type=date, help="first day (YYYY-MM-DD, UTC); required but with --today, where it "
                    "defaults to today")
     p.add_argument("--end", type=date, help="last day, inclusive (its month for fundingRate); required, but not with --today "
@@ -199,7 +220,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 DESCRIPTION = "Liquidation Heatmap: Binance USD-M futures files -> DuckDB SQL models -> SQLite -> Datasette."
-COMMANDS = {"demo": (demo_command, DemoOptions), "build": (build, BuildOptions), "fetch": (fetch_command, FetchOptions),
+COMMANDS = {"demo": (demo_command, DemoOptions), "build": (build_command, BuildOptions), "fetch": (fetch_command, FetchOptions),
             "report": (report, ReportOptions), "serve": (serve, ServeOptions), "record": (record, RecordOptions),
             "follow": (follow, FollowOptions), None: (default_run, None)}
 

@@ -50,6 +50,9 @@ class BuildOptions:
     jobs: int = os.cpu_count() or 1
     full: bool = False
     stored_answers: bool = True                       # False: a database scored or queried, never served
+    symbols: str | None = None                        # build --symbols all|A,B|@FILE: a build per symbol (fanout.py)
+    scheduler: str | None = None                      # a running Dask scheduler's address (None: a local cluster)
+    workers: int | None = None                        # the local cluster's workers (None: one per core)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class FetchOptions:
     retry_delay: float = 1.0
     today: bool = False                               # from Binance's REST API up to now, into .partial.csv files
     rest_url: str = REST_URL
+    symbols: str | None = None                        # all (Binance's exchangeInfo), A,B or @FILE: added to symbol
 
 
 @dataclass

@@ -3,6 +3,7 @@
     .venv/bin/python tools/benchmark.py [--days 30] [--trades-per-day 2000000] [--data DIR] [--runs N] [--readme]
     .venv/bin/python tools/benchmark.py pages [--db DB] [--clients 8] [--setting NAME VALUE] [--readme]
     .venv/bin/python tools/benchmark.py load [--db DB] [--clients 16] [--seconds 60] [--fresh] [--setting NAME VALUE]
+    .venv/bin/python tools/benchmark.py fanout [--symbols 8] [--days 2] [--workers N]   (tools/fanout_benchmark.py)
 
 The second form (issue 12) serves a built database (default: the 30-day demo, built first) with
 `build.py serve`'s own command on loopback and measures, side by side: the p95 latency of every stored
@@ -433,6 +434,12 @@ def load_main(argv: list[str]) -> None:
                            f"{header}\n\n" + "; ".join(lines), table)
 
 
+def fanout_main(argv: list[str]) -> None:
+    """`build --symbols all` on the local cluster against one after another (issue 32): tools/fanout_benchmark.py."""
+    from fanout_benchmark import main as fanout
+    fanout(argv, machine)
+
+
 if __name__ == "__main__":
-    mode = {"pages": pages_main, "load": load_main}.get(sys.argv[1] if len(sys.argv) > 1 else "")
+    mode = {"pages": pages_main, "load": load_main, "fanout": fanout_main}.get(sys.argv[1] if len(sys.argv) > 1 else "")
     mode(sys.argv[2:]) if mode else main()
