@@ -114,6 +114,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--symbol", default="BTCUSDT", help="symbol the files are named for")
     p.add_argument("--start", type=date, default="2024-09-01", help="first simulated day (YYYY-MM-DD)")
     p.add_argument("--trades-per-day", type=int, default=20_000, help="aggTrades per day (real: 2-3 million)")
+    p.add_argument("--force-order-stream", type=Path, metavar="DIR",
+                   help="also write what a recorder of Binance's liquidation stream would have (per symbol, the latest "
+                   "liquidation of each second) into DIR, outside --out: build it with --liquidations DIR")
     p = add("build", help="ingest Binance files, run the SQL models, write SQLite")
     p.add_argument("--data", type=Path, default=DATA_DIR, help="folder of Binance files (Vision layout or flat)")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file to write (DuckDB file beside it)")

@@ -30,6 +30,7 @@ class DemoOptions:
     symbol: str = "BTCUSDT"
     start: dt.date = dt.date(2024, 9, 1)
     trades_per_day: int = 20_000
+    force_order_stream: Path | None = None   # also write what a recorder of !forceOrder@arr would have, here
 
 
 @dataclass

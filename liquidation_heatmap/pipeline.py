@@ -27,6 +27,7 @@ from .incremental import build_key, open_build, previous_build, rebuild_from, sq
 from .options import DEFAULT_HORIZONS, BuildOptions, DemoOptions
 from .project import SQL_DIR, SQL_STAGES, BuildError, log
 from .source_file import SourceFile
+from .stream_view import write_recording
 
 
 def run_sql_files(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
@@ -326,6 +327,16 @@ def demo(options: DemoOptions) -> None:
         raise BuildError(f"--days {options.days} and --trades-per-day {options.trades_per_day}: each must be at least 1")
     if not re.fullmatch(r"[A-Z0-9]+", options.symbol):
         raise BuildError(f"--symbol {options.symbol}: expected a Binance symbol such as BTCUSDT")
+    stream = options.force_order_stream
+    if stream and Path(stream).resolve().is_relative_to(Path(options.out).resolve()):
+        # a build reads every recording under --data: beside the liquidationSnapshot files, each twice
+        raise BuildError(f"--force-order-stream {stream} is inside --out {options.out}: a build of --out would read "
+                         "its liquidations twice (the liquidationSnapshot files and the recording); give a folder beside it")
     summary = simulate.simulate(options.out, days=options.days, seed=options.seed, symbol=options.symbol,
                                 trades_per_day=options.trades_per_day, start=str(options.start), progress=log)
     log(f"demo data written to {options.out}: {summary}")
+    if stream:
+        snapshots = Path(options.out, "data/futures/um/daily/liquidationSnapshot", options.symbol).glob("*.zip")
+        kept = write_recording(snapshots, Path(stream))
+        log(f"forceOrder stream's recording written to {stream}: {kept['recorded']} of {kept['liquidations']} "
+            f"liquidations, {kept['recorded_volume_share']:.1%} of their USD volume")
