@@ -74,9 +74,13 @@ class Checksums:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """The file's new text, whole or not at all: written beside it, on disk, then renamed over it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        tmp.write_text(text)
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from .archives import write_atomic
+
 HEADER = "timestamp,symbol,side,avg_price,filled_qty,usd_value\n"
 GAPS_HEADER = "from_ts,to_ts,reason\n"
 GAPS_FILE = "forceOrder-gaps.csv"
@@ -112,12 +114,8 @@ class Recording:
         """Until when the recorder knew it was connected (and, while not connected, why): written atomically."""
         if connected_until is None:
             return
-        part = self.out / f".{STATE_FILE}.part"
-        with part.open("w") as f:
-            json.dump({"connected_until": iso(connected_until), "disconnected": disconnected}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, self.out / STATE_FILE)
+        write_atomic(self.out / STATE_FILE, json.dumps({"connected_until": iso(connected_until),
+                                                        "disconnected": disconnected}))
 
     def last_event(self) -> dt.datetime | None:
         """The time of the latest liquidation in the newest day's file (where the state file is gone)."""

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .files import parse_file_name
+from .recording import HEADER, day_file_name, from_ms, iso
 
 WINDOW_MS = 1000                   # the stream pushes one liquidation per symbol per this many ms
-HEADER = "timestamp,symbol,side,avg_price,filled_qty,usd_value\n"
-EPOCH = dt.datetime(1970, 1, 1)    # naive UTC, as the recordings write times
 
 
 class Liquidation(NamedTuple):
@@ -72,10 +71,9 @@ def recording_lines(liquidations: Iterable[Liquidation]) -> dict[dt.date, list[s
     """The recording's lines (without header) per UTC day of the trade time, in the given order."""
     days: dict[dt.date, list[str]] = {}
     for row in liquidations:
-        moment = EPOCH + dt.timedelta(milliseconds=row.trade_ms)
+        moment = from_ms(row.trade_ms)   # (as `record` writes an event: recording.py)
         days.setdefault(moment.date(), []).append(
-            f"{moment.isoformat(timespec='microseconds')},{row.symbol},{row.side},{row.avg_price},{row.filled_qty},"
-            f"{row.usd_value}\n")
+            f"{iso(moment)},{row.symbol},{row.side},{row.avg_price},{row.filled_qty},{row.usd_value}\n")
     return days
 
 
@@ -87,7 +85,7 @@ def write_recording(snapshot_files: Iterable[Path], out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     days = recording_lines(kept)
     for day, lines in days.items():
-        (out_dir / f"forceOrder-{day}.csv").write_text(HEADER + "".join(lines))
+        (out_dir / day_file_name(day)).write_text(HEADER + "".join(lines))
     full_usd, kept_usd = sum(row.usd_value for row in full), sum(row.usd_value for row in kept)
     return {"liquidations": len(full), "recorded": len(kept), "days": len(days),
             "volume_usd": float(full_usd), "recorded_volume_usd": float(kept_usd),
