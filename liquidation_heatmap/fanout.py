@@ -103,7 +103,8 @@ def build_arguments(options: BuildOptions, symbol: str, memory_limit: str, jobs:
         args += [flag, absolute(value)] if value else []
     args += [word for path in options.liquidations for word in ("--liquidations", absolute(path))]
     args += [word for item in options.param for word in ("--param", item)]
-    return args + (["--full"] if options.full else []) + ([] if options.stored_answers else ["--no-stored-answers"])
+    # (no stored answers: the merged database's are rendered over it, merge.py; a symbol's own would be work done twice)
+    return args + (["--full"] if options.full else []) + ["--no-stored-answers"]
 
 
 def build_symbol(symbol: str, args: list[str], log_path: str) -> dict:

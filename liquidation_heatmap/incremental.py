@@ -75,9 +75,9 @@ def rebuild_from(previous: tuple[dict, list], files: list[SourceFile], end: dt.d
     before = {(path, digest, status): (period, first) for path, digest, status, period, first, _ in previous_files}
     now = {(info.name, info.sha256, info.status): (info.period, info.first_ts) for info in files
            if info.data_type not in UNMODELLED_TYPES}
+    rewritten = {path for path, _, status in now.keys() - before.keys() if status == "loaded"}
     extended = {path: dt.datetime.fromisoformat(last) for path, _, status, _, _, last in previous_files
-                if path.endswith(PARTIAL_SUFFIX) and status == "loaded" and last
-                and any(key[0] == path and key[2] == "loaded" for key in now.keys() - before.keys())}
+                if path in rewritten and path.endswith(PARTIAL_SUFFIX) and status == "loaded" and last}
     starts = [extended.get(key[0]) or period_start(*(before | now)[key]) for key in before.keys() ^ now.keys()]
     ends = {previous_info["end"], str(end or "")}
     if len(ends) > 1:
